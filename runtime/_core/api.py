@@ -1,0 +1,297 @@
+"""The public core API: init/shutdown/get/put/wait/cancel/kill/... (sync shells over the core worker)."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import uuid
+from typing import Any
+
+from ..config import SystemConfig, cluster_address_from_env
+from . import api_state, launcher, worker_state
+from .actor import ActorClass, ActorHandle
+from .context import ClusterContext
+from .core_worker import CoreWorker
+from .object_ref import ObjectRef
+from .options import validate_runtime_env
+from .remote_function import RemoteFunction
+
+logger = logging.getLogger("runtime")
+_init_lock = threading.Lock()
+
+
+def is_initialized() -> bool:
+    return worker_state.current_or_none() is not None
+
+
+def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus: float | None = None,
+         resources: dict | None = None, object_store_memory: int | None = None, namespace: str | None = None,
+         runtime_env: dict | None = None, ignore_reinit_error: bool = False, include_dashboard: bool | None = None,
+         dashboard_port: int = 8265, _system_config: dict | None = None, log_to_driver: bool = True,
+         **kwargs: Any) -> ClusterContext:
+    """Start or join a cluster.
+
+    Args:
+        address: None starts an embedded cluster owned by this process; "auto" joins the
+            cluster started on this machine with `runtime start --head`; "HOST:PORT" joins
+            the cluster whose control store listens there.
+
+    Example:
+        >>> import runtime
+        >>> ctx = runtime.init(num_cpus=2)
+        >>> runtime.get(runtime.put(41)) + 1
+        42
+        >>> runtime.shutdown()
+    """
+    if kwargs:
+        raise ValueError(f"Unknown argument(s) to init(): {', '.join(sorted(kwargs))}. See help(runtime.init).")
+    with _init_lock:
+        if is_initialized():
+            if ignore_reinit_error:
+                return api_state.context
+            raise RuntimeError("runtime.init() was called twice in this process. Call runtime.shutdown() first, "
+                               "or pass ignore_reinit_error=True to reuse the running cluster.")
+        if num_cpus is not None and (not isinstance(num_cpus, (int, float)) or num_cpus < 0):
+            raise ValueError(f"num_cpus must be a non-negative number, got {num_cpus!r}.")
+        if num_gpus is not None and (not isinstance(num_gpus, (int, float)) or num_gpus < 0):
+            raise ValueError(f"num_gpus must be a non-negative number, got {num_gpus!r}.")
+        if resources is not None and not isinstance(resources, dict):
+            raise TypeError(f"resources must be a dict like {{'custom': 1}}, got {type(resources).__name__}.")
+        validate_runtime_env(runtime_env)
+        config = SystemConfig.resolve(_system_config)
+        address = address or cluster_address_from_env()
+        cluster = None
+        if address is None:
+            cluster = launcher.start_cluster(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                                             object_store_memory=object_store_memory, config=config)
+            info = cluster.info()
+        else:
+            if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
+                raise ValueError("num_cpus, num_gpus, resources and object_store_memory describe a new cluster; "
+                                 "they cannot be given when joining an existing one (address=...).")
+            info = _find_cluster(address)
+        ns = namespace or uuid.uuid4().hex
+        cw = CoreWorker(mode="driver", worker_id=uuid.uuid4().hex, token=info["token"],
+                        session_dir=info["session_dir"], node_address=info["node_address"],
+                        gcs_address=info["gcs_address"], config=config, namespace=ns)
+        worker_state.set_current(cw)
+        api_state.cluster = cluster
+        api_state.job_runtime_env = runtime_env
+        try:
+            cw.start_loop_thread()
+            cw.run_sync(_connect_driver(cw, ns), timeout=config.startup_timeout_s + 5)
+        except BaseException as e:
+            _teardown()
+            logs = os.path.join(info["session_dir"], "logs")
+            raise ConnectionError(f"Could not start or join the cluster ({type(e).__name__}: {e}). "
+                                  f"See the logs in {logs}.") from e
+        address_info = {"address": info["gcs_address"].removeprefix("tcp:"), "gcs_address": info["gcs_address"],
+                        "node_address": info["node_address"], "session_dir": info["session_dir"],
+                        "node_id": cw.node_id, "object_store_address": cw.shm_dir}
+        api_state.context = ClusterContext(address_info, cw.node_id, ns, {})
+        atexit.register(shutdown)
+        return api_state.context
+
+
+async def _connect_driver(cw: CoreWorker, namespace: str) -> None:
+    await cw.connect_cluster("driver")
+    reply, _ = await cw.gcs_request({"op": "register_job", "namespace": namespace, "pid": os.getpid()})
+    cw.job_id = reply["job_id"]
+    cw.gcs.peer_info["job_id"] = cw.job_id
+
+
+def _find_cluster(address: str) -> dict:
+    info = launcher.read_current_cluster()
+    if address == "auto":
+        if info is None:
+            raise ConnectionError("No running cluster was found on this machine (no current-cluster file under "
+                                  f"{launcher.cluster_root()}). Start one with `runtime start --head`, or call "
+                                  "runtime.init() without an address for an embedded cluster.")
+        return info
+    target = address.removeprefix("tcp:")
+    if info is not None and info["gcs_address"].removeprefix("tcp:") == target:
+        return info
+    raise ConnectionError(f"No cluster started on this machine listens at {address!r}. Check the address printed by "
+                          "`runtime start --head` (or use address='auto').")
+
+
+def _teardown() -> None:
+    cw = worker_state.current_or_none()
+    worker_state.set_current(None)
+    if cw is not None:
+        cw.shutdown()
+    cluster, api_state.cluster = api_state.cluster, None
+    if cluster is not None:
+        launcher.stop_cluster(cluster)
+    api_state.context = None
+    api_state.job_runtime_env = None
+
+
+def shutdown() -> None:
+    """Disconnect; if this process started an embedded cluster, stop all its processes."""
+    with _init_lock:
+        _teardown()
+    try:
+        atexit.unregister(shutdown)
+    except Exception:
+        pass
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """Make a function a remote function, or a class an actor class.
+
+    Example:
+        >>> @runtime.remote
+        ... def square(x):
+        ...     return x * x
+        >>> runtime.get([square.remote(i) for i in range(4)])
+        [0, 1, 4, 9]
+    """
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("@runtime.remote takes either a function/class or keyword options, e.g. "
+                        "@runtime.remote(num_cpus=2).")
+    return lambda obj: _make_remote(obj, options)
+
+
+def _make_remote(obj: Any, options: dict) -> Any:
+    if isinstance(obj, type):
+        return ActorClass(obj, options)
+    if callable(obj):
+        return RemoteFunction(obj, options)
+    raise TypeError(f"@runtime.remote must decorate a function or a class, not {type(obj).__name__}.")
+
+
+def _check_refs(refs: Any, what: str) -> tuple[list[ObjectRef], bool]:
+    if isinstance(refs, ObjectRef):
+        return [refs], True
+    if isinstance(refs, (list, tuple)):
+        bad = [r for r in refs if not isinstance(r, ObjectRef)]
+        if bad:
+            raise TypeError(f"{what} expects ObjectRefs, but the list contains {type(bad[0]).__name__} "
+                            f"{bad[0]!r:.60}. Pass the refs returned by .remote() or put().")
+        return list(refs), False
+    raise TypeError(f"{what} expects an ObjectRef or a list of ObjectRefs, got {type(refs).__name__} "
+                    f"{refs!r:.60}. Pass the refs returned by .remote() or put().")
+
+
+def get(object_refs: Any, *, timeout: float | None = None) -> Any:
+    """Block until the values are ready and return them (a list for a list).
+
+    Raises the task's exception (`TaskError`, also an instance of the original class),
+    or `GetTimeoutError` after `timeout` seconds.
+    """
+    refs, single = _check_refs(object_refs, "runtime.get()")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"timeout must be a non-negative number of seconds or None, got {timeout!r}.")
+    values = api_state.ensure_initialized().get(refs, timeout)
+    return values[0] if single else values
+
+
+def put(value: Any) -> ObjectRef:
+    """Store `value` in the cluster and return a ref to it."""
+    return api_state.ensure_initialized().put(value)
+
+
+def wait(object_refs: list, *, num_returns: int = 1, timeout: float | None = None,
+         fetch_local: bool = True) -> tuple[list, list]:
+    """Return (ready, not_ready) once `num_returns` refs are ready or `timeout` passed; order is kept."""
+    if isinstance(object_refs, ObjectRef):
+        raise TypeError("wait() expects a list of ObjectRefs, got a single ObjectRef; use wait([ref]).")
+    refs, _ = _check_refs(object_refs, "runtime.wait()")
+    if len(set(refs)) != len(refs):
+        raise ValueError("wait() got the same ObjectRef more than once; pass each ref once.")
+    if not isinstance(num_returns, int) or num_returns < 1 and refs or num_returns > len(refs):
+        raise ValueError(f"num_returns must be between 1 and the number of refs ({len(refs)}), got {num_returns!r}.")
+    if not refs:
+        return [], []
+    return api_state.ensure_initialized().wait(refs, num_returns, timeout)
+
+
+def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that returns `object_ref`; `get` then raises TaskCancelledError."""
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError(f"cancel() expects an ObjectRef returned by .remote(), got {type(object_ref).__name__}.")
+    cw = api_state.ensure_initialized()
+    spec = cw.tasks.get(object_ref._id)
+    if force and spec is not None and spec.actor_id:
+        raise ValueError("force=True is not supported for actor tasks; use runtime.kill(actor) to stop the actor.")
+    cw.cancel(object_ref, force, recursive)
+
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Stop an actor's process now. With no_restart=False it is restarted (if max_restarts allows)."""
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() expects an actor handle, got {type(actor).__name__}. For tasks use runtime.cancel().")
+    cw = api_state.ensure_initialized()
+    cw.run_sync(cw.gcs_request({"op": "kill_actor", "actor_id": actor._actor_id, "no_restart": no_restart}))
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The handle of the named actor `name` in `namespace` (default: this job's)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("get_actor() needs the actor's name as a non-empty string.")
+    cw = api_state.ensure_initialized()
+    reply, _ = cw.run_sync(cw.gcs_request({"op": "get_actor", "name": name, "namespace": namespace or cw.namespace}))
+    meta = reply["meta"]
+    cw.subscribe_actor_nowait(reply["actor_id"], meta.get("max_task_retries", 0))
+    return ActorHandle(reply["actor_id"], meta)
+
+
+def nodes() -> list[dict]:
+    """The cluster's nodes, in Ray's format."""
+    cw = api_state.ensure_initialized()
+    reply, _ = cw.run_sync(cw.gcs_request({"op": "list_nodes"}))
+    out = []
+    for n in reply["nodes"]:
+        out.append({"NodeID": n["node_id"], "Alive": n["alive"], "NodeManagerAddress": n["node_ip"],
+                    "NodeManagerHostname": n["hostname"], "NodeManagerPort": int(n["address"].rsplit(":", 1)[1]),
+                    "ObjectStoreSocketName": n["shm_dir"], "Resources": n["resources"], "IsHead": n["is_head"],
+                    "alive": n["alive"]})
+    return out
+
+
+def _resource_snapshot() -> dict:
+    cw = api_state.ensure_initialized()
+    reply, _ = cw.run_sync(cw.gcs_request({"op": "cluster_resources"}))
+    return reply["nodes"]
+
+
+def cluster_resources() -> dict[str, float]:
+    """Total resources of all alive nodes."""
+    total: dict[str, float] = {}
+    for node in _resource_snapshot().values():
+        for k, v in node["total"].items():
+            total[k] = total.get(k, 0.0) + v
+    return total
+
+
+def available_resources() -> dict[str, float]:
+    """Resources not currently held by tasks, actors or reservations."""
+    avail: dict[str, float] = {}
+    for node in _resource_snapshot().values():
+        for k, v in node["available"].items():
+            if v > 0:
+                avail[k] = avail.get(k, 0.0) + v
+    return avail
+
+
+def get_gpu_ids() -> list[int]:
+    """GPU ids assigned to the current task or actor (matches CUDA_VISIBLE_DEVICES)."""
+    return list(worker_state.current().gpu_ids)
+
+
+def _internal_addresses() -> dict:
+    """TCP addresses of the control store and the local node manager (for tests and tools)."""
+    cw = worker_state.current()
+    info = api_state.cluster.info() if api_state.cluster else launcher.read_current_cluster() or {}
+    gcs = cw.gcs_address.removeprefix("tcp:").rsplit(":", 1)
+    out = {"gcs": (gcs[0], int(gcs[1]))}
+    nm = info.get("node_tcp_address") or ""
+    if nm:
+        h, p = nm.removeprefix("tcp:").rsplit(":", 1)
+        out["node_manager"] = (h, int(p))
+    return out

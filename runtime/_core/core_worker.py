@@ -1,0 +1,1038 @@
+"""The core worker: the part of every driver and worker process that owns objects,
+counts references, stores small values, submits tasks and actor calls, and serves
+other processes' requests for the objects it owns.
+
+Threads: user code calls in from any thread; all I/O happens on one event loop running
+in the daemon thread `runtime-io`. Calls cross over with `call_soon_threadsafe` (for
+submissions, batched) or `run_coroutine_threadsafe` (for calls that need an answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import pickle
+import threading
+import time
+from concurrent.futures import Future as ConcurrentFuture
+from typing import Any, Callable
+
+from ..config import SystemConfig
+from ..exceptions import (
+    ActorDiedError,
+    GetTimeoutError,
+    ObjectLostError,
+    OwnerDiedError,
+    TaskCancelledError,
+    TaskError,
+    WorkerCrashedError,
+)
+from ..node import shm
+from ..rpc.connection import Connection, ConnectionClosed, bind_socket, connect, serve, socket_address
+from ..serialization.core import SerializedObject, deserialize, serialize
+from . import worker_state
+from .ids import ObjectID
+from .memory_store import ERROR, INLINE, PENDING, SHM, MemoryStore, StoreEntry
+from .object_ref import ObjectRef
+from .reference_table import RefEntry, ReferenceTable
+from .task_spec import TaskSpec
+
+logger = logging.getLogger("runtime")
+
+
+
+class Lease:
+    __slots__ = ("lease_id", "worker_id", "address", "conn", "gpus", "busy", "idle_handle", "sq", "dead")
+
+    def __init__(self, reply: dict, conn: Connection, sq: SchedulingQueue) -> None:
+        self.lease_id = reply["lease_id"]
+        self.worker_id = reply["worker_id"]
+        self.address = reply["address"]
+        self.gpus = reply["gpus"]
+        self.conn = conn
+        self.busy: TaskSpec | None = None
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self.sq = sq
+        self.dead = False
+
+
+class SchedulingQueue:
+    """Tasks with the same resource demand and environment share leased workers."""
+
+    __slots__ = ("key", "demand", "env", "queue", "leases", "requesting")
+
+    def __init__(self, key: str, demand: dict, env: dict) -> None:
+        self.key, self.demand, self.env = key, demand, env
+        self.queue: collections.deque[TaskSpec] = collections.deque()
+        self.leases: list[Lease] = []
+        self.requesting = 0
+
+
+class ActorChannel:
+    """Caller-side state of one actor: where it is, and calls not yet answered."""
+
+    __slots__ = ("actor_id", "state", "address", "conn", "connecting", "queue", "inflight", "reason",
+                 "subscribed", "handle_gone", "max_task_retries", "num_restarts")
+
+    def __init__(self, actor_id: str, max_task_retries: int) -> None:
+        self.actor_id = actor_id
+        self.state = "PENDING_CREATION"
+        self.address = ""
+        self.conn: Connection | None = None
+        self.connecting = False
+        self.queue: collections.deque[TaskSpec] = collections.deque()
+        self.inflight: dict[bytes, TaskSpec] = {}
+        self.reason = ""
+        self.subscribed = False
+        self.handle_gone = False
+        self.max_task_retries = max_task_retries
+        self.num_restarts = 0
+
+
+class CoreWorker:
+    def __init__(self, *, mode: str, worker_id: str, token: str, session_dir: str, node_address: str,
+                 gcs_address: str, config: SystemConfig, namespace: str = "", job_id: str = "") -> None:
+        self.mode = mode  # "driver" or "worker"
+        self.worker_id = worker_id
+        self.token = token
+        self.session_dir = session_dir
+        self.node_address = node_address
+        self.gcs_address = gcs_address
+        self.config = config
+        self.namespace = namespace
+        self.job_id = job_id
+        self.node_id = ""
+        self.shm_dir = ""
+        self.node_ip = "127.0.0.1"
+        self.pid = os.getpid()
+        sock_dir = os.path.join(session_dir, "sockets")
+        os.makedirs(sock_dir, exist_ok=True)
+        self._listen_sock = bind_socket("unix:" + os.path.join(sock_dir, f"{mode[0]}-{worker_id[:12]}.sock"))
+        self.address = socket_address(self._listen_sock)
+        self.store = MemoryStore()
+        self.refs = ReferenceTable(self.address, self._on_release, self._on_new_borrow)
+        self.loop = asyncio.new_event_loop()
+        self.thread: threading.Thread | None = None
+        self.handlers: dict[str, Callable] = {
+            "get_object": self.on_get_object, "add_borrower": self.on_add_borrower,
+            "remove_borrower": self.on_remove_borrower, "release_contained": self.on_release_contained,
+            "list_refs": self.on_list_refs, "actor_update": self.on_actor_update, "infeasible": self.on_infeasible,
+        }
+        self.conns: dict[str, Connection] = {}
+        self._connecting: dict[str, asyncio.Future] = {}
+        self.nm: Connection | None = None
+        self.gcs: Connection | None = None
+        self.queues: dict[str, SchedulingQueue] = {}
+        self.tasks: dict[bytes, TaskSpec] = {}  # return object id -> pending spec (for cancel)
+        self.actors: dict[str, ActorChannel] = {}
+        self._posts: collections.deque = collections.deque()
+        self._post_lock = threading.Lock()
+        self._post_scheduled = False
+        self._fetching: set[bytes] = set()
+        self._infeasible_warned: set[str] = set()
+        self.current_task_name = ""
+        self.current_task_id = b""
+        self.current_actor_id = ""
+        self.actor_reconstructed = False
+        self.gpu_ids: list[int] = []
+        self.assigned_resources: dict = {}
+        self.blocked_hook: Callable[[bool], None] | None = None  # set by the worker executor
+        self.closed = False
+
+    # -- loop plumbing -----------------------------------------------------------------
+    def start_loop_thread(self) -> None:
+        self.thread = threading.Thread(target=self.loop.run_forever, name="runtime-io", daemon=True)
+        self.thread.start()
+
+    def run_sync(self, coro: Any, timeout: float | None = None) -> Any:
+        if threading.current_thread() is self.thread:
+            raise RuntimeError("blocking runtime call made on the runtime's own event loop thread")
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout)
+
+    def post(self, fn: Callable, *args: Any) -> None:
+        """Run fn(*args) on the loop, in order, batching wake-ups."""
+        self._posts.append((fn, args))
+        if not self._post_scheduled:
+            with self._post_lock:
+                if not self._post_scheduled:
+                    self._post_scheduled = True
+                    self.loop.call_soon_threadsafe(self._drain_posts)
+
+    def _drain_posts(self) -> None:
+        with self._post_lock:
+            self._post_scheduled = False
+        posts = self._posts
+        while posts:
+            fn, args = posts.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                logger.exception("internal error in %s", getattr(fn, "__name__", fn))
+
+    def on_loop(self, fn: Callable, *args: Any) -> None:
+        if threading.current_thread() is self.thread:
+            fn(*args)
+        else:
+            self.post(fn, *args)
+
+    def spawn(self, coro: Any) -> asyncio.Task:
+        task = self.loop.create_task(coro)
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+        return task
+
+    async def connect_cluster(self, kind: str, extra_info: dict | None = None) -> None:
+        self._server = await serve(self._listen_sock, self.handlers, self.token, on_close=self._on_conn_closed,
+                                   name=f"{kind}-server")
+        info = {"kind": kind, "worker_id": self.worker_id, "address": self.address, "pid": self.pid,
+                **(extra_info or {})}
+        self.nm = await connect(self.node_address, self.handlers, self.token, info=info,
+                                on_close=self._on_nm_closed, timeout=self.config.startup_timeout_s, name="->node")
+        reply, _ = await self.nm.request({"op": "node_info"}, timeout=self.config.startup_timeout_s)
+        self.node_id, self.shm_dir, self.node_ip = reply["node_id"], reply["shm_dir"], reply["node_ip"]
+        if kind == "driver":
+            await self.ensure_gcs()
+
+    async def ensure_gcs(self) -> Connection:
+        if self.gcs is None or self.gcs.closed:
+            self.gcs = await connect(self.gcs_address, self.handlers, self.token,
+                                     info={"kind": self.mode, "worker_id": self.worker_id, "job_id": self.job_id},
+                                     timeout=self.config.startup_timeout_s, name="->gcs")
+        return self.gcs
+
+    async def gcs_request(self, msg: dict, bufs: list | tuple = (), timeout: float | None = None) -> tuple[dict, list]:
+        gcs = await self.ensure_gcs()
+        return await gcs.request(msg, bufs, timeout=timeout or self.config.rpc_timeout_s)
+
+    def _on_nm_closed(self, conn: Connection) -> None:
+        if self.mode == "worker" and not self.closed:
+            os._exit(1)  # our node manager is gone: nothing left to serve
+
+    async def get_conn(self, address: str) -> Connection:
+        conn = self.conns.get(address)
+        if conn is not None and not conn.closed:
+            return conn
+        fut = self._connecting.get(address)
+        if fut is None:
+            fut = self._connecting[address] = self.loop.create_future()
+
+            async def _open() -> None:
+                try:
+                    c = await connect(address, self.handlers, self.token,
+                                      info={"kind": self.mode, "worker_id": self.worker_id, "address": self.address},
+                                      on_close=self._on_conn_closed, timeout=10)
+                    c.sent_functions = set()  # type: ignore[attr-defined]
+                    self.conns[address] = c
+                    fut.set_result(c)
+                except Exception as e:
+                    fut.set_exception(e)
+                finally:
+                    self._connecting.pop(address, None)
+
+            self.spawn(_open())
+        return await asyncio.shield(fut)
+
+    def _on_conn_closed(self, conn: Connection) -> None:
+        if self.closed:
+            return
+        addr = conn.peer_info.get("address")
+        for a, c in list(self.conns.items()):
+            if c is conn:
+                del self.conns[a]
+                addr = a
+        if addr and conn.server_side is False:
+            pass
+        # A borrower (server side) that went away no longer borrows.
+        peer = conn.peer_info.get("address")
+        if conn.server_side and peer:
+            self.refs.remove_borrower_everywhere(peer)
+        for sq in self.queues.values():
+            for lease in list(sq.leases):
+                if lease.conn is conn:
+                    lease.dead = True
+                    sq.leases.remove(lease)
+        for ch in self.actors.values():
+            if ch.conn is conn:
+                self._actor_conn_lost(ch)
+
+    # -- references ----------------------------------------------------------------------
+    def _on_new_borrow(self, oid: bytes, owner: str) -> None:
+        if owner:
+            self.on_loop(self._send_owner, owner, {"op": "add_borrower", "o": oid, "a": self.address})
+
+    def _send_owner(self, owner: str, msg: dict) -> None:
+        conn = self.conns.get(owner)
+        if conn is not None and not conn.closed:
+            conn.send(msg)
+            return
+
+        async def _later() -> None:
+            try:
+                (await self.get_conn(owner)).send(msg)
+            except Exception:
+                pass  # the owner is gone; nothing to tell it
+
+        self.spawn(_later())
+
+    def _on_release(self, oid: bytes, e: RefEntry) -> None:
+        if self.closed:
+            return
+        self.on_loop(self._release_on_loop, oid, e)
+
+    def _release_on_loop(self, oid: bytes, e: RefEntry) -> None:
+        entry = self.store.pop(oid)
+        if e.owned:
+            if entry is not None:
+                if entry.state == SHM and self.nm is not None and not self.nm.closed:
+                    self.nm.send({"op": "free_objects", "object_ids": [oid]})
+                self._release_nested(oid, entry.nested)
+            self.tasks.pop(oid, None)
+        else:
+            self._send_owner(e.owner, {"op": "remove_borrower", "o": oid, "a": self.address})
+
+    def _release_nested(self, outer: bytes, nested: list) -> None:
+        for oid, owner, holder in nested:
+            if holder == self.address:
+                self.refs.remove_contained(oid, outer)
+            else:
+                self._send_owner(holder, {"op": "release_contained", "o": oid, "x": outer})
+
+    def _pin_nested(self, outer: bytes, so: SerializedObject) -> list:
+        nested = []
+        for r in so.nested_refs:
+            self.refs.add_contained(r._id, r._owner, outer)
+            nested.append((r._id, r._owner, self.address))
+        return nested
+
+    # owner-side handlers
+    def on_add_borrower(self, conn: Connection, msg: dict, bufs: list) -> None:
+        self.refs.add_borrower(msg["o"], msg["a"])
+
+    def on_remove_borrower(self, conn: Connection, msg: dict, bufs: list) -> None:
+        self.refs.remove_borrower(msg["o"], msg["a"])
+
+    def on_release_contained(self, conn: Connection, msg: dict, bufs: list) -> None:
+        self.refs.remove_contained(msg["o"], msg["x"])
+
+    def on_list_refs(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        out = []
+        for oid, e in self.refs.snapshot():
+            if not e.owned:
+                continue
+            entry = self.store.entries.get(oid)
+            state = {PENDING: "PENDING", INLINE: "INLINE", SHM: "SHARED_MEMORY", ERROR: "ERROR"}[
+                entry.state if entry else PENDING]
+            out.append({"object_id": oid.hex(), "size_bytes": entry.size if entry else 0, "owner": self.address,
+                        "owner_worker_id": self.worker_id, "owner_pid": self.pid, "reference_kinds": e.kinds(),
+                        "local_refs": e.local, "pending_task_refs": e.submitted, "captured_in": len(e.contained_in),
+                        "borrowers": len(e.borrowers), "state": state, "spilled": False})
+        return {"objects": out}
+
+    # -- objects: put ------------------------------------------------------------------------
+    def put(self, value: Any, *, _owner: str | None = None) -> ObjectRef:
+        if isinstance(value, ObjectRef):
+            raise TypeError("Calling put() on an ObjectRef is not allowed: the value is already stored. "
+                            "Pass the ref itself, or put a list containing it.")
+        so = serialize(value)
+        oid = ObjectID.new()
+        ref = ObjectRef(oid, self.address)
+        nested = self._pin_nested(oid, so)
+        self.store_serialized(oid, so, nested, owner_wid=self.worker_id)
+        return ref
+
+    def store_serialized(self, oid: bytes, so: SerializedObject, nested: list, owner_wid: str) -> tuple[str, Any]:
+        """Store locally: inline if small, else in the node's shared memory. Returns how."""
+        total = so.total_bytes
+        if total < self.config.max_inline_bytes:
+            bufs = [bytes(b) for b in so.buffers]  # copy: the caller may mutate its buffers later
+            self.store.set_inline(oid, so.meta, bufs, nested)
+            return "i", None
+        size = self.write_shm(oid, so, owner_wid)
+        self.store.set_shm(oid, size, self.node_id, nested)
+        return "s", size
+
+    def write_shm(self, oid: bytes, so: SerializedObject, owner_wid: str) -> int:
+        size = shm.shm_size(so)
+        self.run_sync(self.nm.request({"op": "create_object", "object_id": oid, "size": size, "owner": owner_wid},
+                                      timeout=self.config.rpc_timeout_s))
+        shm.write_object(self.shm_dir, oid, so, size)
+        self.on_loop(self.nm.send, {"op": "seal_object", "object_id": oid})
+        return size
+
+    # -- objects: get / wait ---------------------------------------------------------------
+    def _ensure_fetch(self, ref: ObjectRef) -> None:
+        """Make sure a value we don't own is being fetched from its owner (loop thread)."""
+        oid = ref._id
+        if self.store.ready(oid) or oid in self._fetching:
+            return
+        self._fetching.add(oid)
+        self.store.create_pending(oid)
+        self.spawn(self._fetch(oid, ref._owner))
+
+    async def _fetch(self, oid: bytes, owner: str) -> None:
+        try:
+            conn = await self.get_conn(owner)
+            reply, bufs = await conn.request({"op": "get_object", "o": oid}, timeout=None)
+            self._apply_object_reply(oid, reply, bufs)
+        except (ConnectionError, OSError, asyncio.TimeoutError) as e:
+            self.store.set_error(oid, OwnerDiedError(oid.hex(), f"its owner {owner} is unreachable ({e}); "
+                                                      "the process that created it has exited."))
+        except Exception as e:  # noqa: BLE001 - the owner answered with an error
+            self.store.set_error(oid, e if isinstance(e, ObjectLostError) else ObjectLostError(oid.hex(), str(e)))
+        finally:
+            self._fetching.discard(oid)
+
+    def _apply_object_reply(self, oid: bytes, reply: dict, bufs: list) -> None:
+        kind = reply["k"]
+        if kind == "i":
+            self.store.set_inline(oid, reply["m"], [bytes(b) for b in bufs])
+        elif kind == "s":
+            self.store.set_shm(oid, reply["size"], reply["node"])
+        elif kind == "e":
+            self.store.set_error(oid, pickle.loads(reply["m"]))
+        else:
+            self.store.set_error(oid, ObjectLostError(oid.hex(), reply.get("why", "the owner no longer has it")))
+
+    def on_get_object(self, conn: Connection, msg: dict, bufs: list) -> Any:
+        oid = msg["o"]
+        e = self.store.entries.get(oid)
+        if e is None:
+            return {"k": "x", "why": "the owner has already freed it (no references were left)"}
+        if e.state == PENDING:
+            fut = self.loop.create_future()
+
+            def done() -> None:
+                if not fut.done():
+                    fut.set_result(None)
+
+            if self.store.add_waiter(oid, lambda: self.on_loop(done)):
+                async def wait_then_reply() -> Any:
+                    await fut
+                    return self._object_reply(oid)
+
+                return wait_then_reply()
+        return self._object_reply(oid)
+
+    def _object_reply(self, oid: bytes) -> Any:
+        e = self.store.entries.get(oid)
+        if e is None:
+            return {"k": "x", "why": "it was freed"}
+        if e.state == INLINE:
+            return {"k": "i", "m": e.meta}, e.bufs
+        if e.state == SHM:
+            return {"k": "s", "size": e.size, "node": e.node_id}
+        return {"k": "e", "m": _pickle_error(e.error)}
+
+    def _wait_ready(self, refs: list[ObjectRef], num_returns: int, timeout: float | None) -> None:
+        """Block until at least `num_returns` of `refs` are ready (or timeout)."""
+        store = self.store
+        pending = [r for r in refs if not store.ready(r._id)]
+        need = num_returns - (len(refs) - len(pending))
+        if need <= 0:
+            return
+        event = threading.Event()
+        remaining = [need]
+        lock = threading.Lock()
+
+        def one_ready() -> None:
+            with lock:
+                remaining[0] -= 1
+                if remaining[0] <= 0:
+                    event.set()
+
+        to_fetch = []
+        for r in pending:
+            if not store.add_waiter(r._id, one_ready):
+                one_ready()
+            if r._owner != self.address:
+                to_fetch.append(r)
+        if to_fetch:
+            self.on_loop(lambda: [self._ensure_fetch(r) for r in to_fetch])
+        if event.is_set():
+            return
+        blocked = self.blocked_hook is not None
+        if blocked:
+            self.blocked_hook(True)
+        try:
+            if not event.wait(timeout):
+                raise GetTimeoutError(f"Get timed out: {remaining[0]} of {len(refs)} objects were not ready "
+                                      f"after {timeout} s. Raise the timeout, or check `runtime list tasks`.")
+        finally:
+            if blocked:
+                self.blocked_hook(False)
+
+    def get(self, refs: list[ObjectRef], timeout: float | None = None) -> list[Any]:
+        self._wait_ready(refs, len(refs), timeout)
+        return [self.materialize(r) for r in refs]
+
+    def materialize(self, ref: ObjectRef) -> Any:
+        e = self.store.entries.get(ref._id)
+        if e is None or e.state == PENDING:
+            raise ObjectLostError(ref.hex(), "it was freed while being read")
+        if e.state == INLINE:
+            return deserialize(e.meta, e.bufs)
+        if e.state == SHM:
+            if e.mapped is None:
+                e.mapped = self._map_shm(ref._id)
+            meta, bufs = e.mapped
+            return deserialize(meta, bufs)
+        err = e.error
+        if isinstance(err, TaskError):
+            raise err.as_instanceof_cause()
+        raise err
+
+    def _map_shm(self, oid: bytes) -> tuple:
+        mapped = shm.map_object(self.shm_dir, oid)
+        if mapped is None:  # spilled: ask the node manager to bring it back
+            reply, _ = self.run_sync(self.nm.request({"op": "restore_object", "object_id": oid}))
+            mapped = shm.map_object(self.shm_dir, oid) if reply.get("found") else None
+            if mapped is None:
+                raise ObjectLostError(oid.hex(), "its shared-memory copy is gone (the node freed or lost it)")
+        return mapped
+
+    def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None) -> tuple[list, list]:
+        try:
+            self._wait_ready(refs, num_returns, timeout)
+        except GetTimeoutError:
+            pass
+        ready, not_ready = [], []
+        for r in refs:
+            (ready if self.store.ready(r._id) and len(ready) < num_returns else not_ready).append(r)
+        return ready, not_ready
+
+    def get_future(self, ref: ObjectRef) -> ConcurrentFuture:
+        fut: ConcurrentFuture = ConcurrentFuture()
+
+        def resolve() -> None:
+            try:
+                fut.set_result(self.materialize(ref))
+            except BaseException as e:  # noqa: BLE001 - handed to the awaiting code
+                fut.set_exception(e)
+
+        def on_ready() -> None:
+            # Deserialize off the io loop: values can be large, and get may need the loop.
+            threading.Thread(target=resolve, daemon=True).start() if self.store.entries.get(
+                ref._id) and self.store.entries[ref._id].state == SHM else resolve()
+
+        if not self.store.add_waiter(ref._id, on_ready):
+            on_ready()
+        elif ref._owner != self.address:
+            self.on_loop(self._ensure_fetch, ref)
+        return fut
+
+    # -- task submission -------------------------------------------------------------------
+    def prepare_args(self, args: tuple, kwargs: dict, what: str) -> tuple[SerializedObject, list[ObjectRef]]:
+        from .task_spec import ArgRef
+        deps: list[ObjectRef] = []
+
+        def conv(a: Any) -> Any:
+            if isinstance(a, ObjectRef):
+                deps.append(a)
+                return ArgRef(len(deps) - 1)
+            return a
+
+        a2 = [conv(a) for a in args]
+        k2 = {k: conv(v) for k, v in kwargs.items()}
+        try:
+            so = serialize((a2, k2))
+        except Exception as e:
+            from .bad_input import unpicklable_argument_error
+            raise unpicklable_argument_error(what, args, kwargs, e) from e
+        return so, deps
+
+    def submit_task(self, spec: TaskSpec, so: SerializedObject, deps: list[ObjectRef]) -> list[ObjectRef]:
+        spec.args_meta, spec.args_bufs = so.meta, so.buffers
+        if so.total_bytes >= self.config.max_inline_bytes and so.buffers:
+            # Large arguments go to shared memory once; the task reads them zero-copy.
+            args_ref = self.put_args(so)
+            spec.args_meta, spec.args_bufs = b"", []
+            spec.nested = [args_ref]
+        else:
+            spec.nested = list(so.nested_refs)
+        spec.deps = deps
+        for r in deps:
+            self.refs.add_submitted(r._id, r._owner)
+        for r in spec.nested:
+            self.refs.add_submitted(r._id, r._owner)
+        refs = [ObjectRef(oid, self.address) for oid in spec.return_ids]
+        for oid in spec.return_ids:
+            self.store.create_pending(oid)
+        self.post(self._submit_on_loop, spec)
+        return refs
+
+    def put_args(self, so: SerializedObject) -> ObjectRef:
+        oid = ObjectID.new()
+        ref = ObjectRef(oid, self.address)
+        nested = self._pin_nested(oid, so)
+        self.store_serialized(oid, so, nested, owner_wid=self.worker_id)
+        return ref
+
+    def _submit_on_loop(self, spec: TaskSpec) -> None:
+        for oid in spec.return_ids:
+            self.tasks[oid] = spec
+        self._when_deps_ready(spec, self._enqueue)
+
+    def _when_deps_ready(self, spec: TaskSpec, then: Callable[[TaskSpec], None]) -> None:
+        waiting = [r for r in spec.deps if r._owner == self.address and not self.store.ready(r._id)]
+        if not waiting:
+            then(spec)
+            return
+        left = [len(waiting)]
+
+        def one() -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                then(spec)
+
+        for r in waiting:
+            if not self.store.add_waiter(r._id, lambda: self.on_loop(one)):
+                one()
+
+    def _dep_error(self, spec: TaskSpec) -> BaseException | None:
+        for r in spec.deps:
+            e = self.store.entries.get(r._id)
+            if e is not None and e.state == ERROR and r._owner == self.address:
+                return e.error
+        return None
+
+    def _enqueue(self, spec: TaskSpec) -> None:
+        if spec.cancelled:
+            return
+        err = self._dep_error(spec)
+        if err is not None:
+            self._finish_task(spec, error=err)
+            return
+        sq = self.queues.get(spec.sched_key)
+        if sq is None:
+            sq = self.queues[spec.sched_key] = SchedulingQueue(spec.sched_key, spec.demand, spec.env)
+        sq.queue.append(spec)
+        self._dispatch(sq)
+
+    def _dispatch(self, sq: SchedulingQueue) -> None:
+        for lease in sq.leases:
+            if not sq.queue:
+                break
+            if lease.busy is None and not lease.dead:
+                self._push(lease, sq.queue.popleft())
+        want = min(len(sq.queue), 64) - sq.requesting
+        for _ in range(max(0, want)):
+            sq.requesting += 1
+            self.spawn(self._request_lease(sq))
+
+    async def _request_lease(self, sq: SchedulingQueue) -> None:
+        try:
+            reply, _ = await self.nm.request({"op": "lease", "demand": sq.demand, "env": sq.env}, timeout=None)
+        except ConnectionError:
+            sq.requesting -= 1
+            return
+        sq.requesting -= 1
+        try:
+            conn = await self.get_conn(reply["address"])
+        except Exception:
+            logger.warning("could not reach leased worker %s", reply["address"])
+            self._return_lease_msg(reply, kill=True)
+            self._dispatch(sq)
+            return
+        lease = Lease(reply, conn, sq)
+        sq.leases.append(lease)
+        if sq.queue:
+            self._push(lease, sq.queue.popleft())
+        else:
+            self._return_lease(lease)
+
+    def _return_lease_msg(self, reply: dict, kill: bool = False) -> None:
+        if self.nm is not None and not self.nm.closed:
+            self.nm.send({"op": "return_lease", "worker_id": reply["worker_id"], "lease_id": reply["lease_id"],
+                          "kill": kill})
+
+    def _return_lease(self, lease: Lease) -> None:
+        lease.idle_handle = None
+        if lease.busy is not None or lease.dead:
+            return
+        lease.dead = True
+        if lease in lease.sq.leases:
+            lease.sq.leases.remove(lease)
+        self._return_lease_msg({"worker_id": lease.worker_id, "lease_id": lease.lease_id})
+
+    def _push(self, lease: Lease, spec: TaskSpec) -> None:
+        if lease.idle_handle is not None:
+            lease.idle_handle.cancel()
+            lease.idle_handle = None
+        lease.busy = spec
+        spec.lease = lease
+        msg, bufs = self._task_message(spec, lease.conn)
+        msg["gpu"] = lease.gpus
+        msg["res"] = spec.demand
+        try:
+            fut = lease.conn.request_nowait(msg, bufs)
+        except ConnectionClosed as e:
+            self._on_task_done(lease, spec, None, e)
+            return
+        fut.add_done_callback(lambda f: self._on_task_reply(lease, spec, f))
+
+    def _task_message(self, spec: TaskSpec, conn: Connection) -> tuple[dict, list]:
+        bufs = list(spec.args_bufs)
+        deps = []
+        for r in spec.deps:
+            e = self.store.entries.get(r._id)
+            if r._owner == self.address and e is not None and e.state == INLINE:
+                deps.append(["i", r._id, r._owner, e.meta, len(e.bufs)])
+                bufs.extend(e.bufs)
+            elif e is not None and e.state == SHM and e.node_id == self.node_id:
+                deps.append(["s", r._id, r._owner, None, 0])
+            else:
+                deps.append(["r", r._id, r._owner, None, 0])
+        msg = {"op": "push" if not spec.actor_id else "actor_call", "t": spec.task_id, "n": spec.name,
+               "a": spec.args_meta, "nb": len(spec.args_bufs), "d": deps, "r": spec.return_ids,
+               "job": self.job_id, "ns": self.namespace, "ow": self.worker_id, "oa": self.address}
+        if spec.nested and not spec.args_meta:
+            msg["ar"] = [spec.nested[0]._id, self.address]
+        if spec.actor_id:
+            msg["m"] = spec.method
+        else:
+            msg["f"] = spec.fid
+            sent = conn.sent_functions  # type: ignore[attr-defined]
+            if spec.fid not in sent:
+                msg["fn"] = spec.fn_blob
+                sent.add(spec.fid)
+        return msg, bufs
+
+    def _on_task_reply(self, lease: Lease, spec: TaskSpec, fut: asyncio.Future) -> None:
+        exc = fut.exception()
+        self._on_task_done(lease, spec, None if exc else fut.result(), exc)
+
+    def _on_task_done(self, lease: Lease, spec: TaskSpec, result: Any, exc: BaseException | None) -> None:
+        lease.busy = None
+        sq = lease.sq
+        if exc is not None:
+            lease.dead = True
+            if lease in sq.leases:
+                sq.leases.remove(lease)
+            if spec.cancelled:
+                self._finish_task(spec, error=TaskCancelledError(spec.task_id.hex()))
+            elif spec.max_retries != 0:
+                spec.max_retries -= 1
+                logger.warning("A worker died while running task `%s`; retrying (%s retries left).", spec.name,
+                               "infinite" if spec.max_retries < 0 else spec.max_retries)
+                sq.queue.appendleft(spec)
+            else:
+                self._finish_task(spec, error=WorkerCrashedError(spec.name, f"worker {lease.worker_id[:8]} exited"))
+        else:
+            reply, bufs = result
+            if not self._maybe_retry_exception(spec, reply):
+                self._apply_results(spec, reply, bufs, lease.address)
+            else:
+                sq.queue.appendleft(spec)
+        if sq.queue:
+            self._dispatch(sq)
+        elif not lease.dead and lease.busy is None:
+            lease.idle_handle = self.loop.call_later(self.config.lease_idle_timeout_s, self._return_lease, lease)
+
+    def _maybe_retry_exception(self, spec: TaskSpec, reply: dict) -> bool:
+        if not spec.retry_exceptions or spec.max_retries == 0 or spec.cancelled:
+            return False
+        for kind, meta, *_ in reply["res"]:
+            if kind == "e":
+                err = pickle.loads(meta)
+                cause = getattr(err, "cause", err)
+                rx = spec.retry_exceptions
+                if rx is True or (isinstance(rx, (list, tuple)) and isinstance(cause, tuple(rx))):
+                    spec.max_retries -= 1
+                    logger.info("task `%s` raised %s; retrying", spec.name, type(cause).__name__)
+                    return True
+        return False
+
+    def _apply_results(self, spec: TaskSpec, reply: dict, bufs: list, worker_address: str) -> None:
+        pos = 0
+        for oid, (kind, meta, nbufs, nested) in zip(spec.return_ids, reply["res"]):
+            if not self.refs.holds(oid):  # nobody wants this result any more
+                if kind == "s" and self.nm is not None:
+                    self.nm.send({"op": "free_objects", "object_ids": [oid]})
+                pos += nbufs
+                for noid, _owner, holder in nested or ():
+                    self._send_owner(holder, {"op": "release_contained", "o": noid, "x": oid})
+                continue
+            nested = [tuple(n) for n in nested or ()]
+            if kind == "i":
+                self.store.set_inline(oid, meta, [bytes(b) for b in bufs[pos:pos + nbufs]], nested)
+            elif kind == "s":
+                self.store.set_shm(oid, meta, reply.get("node", self.node_id), nested)
+            else:
+                self.store.set_error(oid, pickle.loads(meta))
+            pos += nbufs
+        for oid in reply.get("b", ()):  # refs the worker still borrows
+            self.refs.add_borrower(oid, worker_address)
+        self._task_finished(spec)
+
+    def _finish_task(self, spec: TaskSpec, *, error: BaseException) -> None:
+        for oid in spec.return_ids:
+            self.store.set_error(oid, error)
+        self._task_finished(spec)
+
+    def _task_finished(self, spec: TaskSpec) -> None:
+        if spec.finished:
+            return
+        spec.finished = True
+        for oid in spec.return_ids:
+            if self.tasks.get(oid) is spec:
+                del self.tasks[oid]
+        for r in spec.deps:
+            self.refs.remove_submitted(r._id)
+        for r in spec.nested:
+            self.refs.remove_submitted(r._id)
+        spec.deps, spec.nested = [], []
+        if spec.actor_id:
+            ch = self.actors.get(spec.actor_id)
+            if ch is not None:
+                ch.inflight.pop(spec.task_id, None)
+                self._maybe_kill_out_of_scope(ch)
+
+    def on_infeasible(self, conn: Connection, msg: dict, bufs: list) -> None:
+        if msg["text"] not in self._infeasible_warned:
+            self._infeasible_warned.add(msg["text"])
+            logger.warning(msg["text"])
+
+    # -- cancel ------------------------------------------------------------------------------
+    def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:
+        self.on_loop(self._cancel_on_loop, ref._id, force, recursive)
+
+    def _cancel_on_loop(self, oid: bytes, force: bool, recursive: bool) -> None:
+        spec = self.tasks.get(oid)
+        if spec is None or spec.finished:
+            return
+        spec.cancelled = True
+        if spec.actor_id:
+            ch = self.actors.get(spec.actor_id)
+            if ch is not None and spec in ch.queue:
+                ch.queue.remove(spec)
+                self._finish_task(spec, error=TaskCancelledError(spec.task_id.hex()))
+            elif ch is not None and ch.conn is not None:
+                ch.conn.send({"op": "cancel", "t": spec.task_id, "force": False, "recursive": recursive})
+            return
+        sq = self.queues.get(spec.sched_key)
+        if spec.lease is None or spec.lease.busy is not spec:
+            if sq is not None and spec in sq.queue:
+                sq.queue.remove(spec)
+            self._finish_task(spec, error=TaskCancelledError(spec.task_id.hex()))
+            return
+        lease = spec.lease
+        if force:
+            self.nm.send({"op": "kill_worker", "worker_id": lease.worker_id})
+        else:
+            lease.conn.send({"op": "cancel", "t": spec.task_id, "recursive": recursive})
+
+    def cancel_children(self, parent_task_id: bytes) -> None:
+        """Cancel tasks this process submitted while running `parent_task_id` (recursive cancel)."""
+        for oid, spec in list(self.tasks.items()):
+            if getattr(spec, "parent", None) == parent_task_id:
+                self._cancel_on_loop(oid, False, True)
+
+    # -- actors -------------------------------------------------------------------------------
+    def actor_channel(self, actor_id: str, max_task_retries: int = 0) -> ActorChannel:
+        ch = self.actors.get(actor_id)
+        if ch is None:
+            ch = self.actors[actor_id] = ActorChannel(actor_id, max_task_retries)
+        return ch
+
+    def submit_actor_task(self, spec: TaskSpec, so: SerializedObject, deps: list[ObjectRef],
+                          max_task_retries: int) -> list[ObjectRef]:
+        spec.args_meta, spec.args_bufs = so.meta, so.buffers
+        if so.total_bytes >= self.config.max_inline_bytes and so.buffers:
+            spec.nested = [self.put_args(so)]
+            spec.args_meta, spec.args_bufs = b"", []
+        else:
+            spec.nested = list(so.nested_refs)
+        spec.deps = deps
+        spec.max_retries = max_task_retries
+        for r in deps:
+            self.refs.add_submitted(r._id, r._owner)
+        for r in spec.nested:
+            self.refs.add_submitted(r._id, r._owner)
+        refs = [ObjectRef(oid, self.address) for oid in spec.return_ids]
+        for oid in spec.return_ids:
+            self.store.create_pending(oid)
+        self.post(self._submit_actor_on_loop, spec)
+        return refs
+
+    def _submit_actor_on_loop(self, spec: TaskSpec) -> None:
+        ch = self.actor_channel(spec.actor_id)
+        for oid in spec.return_ids:
+            self.tasks[oid] = spec
+        ch.queue.append(spec)
+        if not ch.subscribed:
+            ch.subscribed = True
+            self.spawn(self._subscribe_actor(ch))
+        self._flush_actor(ch)
+
+    def subscribe_actor_nowait(self, actor_id: str, max_task_retries: int) -> None:
+        def go() -> None:
+            ch = self.actor_channel(actor_id, max_task_retries)
+            if not ch.subscribed:
+                ch.subscribed = True
+                self.spawn(self._subscribe_actor(ch))
+        self.on_loop(go)
+
+    async def _subscribe_actor(self, ch: ActorChannel) -> None:
+        try:
+            reply, _ = await self.gcs_request({"op": "subscribe_actor", "actor_id": ch.actor_id})
+        except Exception as e:
+            ch.state, ch.reason = "DEAD", f"the control store could not be reached: {e}"
+            self._flush_actor(ch)
+            return
+        self._apply_actor_state(ch, reply)
+
+    def on_actor_update(self, conn: Connection, msg: dict, bufs: list) -> None:
+        ch = self.actors.get(msg["actor_id"])
+        if ch is not None:
+            self._apply_actor_state(ch, msg)
+
+    def _apply_actor_state(self, ch: ActorChannel, msg: dict) -> None:
+        if ch.state == "DEAD":
+            return
+        if msg["num_restarts"] < ch.num_restarts:
+            return  # stale
+        ch.num_restarts = msg["num_restarts"]
+        ch.state, ch.reason = msg["state"], msg.get("reason", "")
+        if msg.get("address") and msg["address"] != ch.address:
+            ch.address, ch.conn = msg["address"], None
+        self._flush_actor(ch)
+
+    def _flush_actor(self, ch: ActorChannel) -> None:
+        if ch.state == "DEAD":
+            err = ActorDiedError(ch.actor_id, ch.reason)
+            while ch.queue:
+                self._finish_task(ch.queue.popleft(), error=err)
+            return
+        if ch.state != "ALIVE" or not ch.address:
+            return
+        if ch.conn is None or ch.conn.closed:
+            if not ch.connecting:
+                ch.connecting = True
+                self.spawn(self._connect_actor(ch))
+            return
+        while ch.queue:
+            spec = ch.queue[0]
+            if spec.cancelled:
+                ch.queue.popleft()
+                continue
+            if any(r._owner == self.address and not self.store.ready(r._id) for r in spec.deps):
+                self._when_deps_ready(spec, lambda s: self._flush_actor(ch))
+                return
+            ch.queue.popleft()
+            err = self._dep_error(spec)
+            if err is not None:
+                self._finish_task(spec, error=err)
+                continue
+            msg, bufs = self._task_message(spec, ch.conn)
+            ch.inflight[spec.task_id] = spec
+            fut = ch.conn.request_nowait(msg, bufs)
+            fut.add_done_callback(lambda f, spec=spec, ch=ch: self._on_actor_reply(ch, spec, f))
+
+    async def _connect_actor(self, ch: ActorChannel) -> None:
+        address = ch.address
+        try:
+            conn = await self.get_conn(address)
+        except Exception:
+            conn = None
+        ch.connecting = False
+        if ch.address != address:
+            self._flush_actor(ch)
+            return
+        if conn is None:
+            ch.state = "UNKNOWN"  # wait for the control store to say what happened
+            return
+        ch.conn = conn
+        self._flush_actor(ch)
+
+    def _on_actor_reply(self, ch: ActorChannel, spec: TaskSpec, fut: asyncio.Future) -> None:
+        if fut.exception() is not None:
+            return  # connection lost: handled by _actor_conn_lost
+        reply, bufs = fut.result()
+        if reply.get("actor_dead"):
+            ch.inflight.pop(spec.task_id, None)
+            self._finish_task(spec, error=ActorDiedError(ch.actor_id, reply["actor_dead"]))
+            return
+        self._apply_results(spec, reply, bufs, ch.address)
+
+    def _actor_conn_lost(self, ch: ActorChannel) -> None:
+        ch.conn = None
+        ch.address = ""
+        if ch.state == "ALIVE":
+            ch.state = "UNKNOWN"
+        retry = []
+        for spec in list(ch.inflight.values()):
+            ch.inflight.pop(spec.task_id, None)
+            if spec.max_retries != 0 and not spec.cancelled:
+                spec.max_retries -= 1
+                retry.append(spec)
+            else:
+                reason = ch.reason or "the actor's process died while running this call (max_task_retries=0)"
+                self._finish_task(spec, error=ActorDiedError(ch.actor_id, reason))
+        ch.queue.extendleft(reversed(retry))
+        self._flush_actor(ch)
+
+    def handle_out_of_scope(self, actor_id: str) -> None:
+        def go() -> None:
+            ch = self.actors.get(actor_id)
+            if ch is None:
+                ch = self.actor_channel(actor_id)
+            ch.handle_gone = True
+            self._maybe_kill_out_of_scope(ch)
+        if not self.closed:
+            self.on_loop(go)
+
+    def _maybe_kill_out_of_scope(self, ch: ActorChannel) -> None:
+        if ch.handle_gone and not ch.queue and not ch.inflight and ch.state != "DEAD":
+            ch.state = "DEAD"
+            ch.reason = "all handles to it went out of scope"
+
+            async def kill() -> None:
+                try:
+                    await self.gcs_request({"op": "kill_actor", "actor_id": ch.actor_id, "no_restart": True})
+                except Exception:
+                    pass
+
+            self.spawn(kill())
+
+    # -- shutdown ------------------------------------------------------------------------------
+    async def close_async(self) -> None:
+        self.closed = True
+        for c in list(self.conns.values()) + [self.nm, self.gcs]:
+            if c is not None:
+                c.close()
+        if getattr(self, "_server", None) is not None:
+            self._server.close()
+
+    def shutdown(self) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            try:
+                self.run_sync(self.close_async(), timeout=5)
+            except Exception:
+                pass
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=5)
+        try:
+            os.unlink(self.address[5:])
+        except OSError:
+            pass
+
+
+_BACKGROUND: set = set()
+
+
+def _pickle_error(err: BaseException | None) -> bytes:
+    try:
+        return pickle.dumps(err)
+    except Exception:
+        return pickle.dumps(ObjectLostError("", f"{type(err).__name__}: {err}"))
+
+
+def worker_current() -> CoreWorker:
+    return worker_state.current()
+
+
+def monotonic() -> float:
+    return time.monotonic()

@@ -1,0 +1,211 @@
+"""Starting and stopping cluster processes (control store + node manager) on this machine.
+
+Listening sockets are bound here and inherited by the children, so clients can connect
+at once: the kernel queues connections until the child's event loop accepts them.
+An embedded cluster also inherits the read end of a pipe whose write end only the
+driver holds: when the driver dies, even by SIGKILL, the children read EOF and exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+from ..config import SystemConfig
+from ..rpc.connection import bind_socket, socket_address
+
+
+def cluster_root() -> str:
+    return os.path.join(tempfile.gettempdir(), "orrery")
+
+
+def current_cluster_file() -> str:
+    return os.path.join(cluster_root(), "current_cluster.json")
+
+
+@dataclass
+class ClusterProcesses:
+    session_dir: str
+    session_name: str
+    token: str
+    gcs_address: str
+    node_address: str
+    node_tcp_address: str
+    shm_dir: str
+    procs: dict = field(default_factory=dict)  # name -> Popen (embedded) or pid (persistent)
+    owner_fd: int | None = None
+    sock_dir: str = ""
+
+    def info(self) -> dict:
+        return {"session_dir": self.session_dir, "session_name": self.session_name, "token": self.token,
+                "gcs_address": self.gcs_address, "node_address": self.node_address,
+                "node_tcp_address": self.node_tcp_address, "shm_dir": self.shm_dir, "sock_dir": self.sock_dir,
+                "pids": {k: (p.pid if hasattr(p, "pid") else p) for k, p in self.procs.items()}}
+
+
+def default_resources(num_cpus: float | None, num_gpus: float | None, object_store_memory: int | None) -> dict:
+    total = psutil.virtual_memory().total
+    if object_store_memory is None:
+        shm_free = psutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else total
+        object_store_memory = int(min(total * 0.3, shm_free * 0.9))
+    return {"num_cpus": os.cpu_count() or 1 if num_cpus is None else num_cpus,
+            "num_gpus": _detect_gpus() if num_gpus is None else num_gpus,
+            "memory": int(total * 0.7), "object_store_memory": int(object_store_memory)}
+
+
+def _detect_gpus() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip()])
+    try:
+        return len([d for d in os.listdir("/proc/driver/nvidia/gpus")])
+    except OSError:
+        return 0
+
+
+def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = None, resources: dict | None = None,
+                  object_store_memory: int | None = None, config: SystemConfig, persistent: bool = False,
+                  port: int = 0) -> ClusterProcesses:
+    if object_store_memory is not None and (not isinstance(object_store_memory, int) or object_store_memory <= 0):
+        raise ValueError(f"object_store_memory must be a positive number of bytes, got {object_store_memory!r}.")
+    res = default_resources(num_cpus, num_gpus, object_store_memory)
+    session_name = f"session_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{secrets.token_hex(3)}"
+    session_dir = os.path.join(cluster_root(), session_name)
+    os.makedirs(os.path.join(session_dir, "logs"), exist_ok=True)
+    # Unix socket paths are limited to ~107 bytes: fall back to a short directory when needed.
+    sock_dir = os.path.join(session_dir, "sockets")
+    if len(sock_dir) > 60:
+        sock_dir = tempfile.mkdtemp(prefix="orrery-", dir="/tmp")
+    os.makedirs(sock_dir, exist_ok=True)
+    token = secrets.token_hex(16)
+    token_file = os.path.join(session_dir, "token")
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, token.encode())
+    os.close(fd)
+    node_id = secrets.token_hex(16)
+    shm_root = "/dev/shm" if os.path.isdir("/dev/shm") else session_dir
+    shm_dir = os.path.join(shm_root, f"orrery-{session_name[-6:]}-{node_id[:8]}")
+
+    gcs_sock = bind_socket(f"tcp:127.0.0.1:{port}")
+    nm_unix = bind_socket("unix:" + os.path.join(sock_dir, "node.sock"))
+    nm_tcp = bind_socket("tcp:127.0.0.1:0")
+    gcs_address = socket_address(gcs_sock)
+    owner_r = owner_w = None
+    if not persistent:
+        owner_r, owner_w = os.pipe()
+        os.set_inheritable(owner_r, True)
+    env = dict(os.environ)
+    env["ORRERY_SESSION"] = session_name
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    sys_config = config.to_json()
+    gcs_args = {"tcp_fd": gcs_sock.fileno(), "token_file": token_file, "owner_fd": owner_r,
+                "session_dir": session_dir}
+    nm_args = {"unix_fd": nm_unix.fileno(), "tcp_fd": nm_tcp.fileno(), "owner_fd": owner_r, "token_file": token_file,
+               "node_id": node_id, "session_dir": session_dir, "gcs_address": gcs_address,
+               "unix_address": socket_address(nm_unix), "tcp_address": socket_address(nm_tcp),
+               "num_cpus": res["num_cpus"], "num_gpus": res["num_gpus"], "memory": res["memory"],
+               "object_store_memory": res["object_store_memory"], "resources": resources or {},
+               "shm_dir": shm_dir, "system_config": sys_config, "node_ip": "127.0.0.1"}
+    fds = [gcs_sock.fileno(), nm_unix.fileno(), nm_tcp.fileno()] + ([owner_r] if owner_r is not None else [])
+    procs = {}
+    for name, module, args, keep in (("gcs", "runtime.gcs", gcs_args, [gcs_sock.fileno()]),
+                                     ("node", "runtime.node", nm_args, [nm_unix.fileno(), nm_tcp.fileno()])):
+        log = open(os.path.join(session_dir, "logs", f"{name}.log"), "ab")
+        pass_fds = keep + ([owner_r] if owner_r is not None else [])
+        procs[name] = subprocess.Popen([sys.executable, "-m", module, json.dumps(args)], stdin=subprocess.DEVNULL,
+                                       stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds, env=env,
+                                       start_new_session=persistent, close_fds=True)
+        log.close()
+    del fds
+    for s in (gcs_sock, nm_unix, nm_tcp):
+        s.close()
+    if owner_r is not None:
+        os.close(owner_r)
+    return ClusterProcesses(session_dir=session_dir, session_name=session_name, token=token, gcs_address=gcs_address,
+                            node_address=socket_address_unix(sock_dir), node_tcp_address=nm_args["tcp_address"],
+                            shm_dir=shm_dir, procs=procs, owner_fd=owner_w, sock_dir=sock_dir)
+
+
+def socket_address_unix(sock_dir: str) -> str:
+    return "unix:" + os.path.join(sock_dir, "node.sock")
+
+
+def stop_cluster(cluster: ClusterProcesses, timeout: float = 10.0) -> None:
+    """Stop an embedded cluster: closing the owner pipe makes every daemon exit."""
+    if cluster.owner_fd is not None:
+        os.close(cluster.owner_fd)
+        cluster.owner_fd = None
+    deadline = time.monotonic() + timeout
+    for proc in cluster.procs.values():
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    _cleanup_dirs(cluster.info())
+
+
+def _cleanup_dirs(info: dict) -> None:
+    import shutil
+    shutil.rmtree(info.get("shm_dir", ""), ignore_errors=True) if info.get("shm_dir") else None
+    sock_dir = info.get("sock_dir", "")
+    if sock_dir.startswith("/tmp/orrery-"):
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def write_current_cluster(cluster: ClusterProcesses) -> str:
+    path = current_cluster_file()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(cluster.info(), f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def read_current_cluster() -> dict | None:
+    try:
+        with open(current_cluster_file()) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    gcs_pid = info.get("pids", {}).get("gcs")
+    if not gcs_pid or not psutil.pid_exists(gcs_pid):
+        return None
+    return info
+
+
+def stop_persistent(info: dict, timeout: float = 10.0) -> list[int]:
+    pids = [p for p in info.get("pids", {}).values() if p]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        gone, alive = psutil.wait_procs([_proc(p) for p in pids if _proc(p)], timeout=timeout)
+        if not alive:
+            break
+    _cleanup_dirs(info)
+    try:
+        os.unlink(current_cluster_file())
+    except OSError:
+        pass
+    return pids
+
+
+def _proc(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None

@@ -1,0 +1,100 @@
+"""Validation of @remote / .options() arguments and how they turn into resource demands."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .bad_input import check_options
+
+COMMON = {"num_cpus", "num_gpus", "memory", "resources", "scheduling_strategy", "runtime_env", "placement_group",
+          "placement_group_bundle_index", "placement_group_capture_child_tasks", "accelerator_type", "name",
+          "label_selector", "_metadata", "enable_task_events"}
+TASK_OPTIONS = COMMON | {"num_returns", "max_retries", "retry_exceptions", "max_calls"}
+ACTOR_OPTIONS = COMMON | {"max_restarts", "max_task_retries", "max_concurrency", "namespace", "lifetime",
+                          "get_if_exists", "max_pending_calls", "concurrency_groups"}
+METHOD_OPTIONS = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group"}
+RUNTIME_ENV_KEYS_NOW = {"env_vars"}
+RUNTIME_ENV_KEYS_LATER = {"working_dir", "py_modules", "pip", "conda", "excludes", "container", "uv", "image_uri",
+                          "config", "nsight", "java_jars", "worker_process_setup_hook"}
+
+
+def validate(options: dict, allowed: set[str], what: str) -> dict:
+    check_options(options, allowed, what)
+    for key in ("num_cpus", "num_gpus", "memory"):
+        v = options.get(key)
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
+            raise ValueError(f"{key} must be a non-negative number, got {v!r} (in {what}).")
+    res = options.get("resources")
+    if res is not None:
+        if not isinstance(res, dict):
+            raise TypeError(f"resources must be a dict like {{'custom': 1}}, got {type(res).__name__} (in {what}).")
+        for k in ("CPU", "GPU", "memory"):
+            if k in res:
+                raise ValueError(f"Use num_cpus/num_gpus/memory instead of resources={{{k!r}: ...}} (in {what}).")
+        for k, v in res.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"Resource {k!r} must be a non-negative number, got {v!r} (in {what}).")
+    nr = options.get("num_returns")
+    if nr is not None and (not isinstance(nr, int) or isinstance(nr, bool) or nr < 0):
+        raise ValueError(f"num_returns must be a non-negative int, got {nr!r} (in {what}).")
+    for key in ("max_retries", "max_restarts", "max_task_retries"):
+        v = options.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < -1):
+            raise ValueError(f"{key} must be an int >= -1 (-1 means infinite), got {v!r} (in {what}).")
+    mc = options.get("max_concurrency")
+    if mc is not None and (not isinstance(mc, int) or mc < 1):
+        raise ValueError(f"max_concurrency must be an int >= 1, got {mc!r} (in {what}).")
+    rx = options.get("retry_exceptions")
+    if rx is not None and not isinstance(rx, bool):
+        if not (isinstance(rx, (list, tuple)) and all(isinstance(t, type) and issubclass(t, BaseException) for t in rx)):
+            raise TypeError(f"retry_exceptions must be a bool or a list of exception classes, got {rx!r} (in {what}).")
+    lt = options.get("lifetime")
+    if lt not in (None, "detached", "non_detached"):
+        raise ValueError(f"lifetime must be 'detached' or None, got {lt!r} (in {what}).")
+    ss = options.get("scheduling_strategy")
+    if ss is not None and ss not in ("DEFAULT", "SPREAD") and not hasattr(ss, "_strategy_kind"):
+        raise ValueError(f"scheduling_strategy must be 'DEFAULT', 'SPREAD' or a strategy object from "
+                         f"runtime.util.scheduling_strategies, got {ss!r} (in {what}).")
+    validate_runtime_env(options.get("runtime_env"))
+    return options
+
+
+def validate_runtime_env(env: Any) -> None:
+    if env is None:
+        return
+    if not isinstance(env, dict):
+        raise TypeError(f"runtime_env must be a dict, got {type(env).__name__}.")
+    for key in env:
+        if key in RUNTIME_ENV_KEYS_NOW:
+            continue
+        if key in RUNTIME_ENV_KEYS_LATER:
+            raise ValueError(f"runtime_env key {key!r} is not supported yet; only 'env_vars' is. "
+                             "Install what the task needs on the cluster, or pass settings through env_vars.")
+        raise ValueError(f"Unknown runtime_env key {key!r}; the supported key is 'env_vars'.")
+    ev = env.get("env_vars", {})
+    if not isinstance(ev, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in ev.items()):
+        raise TypeError("runtime_env['env_vars'] must be a dict of str to str.")
+
+
+def demand_of(options: dict, default_cpus: float) -> dict[str, float]:
+    d: dict[str, float] = {}
+    cpus = options.get("num_cpus")
+    d["CPU"] = float(default_cpus if cpus is None else cpus)
+    if options.get("num_gpus"):
+        d["GPU"] = float(options["num_gpus"])
+    if options.get("memory"):
+        d["memory"] = float(options["memory"])
+    for k, v in (options.get("resources") or {}).items():
+        d[k] = float(v)
+    return {k: v for k, v in d.items() if v > 0}
+
+
+def env_of(options: dict, job_env: dict | None) -> dict[str, str]:
+    env = dict((job_env or {}).get("env_vars") or {})
+    env.update((options.get("runtime_env") or {}).get("env_vars") or {})
+    return env
+
+
+def sched_key(demand: dict, env: dict) -> str:
+    return json.dumps([sorted(demand.items()), sorted(env.items())])

@@ -1,0 +1,79 @@
+"""Remote functions: `@runtime.remote def f(...)`, then `f.remote(...)` submits a task."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import cloudpickle
+
+from . import api_state, worker_state
+from .ids import TaskID
+from .options import TASK_OPTIONS, demand_of, env_of, sched_key, validate
+from .task_spec import TaskSpec
+
+
+class RemoteFunction:
+    def __init__(self, function: Any, options: dict) -> None:
+        self._function = function
+        self._options = validate(dict(options), TASK_OPTIONS, f"remote function {function.__qualname__}")
+        self._blob: bytes | None = None
+        self._fid: bytes | None = None
+        self.__name__ = getattr(function, "__name__", "remote_function")
+        self.__qualname__ = getattr(function, "__qualname__", self.__name__)
+        self.__doc__ = getattr(function, "__doc__", None)
+        self.__module__ = getattr(function, "__module__", None)
+        self.__wrapped__ = function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"Remote function `{self.__name__}` cannot be called directly. Use "
+                        f"`{self.__name__}.remote(...)` to run it as a task, or `{self.__name__}._function(...)` "
+                        "to call the plain Python function.")
+
+    def __repr__(self) -> str:
+        return f"RemoteFunction({self.__qualname__})"
+
+    def options(self, **options: Any) -> _BoundOptions:
+        validate(dict(options), TASK_OPTIONS, f"{self.__name__}.options()")
+        return _BoundOptions(self, {**self._options, **options})
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._submit(args, kwargs, self._options)
+
+    def _function_blob(self) -> tuple[bytes, bytes]:
+        if self._blob is None:
+            self._blob = cloudpickle.dumps(self._function, protocol=5)
+            self._fid = hashlib.sha1(self._blob).digest()[:16]
+        return self._fid, self._blob  # type: ignore[return-value]
+
+    def _submit(self, args: tuple, kwargs: dict, options: dict) -> Any:
+        cw = api_state.ensure_initialized()
+        fid, blob = self._function_blob()
+        num_returns = options.get("num_returns", 1)
+        so, deps = cw.prepare_args(args, kwargs, f"`{self.__name__}`")
+        task_id = TaskID.new()
+        demand = demand_of(options, 1)
+        env = env_of(options, api_state.job_runtime_env)
+        max_retries = options.get("max_retries")
+        spec = TaskSpec(task_id=task_id, name=self.__qualname__, fid=fid, fn_blob=blob,
+                        return_ids=[task_id + i.to_bytes(4, "little") for i in range(max(num_returns, 1))],
+                        demand=demand, env=env, max_retries=3 if max_retries is None else max_retries,
+                        retry_exceptions=options.get("retry_exceptions") or False, sched_key=sched_key(demand, env))
+        spec.parent = cw.current_task_id if cw.mode == "worker" else None
+        refs = cw.submit_task(spec, so, deps)
+        if num_returns == 1:
+            return refs[0]
+        if num_returns == 0:
+            return None
+        return refs
+
+
+class _BoundOptions:
+    def __init__(self, rf: RemoteFunction, options: dict) -> None:
+        self._rf, self._options = rf, options
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._rf._submit(args, kwargs, self._options)
+
+
+__all__ = ["RemoteFunction", "worker_state"]

@@ -1,0 +1,45 @@
+"""What a submitted task is, as data (imported by the submitter and the executor)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ArgRef:
+    """Placeholder for a top-level ObjectRef argument; the worker puts the value here."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple:
+        return ArgRef, (self.index,)
+
+
+class TaskSpec:
+    __slots__ = (
+        "task_id", "parent", "name", "fid", "fn_blob", "args_meta", "args_bufs", "deps", "nested", "return_ids",
+        "demand", "env", "max_retries", "retry_exceptions", "sched_key", "actor_id", "method",
+        "cancelled", "lease", "finished", "is_actor_creation", "owner_gone",
+    )
+
+    def __init__(self, **kw: Any) -> None:
+        self.fn_blob = b""
+        self.fid = b""
+        self.nested: list = []
+        self.deps: list = []
+        self.demand: dict = {}
+        self.env: dict = {}
+        self.max_retries = 0
+        self.retry_exceptions: Any = False
+        self.sched_key = ""
+        self.actor_id = ""
+        self.method = ""
+        self.cancelled = False
+        self.lease = None
+        self.finished = False
+        self.is_actor_creation = False
+        self.parent = None
+        for k, v in kw.items():
+            setattr(self, k, v)

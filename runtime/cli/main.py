@@ -1,0 +1,171 @@
+"""`runtime ...` / `python -m runtime ...`: start, stop, status, memory, list, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .._core import launcher
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    from ..config import SystemConfig
+    if not args.head:
+        print("Only `runtime start --head` is supported in this release (multi-node joins come later).",
+              file=sys.stderr)
+        return 2
+    if launcher.read_current_cluster() is not None:
+        print("A cluster is already running on this machine; `runtime stop` it first.", file=sys.stderr)
+        return 1
+    try:
+        resources = json.loads(args.resources) if args.resources else None
+    except json.JSONDecodeError as e:
+        print(f"--resources must be JSON like '{{\"custom\": 1}}': {e}", file=sys.stderr)
+        return 2
+    overrides = json.loads(args.system_config) if args.system_config else {}
+    if args.object_spill_dir:
+        overrides["object_spilling_directory"] = args.object_spill_dir
+    config = SystemConfig.resolve(overrides)
+    cluster = launcher.start_cluster(num_cpus=args.num_cpus, num_gpus=args.num_gpus, resources=resources,
+                                     object_store_memory=args.object_store_memory, config=config, persistent=True,
+                                     port=args.port)
+    launcher.write_current_cluster(cluster)
+    # Ready when a driver can join and sees the node.
+    import runtime
+    deadline = time.monotonic() + config.startup_timeout_s
+    while True:
+        try:
+            runtime.init(address="auto")
+            break
+        except ConnectionError:
+            if time.monotonic() > deadline:
+                print(f"The cluster did not come up; see {cluster.session_dir}/logs", file=sys.stderr)
+                launcher.stop_persistent(cluster.info())
+                return 1
+    res = runtime.cluster_resources()
+    runtime.shutdown()
+    addr = cluster.gcs_address.removeprefix("tcp:")
+    print(f"Started a cluster at {addr} (session {cluster.session_dir}).")
+    print(f"Resources: {json.dumps(res)}")
+    print("Join it from Python with runtime.init(address='auto'); stop it with `runtime stop`.")
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    info = launcher.read_current_cluster()
+    if info is None:
+        print("No running cluster was found on this machine.")
+        return 0
+    pids = launcher.stop_persistent(info)
+    print(f"Stopped the cluster (pids {', '.join(map(str, pids))}).")
+    return 0
+
+
+def _join() -> object:
+    import runtime
+    runtime.init(address="auto")
+    return runtime
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    if launcher.read_current_cluster() is None:
+        print("No running cluster was found on this machine. Start one with `runtime start --head`.")
+        return 1
+    runtime = _join()
+    from ..util import state
+    try:
+        nodes = runtime.nodes()
+        total, avail = runtime.cluster_resources(), runtime.available_resources()
+        stores = state.object_store_stats()
+    finally:
+        runtime.shutdown()
+    print(f"Nodes: {sum(1 for n in nodes if n['Alive'])} alive, {sum(1 for n in nodes if not n['Alive'])} dead")
+    for n in nodes:
+        print(f"  {n['NodeID'][:12]}  {n['NodeManagerAddress']}  {'ALIVE' if n['Alive'] else 'DEAD'}"
+              f"{'  (head)' if n['IsHead'] else ''}")
+    print("Resources (used / total):")
+    for k in sorted(total):
+        if k.startswith("node:"):
+            continue
+        used = total[k] - avail.get(k, 0.0)
+        if k in ("memory", "object_store_memory"):
+            print(f"  {k}: {used / 2**30:.2f} / {total[k] / 2**30:.2f} GiB")
+        else:
+            print(f"  {k}: {used:g} / {total[k]:g}")
+    for s in stores:
+        print(f"Object store: {s['used_bytes'] / 2**20:.1f} MiB used of {s['capacity_bytes'] / 2**20:.0f} MiB, "
+              f"{s['num_objects']} objects, {s['spilled_objects']} spilled")
+    return 0
+
+
+def _cmd_memory(args: argparse.Namespace) -> int:
+    if launcher.read_current_cluster() is None:
+        print("No running cluster was found on this machine.")
+        return 1
+    _join()
+    import runtime
+    from ..util import state
+    try:
+        objects = state.list_objects()
+    finally:
+        runtime.shutdown()
+    print(f"{'OBJECT ID':<42} {'SIZE':>12}  {'SPILLED':<7}  {'OWNER PID':>9}  REFERENCE KINDS")
+    for o in objects:
+        print(f"{o['object_id']:<42} {o['size_bytes']:>12}  {str(o['spilled']):<7}  {o['owner_pid']:>9}  "
+              f"{','.join(o['reference_kinds'])}")
+    print(f"{len(objects)} objects, {sum(o['size_bytes'] for o in objects)} bytes")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    if launcher.read_current_cluster() is None:
+        print("No running cluster was found on this machine.")
+        return 1
+    _join()
+    import runtime
+    from ..util import state
+    fn = {"nodes": state.list_nodes, "actors": state.list_actors, "objects": state.list_objects,
+          "jobs": state.list_jobs, "tasks": state.list_tasks}[args.what]
+    try:
+        rows = fn()
+    finally:
+        runtime.shutdown()
+    for r in rows:
+        print(json.dumps(r, default=str))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    return run_demo()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="runtime", description="Orrery's distributed runtime (Ray-compatible).")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("start", help="start a cluster in the background")
+    s.add_argument("--head", action="store_true", help="start the head node (control store + node manager)")
+    s.add_argument("--address", help="join an existing head (multi-node: later release)")
+    s.add_argument("--port", type=int, default=6379, help="control store port (default 6379; 0 picks a free one)")
+    s.add_argument("--num-cpus", type=float)
+    s.add_argument("--num-gpus", type=float)
+    s.add_argument("--resources", help='custom resources as JSON, e.g. \'{"x86": 1}\'')
+    s.add_argument("--object-store-memory", type=int, help="bytes of shared memory for objects")
+    s.add_argument("--object-spill-dir", help="directory for objects spilled when the store is full")
+    s.add_argument("--system-config", help="JSON of system config overrides")
+    s.set_defaults(fn=_cmd_start)
+    sub.add_parser("stop", help="stop the cluster started by `runtime start`").set_defaults(fn=_cmd_stop)
+    sub.add_parser("status", help="nodes, resources and object-store use").set_defaults(fn=_cmd_status)
+    sub.add_parser("memory", help="objects: size, owner, reference kinds, spilled").set_defaults(fn=_cmd_memory)
+    ls = sub.add_parser("list", help="list nodes, actors, objects, jobs or tasks")
+    ls.add_argument("what", choices=["nodes", "actors", "objects", "jobs", "tasks"])
+    ls.set_defaults(fn=_cmd_list)
+    sub.add_parser("demo", help="a short tour on an embedded cluster").set_defaults(fn=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.fn(args))

@@ -1,0 +1,72 @@
+"""The one place system configuration is defined and resolved.
+
+Order: defaults, then `RUNTIME_<KEY>` environment variables, then `init(_system_config=...)`
+or `runtime start --system-config JSON`. Unknown keys fail loudly with a suggestion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class SystemConfig:
+    # Results and put() values whose serialized size is below this travel inline, not via shm.
+    max_inline_bytes: int = 100 * 1024
+    # Directory that objects are spilled to when the store is full ("" = <session dir>/spill).
+    object_spilling_directory: str = ""
+    # How long an idle leased worker is kept by its owner before it is returned.
+    lease_idle_timeout_s: float = 0.05
+    # Pipelined tasks pushed to one leased worker before waiting for replies.
+    max_tasks_in_flight_per_worker: int = 16
+    # Idle workers above num_cpus are stopped after this long.
+    idle_worker_timeout_s: float = 60.0
+    # Seconds an RPC waits for a reply before failing (drivers and daemons).
+    rpc_timeout_s: float = 30.0
+    # Seconds init() waits for the embedded cluster to come up.
+    startup_timeout_s: float = 30.0
+    # Node heartbeat period towards the control store.
+    heartbeat_interval_s: float = 1.0
+
+    @classmethod
+    def resolve(cls, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> SystemConfig:
+        environ = os.environ if environ is None else environ
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for name, f in fields.items():
+            raw = environ.get(f"RUNTIME_{name.upper()}")
+            if raw is not None:
+                values[name] = _coerce(name, f.type, raw)
+        for key, value in (overrides or {}).items():
+            if key not in fields:
+                close = difflib.get_close_matches(key, fields, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f". Valid keys: {', '.join(sorted(fields))}."
+                raise ValueError(f"Unknown _system_config key '{key}'{hint}")
+            values[key] = _coerce(key, fields[key].type, value)
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> SystemConfig:
+        return cls(**json.loads(text))
+
+
+def _coerce(name: str, type_name: Any, value: Any) -> Any:
+    kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(type_name), str)
+    try:
+        if kind is bool and isinstance(value, str):
+            return value.lower() in ("1", "true", "yes")
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"System config '{name}' must be {kind.__name__}, got {value!r}.") from None
+
+
+def cluster_address_from_env() -> str | None:
+    """RUNTIME_ADDRESS (or Ray's RAY_ADDRESS) makes init() join that cluster."""
+    return os.environ.get("RUNTIME_ADDRESS") or os.environ.get("RAY_ADDRESS") or None

@@ -1,0 +1,362 @@
+"""The control store: the cluster's tables (nodes, jobs, actors, named actors, KV) and the
+actor manager that schedules, restarts and buries actors. The only centralised part.
+
+Actor lifecycle (one record per actor):
+
+    PENDING_CREATION --created--> ALIVE --worker died, restarts left--> RESTARTING --> ALIVE
+           |                        |
+           +--__init__ raised-------+--killed / no restarts left / owner gone--> DEAD
+
+Run as `python -m runtime.gcs ARGS_JSON`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..rpc.connection import Connection, connect, serve
+
+logger = logging.getLogger("runtime.gcs")
+
+PENDING, ALIVE, RESTARTING, DEAD = "PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"
+
+
+@dataclass
+class ActorRecord:
+    actor_id: str
+    job_id: str
+    name: str
+    namespace: str
+    class_name: str
+    meta: dict
+    spec: dict
+    spec_bufs: list
+    demand: dict
+    env: dict
+    max_restarts: int
+    detached: bool
+    state: str = PENDING
+    address: str = ""
+    worker_id: str = ""
+    node_id: str = ""
+    pid: int = 0
+    num_restarts: int = 0
+    death_reason: str = ""
+    no_restart: bool = False
+    subscribers: set = field(default_factory=set)
+    created_at: float = field(default_factory=time.time)
+
+    def public(self) -> dict:
+        return {"actor_id": self.actor_id, "class_name": self.class_name, "state": self.state, "name": self.name,
+                "namespace": self.namespace, "job_id": self.job_id, "node_id": self.node_id, "pid": self.pid,
+                "address": self.address, "num_restarts": self.num_restarts, "death_cause": self.death_reason,
+                "is_detached": self.detached, "max_restarts": self.max_restarts}
+
+
+class ControlStore:
+    def __init__(self, args: dict) -> None:
+        self.args = args
+        self.token = args["token"]
+        self.nodes: dict[str, dict] = {}
+        self.node_conns: dict[str, Connection] = {}
+        self.jobs: dict[str, dict] = {}
+        self.actors: dict[str, ActorRecord] = {}
+        self.named: dict[tuple[str, str], str] = {}
+        self.kv: dict[str, bytes] = {}
+        self.job_counter = itertools.count(1)
+        self.handlers = {
+            "register_node": self.on_register_node, "heartbeat": self.on_heartbeat,
+            "register_job": self.on_register_job, "create_actor": self.on_create_actor,
+            "get_actor": self.on_get_actor, "subscribe_actor": self.on_subscribe_actor,
+            "kill_actor": self.on_kill_actor, "actor_worker_died": self.on_actor_worker_died,
+            "list_nodes": self.on_list_nodes, "list_actors": self.on_list_actors, "list_jobs": self.on_list_jobs,
+            "cluster_resources": self.on_cluster_resources, "list_objects": self.on_list_objects,
+            "kv_put": self.on_kv_put, "kv_get": self.on_kv_get, "kv_del": self.on_kv_del,
+            "shutdown_cluster": self.on_shutdown_cluster,
+        }
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.done = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, self.done.set)
+        loop.add_signal_handler(signal.SIGINT, self.done.set)
+        owner_fd = self.args.get("owner_fd")
+        if owner_fd is not None:
+            loop.add_reader(owner_fd, self._owner_readable, owner_fd)
+        server = await serve(socket.socket(fileno=self.args["tcp_fd"]), self.handlers, self.token,
+                             on_close=self.on_conn_closed, name="gcs")
+        await self.done.wait()
+        server.close()
+
+    def _owner_readable(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 1024)
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(fd)
+            self.done.set()
+
+    def on_conn_closed(self, conn: Connection) -> None:
+        info = conn.peer_info
+        if info.get("kind") == "node":
+            node = self.nodes.get(info.get("node_id", ""))
+            if node is not None:
+                node["alive"] = False
+                node["end_time"] = time.time()
+                self.node_conns.pop(node["node_id"], None)
+                for rec in self.actors.values():
+                    if rec.node_id == node["node_id"] and rec.state in (ALIVE, PENDING, RESTARTING):
+                        self._actor_failed(rec, "its node died")
+        job_id = info.get("job_id")
+        if info.get("kind") == "driver" and job_id in self.jobs:
+            job = self.jobs[job_id]
+            job["status"], job["end_time"] = "FINISHED", time.time()
+            for rec in list(self.actors.values()):
+                if rec.job_id == job_id and not rec.detached and rec.state != DEAD:
+                    self._kill(rec, no_restart=True, reason="its owner (the driver of job "
+                               f"{job_id}) exited; use lifetime='detached' to keep an actor alive")
+        for rec in self.actors.values():
+            rec.subscribers.discard(conn)
+
+    # -- nodes and jobs ----------------------------------------------------------------
+    def on_register_node(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        node = {k: msg[k] for k in ("node_id", "resources", "address", "unix_address", "shm_dir", "pid",
+                                    "hostname", "node_ip", "session_dir")}
+        node.update(alive=True, start_time=time.time(), last_heartbeat=time.monotonic(), is_head=not self.nodes)
+        self.nodes[msg["node_id"]] = node
+        self.node_conns[msg["node_id"]] = conn
+        logger.info("node %s registered with %s", msg["node_id"][:8], msg["resources"])
+        return {}
+
+    def on_heartbeat(self, conn: Connection, msg: dict, bufs: list) -> None:
+        node = self.nodes.get(msg["node_id"])
+        if node is not None:
+            node["last_heartbeat"] = time.monotonic()
+
+    def on_register_job(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        job_id = f"{next(self.job_counter):08x}"
+        conn.peer_info["job_id"] = job_id
+        self.jobs[job_id] = {"job_id": job_id, "namespace": msg["namespace"], "driver_pid": msg["pid"],
+                             "status": "RUNNING", "start_time": time.time(), "end_time": None,
+                             "entrypoint": msg.get("entrypoint", "")}
+        return {"job_id": job_id, "nodes": [n for n in self.nodes.values() if n["alive"]]}
+
+    def _public_nodes(self) -> list[dict]:
+        return [{k: v for k, v in n.items() if k != "last_heartbeat"} for n in self.nodes.values()]
+
+    def on_list_nodes(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return {"nodes": self._public_nodes()}
+
+    def on_list_jobs(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return {"jobs": list(self.jobs.values())}
+
+    async def on_cluster_resources(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        async def ask(node_id: str, c: Connection) -> tuple[str, dict]:
+            reply, _ = await c.request({"op": "get_resources"}, timeout=10)
+            return node_id, reply
+
+        replies = await asyncio.gather(*(ask(n, c) for n, c in self.node_conns.items() if not c.closed),
+                                       return_exceptions=True)
+        return {"nodes": {n: r for n, r in (x for x in replies if isinstance(x, tuple))}}
+
+    async def on_list_objects(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        async def ask(c: Connection) -> dict:
+            reply, _ = await c.request({"op": "list_objects"}, timeout=15)
+            return reply
+
+        replies = await asyncio.gather(*(ask(c) for c in self.node_conns.values() if not c.closed),
+                                       return_exceptions=True)
+        objects, stores = [], []
+        for r in replies:
+            if isinstance(r, dict):
+                objects.extend(r["objects"])
+                stores.append(r["store"])
+        return {"objects": objects, "stores": stores}
+
+    # -- actors ------------------------------------------------------------------------
+    def on_create_actor(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        name, ns = msg.get("name") or "", msg["namespace"]
+        if name:
+            existing = self.actors.get(self.named.get((ns, name), ""))
+            if existing is not None and existing.state != DEAD:
+                if msg.get("get_if_exists"):
+                    existing.subscribers.add(conn)
+                    return {"actor_id": existing.actor_id, "existing": True, "meta": existing.meta}
+                raise ValueError(f"An actor named {name!r} already exists in namespace {ns!r}. Use "
+                                 "runtime.get_actor(name) to get it, or pass get_if_exists=True.")
+        rec = ActorRecord(actor_id=msg["actor_id"], job_id=conn.peer_info.get("job_id") or msg.get("job_id", ""),
+                          name=name, namespace=ns, class_name=msg["class_name"], meta=msg["meta"], spec=msg["spec"],
+                          spec_bufs=[bytes(b) for b in bufs], demand=msg["demand"], env=msg.get("env") or {},
+                          max_restarts=msg["max_restarts"], detached=msg["detached"])
+        rec.subscribers.add(conn)
+        self.actors[rec.actor_id] = rec
+        if name:
+            self.named[(ns, name)] = rec.actor_id
+        self._spawn(self._schedule(rec))
+        return {"actor_id": rec.actor_id, "existing": False}
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        _TASKS.add(task)
+        task.add_done_callback(_TASKS.discard)
+
+    def _pick_node(self, rec: ActorRecord) -> tuple[str, Connection] | None:
+        for node_id, c in self.node_conns.items():
+            node = self.nodes[node_id]
+            if node["alive"] and all(node["resources"].get(k, 0) >= v for k, v in rec.demand.items()):
+                return node_id, c
+        for node_id, c in self.node_conns.items():  # nothing fits: queue on any node (it reports infeasible)
+            return node_id, c
+        return None
+
+    async def _schedule(self, rec: ActorRecord) -> None:
+        picked = self._pick_node(rec)
+        if picked is None:
+            self._bury(rec, "no node is alive to run it")
+            return
+        node_id, node_conn = picked
+        try:
+            lease, _ = await node_conn.request({"op": "lease_actor", "actor_id": rec.actor_id, "demand": rec.demand,
+                                                "env": rec.env}, timeout=None)
+        except Exception as e:
+            self._actor_failed(rec, f"could not get a worker: {e}")
+            return
+        if rec.state == DEAD:  # killed while waiting for a worker
+            node_conn.send({"op": "kill_worker", "worker_id": lease["worker_id"]})
+            return
+        rec.address, rec.worker_id, rec.node_id, rec.pid = lease["address"], lease["worker_id"], node_id, lease["pid"]
+        try:
+            wconn = await connect(rec.address, {}, self.token, info={"kind": "gcs"}, name="gcs->actor")
+            reply, rbufs = await wconn.request({"op": "create_actor", "actor_id": rec.actor_id, "spec": rec.spec,
+                                                "restarted": rec.num_restarts > 0, "gpus": lease["gpus"],
+                                                "job_id": rec.job_id, "namespace": rec.namespace},
+                                               rec.spec_bufs, timeout=None)
+            wconn.close()
+        except Exception as e:  # the worker died while constructing: counts as a failure
+            logger.info("actor %s creation interrupted: %s", rec.actor_id[:8], e)
+            return  # actor_worker_died from the node decides restart or death
+        if rec.state == DEAD:
+            return
+        if reply.get("init_error"):
+            rec.no_restart = True
+            self._bury(rec, "the actor's constructor raised an exception:\n" + reply["init_error"])
+            node_conn.send({"op": "kill_worker", "worker_id": rec.worker_id})
+            return
+        rec.state = ALIVE
+        self._publish(rec)
+
+    def _actor_failed(self, rec: ActorRecord, why: str) -> None:
+        if rec.state == DEAD:
+            return
+        if rec.no_restart or (rec.max_restarts != -1 and rec.num_restarts >= rec.max_restarts):
+            extra = "" if rec.no_restart else f" (max_restarts={rec.max_restarts} exhausted)"
+            self._bury(rec, f"the actor's process died: {why}{extra}")
+            return
+        rec.num_restarts += 1
+        rec.state, rec.address = RESTARTING, ""
+        self._publish(rec)
+        self._spawn(self._schedule(rec))
+
+    def on_actor_worker_died(self, conn: Connection, msg: dict, bufs: list) -> None:
+        rec = self.actors.get(msg["actor_id"])
+        if rec is not None and rec.worker_id == msg["worker_id"]:
+            code = msg.get("exit_code")
+            self._actor_failed(rec, f"worker {msg['worker_id'][:8]} exited" + (f" with code {code}" if code is not None else ""))
+
+    def _bury(self, rec: ActorRecord, reason: str) -> None:
+        rec.state, rec.death_reason, rec.address = DEAD, reason, ""
+        self._publish(rec)
+        if rec.name and self.named.get((rec.namespace, rec.name)) == rec.actor_id:
+            del self.named[(rec.namespace, rec.name)]
+
+    def _publish(self, rec: ActorRecord) -> None:
+        msg = {"op": "actor_update", "actor_id": rec.actor_id, "state": rec.state, "address": rec.address,
+               "num_restarts": rec.num_restarts, "reason": rec.death_reason}
+        for c in list(rec.subscribers):
+            if c.closed:
+                rec.subscribers.discard(c)
+            else:
+                c.send(dict(msg))
+
+    def on_subscribe_actor(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        rec = self.actors.get(msg["actor_id"])
+        if rec is None:
+            return {"state": DEAD, "reason": "no such actor is known to the cluster", "address": "", "num_restarts": 0}
+        rec.subscribers.add(conn)
+        return {"state": rec.state, "address": rec.address, "num_restarts": rec.num_restarts,
+                "reason": rec.death_reason}
+
+    def on_get_actor(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        aid = self.named.get((msg["namespace"], msg["name"]))
+        rec = self.actors.get(aid or "")
+        if rec is None or rec.state == DEAD:
+            raise ValueError(f"Failed to look up actor with name {msg['name']!r} in namespace {msg['namespace']!r}. "
+                             "It does not exist or is dead; check the name and the namespace (init(namespace=...)).")
+        return {"actor_id": rec.actor_id, "meta": rec.meta}
+
+    def on_kill_actor(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        rec = self.actors.get(msg["actor_id"])
+        if rec is None:
+            raise ValueError(f"Unknown actor {msg['actor_id'][:8]}.")
+        self._kill(rec, no_restart=msg.get("no_restart", True), reason="it was killed by runtime.kill()")
+        return {}
+
+    def _kill(self, rec: ActorRecord, *, no_restart: bool, reason: str) -> None:
+        if no_restart:
+            rec.no_restart = True
+            worker_id = rec.worker_id
+            self._bury(rec, reason)
+            node_conn = self.node_conns.get(rec.node_id)
+        else:
+            worker_id, node_conn = rec.worker_id, self.node_conns.get(rec.node_id)
+        if node_conn is not None and not node_conn.closed and worker_id:
+            node_conn.send({"op": "kill_worker", "worker_id": worker_id})
+
+    def on_list_actors(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return {"actors": [r.public() for r in self.actors.values()]}
+
+    # -- KV ----------------------------------------------------------------------------
+    def on_kv_put(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        self.kv[msg["key"]] = bytes(bufs[0]) if bufs else b""
+        return {}
+
+    def on_kv_get(self, conn: Connection, msg: dict, bufs: list) -> Any:
+        value = self.kv.get(msg["key"])
+        return ({"found": value is not None}, [value] if value is not None else [])
+
+    def on_kv_del(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return {"deleted": self.kv.pop(msg["key"], None) is not None}
+
+    def on_shutdown_cluster(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        for c in self.node_conns.values():
+            if not c.closed:
+                c.send({"op": "shutdown"})
+        asyncio.get_running_loop().call_later(0.2, self.done.set)
+        return {}
+
+
+_TASKS: set = set()
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    with open(args.pop("token_file")) as f:
+        args["token"] = f.read().strip()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s gcs %(name)s: %(message)s")
+    asyncio.run(ControlStore(args).run())
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

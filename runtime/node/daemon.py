@@ -1,0 +1,431 @@
+"""The node manager: one per node. It owns the node's resources, leases workers to
+owners, runs the worker pool, manages the node's shared-memory object store, and
+reports to the control store.
+
+Run as `python -m runtime.node ARGS_JSON`. Listening sockets may be passed in by the
+parent (as inherited fds) so that clients can connect before this process is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import config as config_mod
+from ..exceptions import ObjectStoreFullError
+from ..rpc.connection import Connection, connect, serve
+from .object_store import ObjectStoreManager
+from .resources import LeaseQueue, LeaseRequest, ResourcePool, normalize
+from .zygote import become_subreaper, request_worker, start_zygote
+
+logger = logging.getLogger("runtime.node")
+
+
+@dataclass
+class WorkerRecord:
+    worker_id: str
+    env_key: str
+    env: dict
+    state: str = "starting"  # starting -> idle <-> leased | actor -> dead
+    pid: int = 0
+    conn: Connection | None = None
+    address: str = ""
+    lease_id: int = 0
+    demand: dict = field(default_factory=dict)
+    gpus: list = field(default_factory=list)
+    blocked: bool = False
+    actor_id: str = ""
+    lease_owner: Connection | None = None
+    idle_since: float = 0.0
+
+
+class NodeDaemon:
+    def __init__(self, args: dict) -> None:
+        self.args = args
+        self.node_id: str = args["node_id"]
+        self.token: str = args["token"]
+        self.session_dir: str = args["session_dir"]
+        self.config = config_mod.SystemConfig.from_json(args["system_config"])
+        total = {"CPU": float(args["num_cpus"]), "memory": float(args["memory"]),
+                 "object_store_memory": float(args["object_store_memory"])}
+        if args.get("num_gpus"):
+            total["GPU"] = float(args["num_gpus"])
+        total.update(normalize(args.get("resources") or {}))
+        total[f"node:{args['node_ip']}"] = 1.0
+        self.pool = ResourcePool(total)
+        self.leases = LeaseQueue(self.pool)
+        self.shm_dir = args["shm_dir"]
+        os.makedirs(self.shm_dir, exist_ok=True)
+        spill_root = self.config.object_spilling_directory or os.path.join(self.session_dir, "spill")
+        self.store = ObjectStoreManager(self.shm_dir, os.path.join(spill_root, f"orrery-spill-{self.node_id[:12]}"),
+                                        int(args["object_store_memory"]))
+        self.workers: dict[str, WorkerRecord] = {}
+        self.idle: dict[str, deque[str]] = defaultdict(deque)
+        self.waiting_for_worker: dict[str, deque] = defaultdict(deque)  # env_key -> (req, gpus) waiting
+        self.core_workers: dict[str, Connection] = {}  # drivers and workers, for state queries
+        self.lease_ids = itertools.count(1)
+        self.request_ids = itertools.count(1)
+        self.gcs: Connection | None = None
+        self.stopping = False
+        self.infeasible_warned: set[str] = set()
+        self.exit_codes: dict[int, int] = {}
+        self.handlers = {
+            "hello": self.on_hello, "lease": self.on_lease, "return_lease": self.on_return_lease,
+            "lease_actor": self.on_lease_actor, "kill_worker": self.on_kill_worker,
+            "blocked": self.on_blocked, "unblocked": self.on_unblocked,
+            "create_object": self.on_create_object, "seal_object": self.on_seal_object,
+            "free_objects": self.on_free_objects, "restore_object": self.on_restore_object,
+            "get_resources": self.on_get_resources, "list_objects": self.on_list_objects,
+            "node_info": self.on_node_info, "shutdown": self.on_shutdown,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def run(self, zygote_pid: int, zygote_sock: socket.socket) -> None:
+        self.zygote_pid, self.zygote_sock = zygote_pid, zygote_sock
+        loop = asyncio.get_running_loop()
+        self.done = asyncio.Event()
+        loop.add_signal_handler(signal.SIGCHLD, self._reap)
+        loop.add_signal_handler(signal.SIGTERM, self.done.set)
+        loop.add_signal_handler(signal.SIGINT, self.done.set)
+        owner_fd = self.args.get("owner_fd")
+        if owner_fd is not None:
+            loop.add_reader(owner_fd, self._owner_readable, owner_fd)
+        self.gcs = await connect(self.args["gcs_address"], self.handlers, self.token,
+                                 info={"kind": "node", "node_id": self.node_id}, on_close=self._gcs_lost,
+                                 timeout=self.config.startup_timeout_s, name="node->gcs")
+        await self.gcs.request({"op": "register_node", "node_id": self.node_id, "resources": self.pool.total,
+                                "address": self.args["tcp_address"], "unix_address": self.args["unix_address"],
+                                "shm_dir": self.shm_dir, "pid": os.getpid(), "hostname": socket.gethostname(),
+                                "node_ip": self.args["node_ip"], "session_dir": self.session_dir})
+        servers = []
+        for fd in (self.args["unix_fd"], self.args["tcp_fd"]):
+            sock = socket.socket(fileno=fd)
+            servers.append(await serve(sock, self.handlers, self.token, on_close=self.on_conn_closed, name="node"))
+        hb = loop.create_task(self._heartbeat())
+        reaper = loop.create_task(self._idle_reaper())
+        await self.done.wait()
+        hb.cancel()
+        reaper.cancel()
+        for s in servers:
+            s.close()
+        self.shutdown_workers()
+
+    def _owner_readable(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 1024)
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(fd)
+            logger.info("driver that owns this embedded cluster is gone; shutting down")
+            self.done.set()
+
+    def _gcs_lost(self, conn: Connection) -> None:
+        if not self.done.is_set():
+            logger.warning("lost the control store connection; shutting down the node")
+            self.done.set()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            if self.gcs is not None and not self.gcs.closed:
+                self.gcs.send({"op": "heartbeat", "node_id": self.node_id})
+
+    async def _idle_reaper(self) -> None:
+        # Periodic housekeeping, not synchronisation: stop extra idle workers.
+        while True:
+            await asyncio.sleep(max(1.0, self.config.idle_worker_timeout_s / 4))
+            now = time.monotonic()
+            keep = int(self.pool.total.get("CPU", 1))
+            idle = [w for w in self.workers.values() if w.state == "idle"]
+            for w in sorted(idle, key=lambda w: w.idle_since)[:max(0, len(idle) - keep)]:
+                if now - w.idle_since > self.config.idle_worker_timeout_s:
+                    self._kill(w)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.exit_codes[pid] = os.waitstatus_to_exitcode(status)
+
+    def shutdown_workers(self) -> None:
+        self.stopping = True
+        pids = [w.pid for w in self.workers.values() if w.pid] + [self.zygote_pid]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        pending = set(pids)
+        while pending and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, 0)
+                pending.discard(pid)
+            except ChildProcessError:
+                break
+        self.store.close()
+
+    # -- connections -------------------------------------------------------------------
+    def on_hello(self, conn: Connection, msg: dict, bufs: list) -> None:
+        info = conn.peer_info
+        kind = info.get("kind")
+        if kind == "worker":
+            rec = self.workers.get(info.get("worker_id", ""))
+            if rec is None or rec.state != "starting":
+                conn.abort("unexpected worker registration")
+                return
+            rec.conn, rec.pid, rec.address = conn, info["pid"], info["address"]
+            self.core_workers[rec.worker_id] = conn
+            self._worker_ready(rec)
+        elif kind == "driver":
+            self.core_workers[info["worker_id"]] = conn
+
+    def on_conn_closed(self, conn: Connection) -> None:
+        info = conn.peer_info
+        wid = info.get("worker_id")
+        if wid:
+            self.core_workers.pop(wid, None)
+            freed = self.store.free_owner(wid)
+            if freed:
+                logger.info("freed %d objects owned by departed worker %s", freed, wid[:8])
+        if info.get("kind") == "worker" and wid in self.workers:
+            self._worker_died(self.workers[wid])
+        # Leases held by this connection (an owner) go back to the pool.
+        for rec in list(self.workers.values()):
+            if rec.lease_owner is conn and rec.state == "leased":
+                self._release_lease(rec)
+        for req in list(self.leases.waiting.values()):
+            if req.payload and req.payload[1] is conn:
+                self.leases.cancel(req.request_id)
+        self._schedule()
+
+    # -- leases ------------------------------------------------------------------------
+    def on_lease(self, conn: Connection, msg: dict, bufs: list) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        env = msg.get("env") or {}
+        demand = normalize(msg.get("demand"))
+        req = LeaseRequest(next(self.request_ids), demand, _env_key(env), payload=(fut, conn, env, "task"))
+        if not self.leases.add(req):
+            self._warn_infeasible(conn, demand)
+        self._schedule()
+        return fut
+
+    def on_lease_actor(self, conn: Connection, msg: dict, bufs: list) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        env = msg.get("env") or {}
+        demand = normalize(msg.get("demand"))
+        req = LeaseRequest(next(self.request_ids), demand, _env_key(env),
+                           payload=(fut, conn, env, "actor:" + msg["actor_id"]))
+        if not self.leases.add(req):
+            self._warn_infeasible(conn, demand)
+        self._schedule()
+        return fut
+
+    def _warn_infeasible(self, conn: Connection, demand: dict) -> None:
+        text = (f"A task or actor requires {demand}, but this node has only {self.pool.total}; it will wait "
+                "until a node with enough resources joins. Lower the request or add resources.")
+        key = json.dumps(demand, sort_keys=True)
+        if key not in self.infeasible_warned:
+            self.infeasible_warned.add(key)
+            logger.warning(text)
+        if not conn.closed:
+            conn.send({"op": "infeasible", "text": text})
+
+    def _schedule(self) -> None:
+        for req, gpus in self.leases.grantable():
+            fut = req.payload[0]
+            if fut.done():  # requester went away
+                self.pool.release(req.demand, gpus)
+                continue
+            self._assign_worker(req, gpus)
+
+    def _assign_worker(self, req: LeaseRequest, gpus: list) -> None:
+        idle = self.idle[req.env_key]
+        while idle:
+            rec = self.workers.get(idle.popleft())
+            if rec is not None and rec.state == "idle":
+                self._grant(rec, req, gpus)
+                return
+        self.waiting_for_worker[req.env_key].append((req, gpus))
+        self._start_worker(req.payload[2], req.env_key)
+
+    def _start_worker(self, env: dict, env_key: str) -> None:
+        wid = os.urandom(16).hex()
+        self.workers[wid] = WorkerRecord(wid, env_key, env)
+        request_worker(self.zygote_sock, wid, env)
+
+    def _worker_ready(self, rec: WorkerRecord) -> None:
+        waiting = self.waiting_for_worker[rec.env_key]
+        while waiting:
+            req, gpus = waiting.popleft()
+            if req.payload[0].done():
+                self.pool.release(req.demand, gpus)
+                continue
+            self._grant(rec, req, gpus)
+            return
+        self._make_idle(rec)
+
+    def _grant(self, rec: WorkerRecord, req: LeaseRequest, gpus: list) -> None:
+        fut, owner, _env, kind = req.payload
+        rec.lease_id = next(self.lease_ids)
+        rec.demand, rec.gpus, rec.lease_owner, rec.blocked = req.demand, gpus, owner, False
+        if kind.startswith("actor:"):
+            rec.state, rec.actor_id = "actor", kind[6:]
+        else:
+            rec.state = "leased"
+        fut.set_result({"lease_id": rec.lease_id, "worker_id": rec.worker_id, "address": rec.address,
+                        "pid": rec.pid, "gpus": gpus, "node_id": self.node_id})
+
+    def _make_idle(self, rec: WorkerRecord) -> None:
+        rec.state, rec.lease_owner, rec.idle_since = "idle", None, time.monotonic()
+        self.idle[rec.env_key].append(rec.worker_id)
+
+    def on_return_lease(self, conn: Connection, msg: dict, bufs: list) -> None:
+        rec = self.workers.get(msg["worker_id"])
+        if rec is not None and rec.state == "leased" and rec.lease_id == msg["lease_id"]:
+            self._release_lease(rec)
+            if msg.get("kill"):
+                self._kill(rec)
+            else:
+                self._make_idle(rec)
+            self._schedule()
+
+    def _release_lease(self, rec: WorkerRecord) -> None:
+        demand = dict(rec.demand)
+        if rec.blocked and demand.get("CPU"):
+            demand["CPU"] = 0.0  # its CPU was already lent back
+        self.pool.release(demand, rec.gpus)
+        rec.demand, rec.gpus, rec.lease_owner, rec.blocked = {}, [], None, False
+        rec.state = "released"
+
+    def _worker_died(self, rec: WorkerRecord) -> None:
+        was_actor = rec.state == "actor"
+        if rec.state in ("leased", "actor"):
+            self._release_lease(rec)
+        rec.state = "dead"
+        self.workers.pop(rec.worker_id, None)
+        if was_actor and self.gcs is not None and not self.gcs.closed:
+            code = self.exit_codes.get(rec.pid)
+            self.gcs.send({"op": "actor_worker_died", "actor_id": rec.actor_id, "worker_id": rec.worker_id,
+                           "exit_code": code})
+        # Workers that died while starting leave their waiting requests: start another.
+        waiting = self.waiting_for_worker.get(rec.env_key)
+        if waiting and not any(w.state == "starting" and w.env_key == rec.env_key for w in self.workers.values()):
+            self._start_worker(rec.env, rec.env_key)
+
+    def _kill(self, rec: WorkerRecord) -> None:
+        if rec.pid:
+            try:
+                os.kill(rec.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def on_kill_worker(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        rec = self.workers.get(msg.get("worker_id", ""))
+        if rec is None and msg.get("actor_id"):
+            rec = next((w for w in self.workers.values() if w.actor_id == msg["actor_id"]), None)
+        if rec is not None:
+            self._kill(rec)
+            return {"killed": True}
+        return {"killed": False}
+
+    def on_blocked(self, conn: Connection, msg: dict, bufs: list) -> None:
+        rec = self.workers.get(conn.peer_info.get("worker_id", ""))
+        if rec is not None and rec.state in ("leased", "actor") and not rec.blocked and rec.demand.get("CPU"):
+            rec.blocked = True
+            self.pool.lend_cpu(rec.demand["CPU"])
+            self._schedule()
+
+    def on_unblocked(self, conn: Connection, msg: dict, bufs: list) -> None:
+        rec = self.workers.get(conn.peer_info.get("worker_id", ""))
+        if rec is not None and rec.blocked:
+            rec.blocked = False
+            self.pool.reclaim_cpu(rec.demand.get("CPU", 0.0))
+
+    # -- objects -----------------------------------------------------------------------
+    def on_create_object(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        self.store.create(msg["object_id"], msg["size"], msg["owner"])
+        return {}
+
+    def on_seal_object(self, conn: Connection, msg: dict, bufs: list) -> None:
+        self.store.seal(msg["object_id"])
+
+    def on_free_objects(self, conn: Connection, msg: dict, bufs: list) -> None:
+        for oid in msg["object_ids"]:
+            self.store.free(oid)
+
+    def on_restore_object(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return {"found": self.store.restore(msg["object_id"])}
+
+    # -- state -------------------------------------------------------------------------
+    def on_get_resources(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return {"total": self.pool.total, "available": self.pool.available, "store": self.store.describe(),
+                "pending_demand": self.leases.demand_summary(),
+                "workers": sum(1 for w in self.workers.values() if w.state != "dead")}
+
+    def on_node_info(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return {"node_id": self.node_id, "shm_dir": self.shm_dir, "config": self.config.to_json(),
+                "node_ip": self.args["node_ip"]}
+
+    async def on_list_objects(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        async def ask(c: Connection) -> list:
+            try:
+                reply, _ = await c.request({"op": "list_refs"}, timeout=5)
+                return reply.get("objects", [])
+            except Exception:
+                return []
+
+        results = await asyncio.gather(*(ask(c) for c in list(self.core_workers.values()) if not c.closed))
+        objects = [o for r in results for o in r]
+        for o in objects:
+            stored = self.store.objects.get(bytes.fromhex(o["object_id"]))
+            o["spilled"] = bool(stored and stored.spilled_path)
+            o["in_shared_memory"] = stored is not None
+            o["node_id"] = self.node_id
+            if stored is not None:
+                o["size_bytes"] = stored.size
+        return {"objects": objects, "store": self.store.describe()}
+
+    def on_shutdown(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        self.done.set()
+        return {}
+
+
+def _env_key(env: dict) -> str:
+    return json.dumps(env, sort_keys=True) if env else ""
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    with open(args.pop("token_file")) as f:
+        args["token"] = f.read().strip()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s node %(name)s: %(message)s")
+    become_subreaper()
+    worker_args = {"node_address": args["unix_address"], "token": args["token"], "node_id": args["node_id"],
+                   "shm_dir": args["shm_dir"], "session_dir": args["session_dir"],
+                   "gcs_address": args["gcs_address"], "system_config": args["system_config"],
+                   "node_ip": args["node_ip"],
+                   "_close_fds": [args["unix_fd"], args["tcp_fd"], args.get("owner_fd")]}
+    zygote_pid, zygote_sock = start_zygote(worker_args)
+    daemon = NodeDaemon(args)
+    asyncio.run(daemon.run(zygote_pid, zygote_sock))
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

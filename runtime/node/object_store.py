@@ -1,0 +1,134 @@
+"""The node's object store manager: capacity accounting, spilling, restoring, freeing.
+
+Creators write object files themselves (see shm.py); this manager reserves space first,
+spills the oldest sealed objects to disk when the store would pass its capacity, and
+restores them on access. `ObjectStoreFullError` is raised only when spilling cannot help.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from ..exceptions import ObjectStoreFullError
+from .shm import object_path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StoredObject:
+    object_id: bytes
+    size: int
+    owner: str  # worker id (hex) of the owner; its death frees the object
+    sealed: bool = False
+    spilled_path: str = ""
+    created_at: float = 0.0
+
+
+class ObjectStoreManager:
+    def __init__(self, shm_dir: str, spill_dir: str, capacity_bytes: int) -> None:
+        self.shm_dir = shm_dir
+        self.spill_dir = spill_dir
+        self.capacity = capacity_bytes
+        self.used = 0  # bytes of objects currently in shared memory
+        # Invariant: insertion order == age order, used for FIFO spilling.
+        self.objects: OrderedDict[bytes, StoredObject] = OrderedDict()
+        self.spilled_bytes_total = 0
+        self.restored_bytes_total = 0
+
+    def create(self, object_id: bytes, size: int, owner: str) -> None:
+        if object_id in self.objects:
+            return  # a retried task writing the same return again
+        if size > self.capacity:
+            raise ObjectStoreFullError(
+                f"Object {object_id.hex()[:16]} of {size} bytes is larger than the whole object store "
+                f"({self.capacity} bytes). Start the cluster with a larger object_store_memory.")
+        self._make_room(size)
+        self.used += size
+        self.objects[object_id] = StoredObject(object_id, size, owner, created_at=time.time())
+
+    def seal(self, object_id: bytes) -> None:
+        obj = self.objects.get(object_id)
+        if obj is not None:
+            obj.sealed = True
+
+    def _make_room(self, size: int) -> None:
+        if self.used + size <= self.capacity:
+            return
+        for obj in list(self.objects.values()):
+            if self.used + size <= self.capacity:
+                return
+            if obj.sealed and not obj.spilled_path:
+                self._spill(obj)
+        if self.used + size > self.capacity:
+            raise ObjectStoreFullError(
+                f"The object store is full: {self.used} of {self.capacity} bytes are held by objects being "
+                f"written, and {size} more bytes were requested. Free references (del refs) or raise "
+                "object_store_memory.")
+
+    def _spill(self, obj: StoredObject) -> None:
+        os.makedirs(self.spill_dir, exist_ok=True)
+        src = object_path(self.shm_dir, obj.object_id)
+        dst = os.path.join(self.spill_dir, obj.object_id.hex())
+        shutil.copyfile(src, dst)
+        os.unlink(src)  # readers that mapped it keep their mapping
+        obj.spilled_path = dst
+        self.used -= obj.size
+        self.spilled_bytes_total += obj.size
+        logger.info("spilled object %s (%d bytes) to %s", obj.object_id.hex()[:16], obj.size, dst)
+
+    def restore(self, object_id: bytes) -> bool:
+        """Bring a spilled object back into shared memory. False if unknown."""
+        obj = self.objects.get(object_id)
+        if obj is None:
+            return False
+        if not obj.spilled_path:
+            return True
+        self._make_room(obj.size)
+        dst = object_path(self.shm_dir, object_id)
+        shutil.copyfile(obj.spilled_path, dst + ".tmp")
+        os.rename(dst + ".tmp", dst)
+        os.unlink(obj.spilled_path)
+        obj.spilled_path = ""
+        self.used += obj.size
+        self.restored_bytes_total += obj.size
+        self.objects.move_to_end(object_id)
+        return True
+
+    def free(self, object_id: bytes) -> None:
+        obj = self.objects.pop(object_id, None)
+        if obj is None:
+            return
+        if obj.spilled_path:
+            _unlink(obj.spilled_path)
+        else:
+            self.used -= obj.size
+            _unlink(object_path(self.shm_dir, object_id))
+            _unlink(object_path(self.shm_dir, object_id) + ".tmp")
+
+    def free_owner(self, owner: str) -> int:
+        ids = [oid for oid, o in self.objects.items() if o.owner == owner]
+        for oid in ids:
+            self.free(oid)
+        return len(ids)
+
+    def describe(self) -> dict:
+        return {"capacity_bytes": self.capacity, "used_bytes": self.used, "num_objects": len(self.objects),
+                "spilled_objects": sum(1 for o in self.objects.values() if o.spilled_path),
+                "spilled_bytes_total": self.spilled_bytes_total, "restored_bytes_total": self.restored_bytes_total}
+
+    def close(self) -> None:
+        shutil.rmtree(self.shm_dir, ignore_errors=True)
+        shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,292 @@
+"""One small RPC layer for every component: asyncio protocol over Unix or TCP sockets.
+
+A connection carries requests (`{"op", "id", ...}`, answered by `{"op": "_r", "id", "ok", ...}`)
+and one-way messages (no "id"). The first frame on every connection must be
+`{"op": "hello", "token": ...}`; a server closes a connection whose first frame is
+anything else, or that sends a malformed frame, and keeps serving everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import pickle
+import socket
+from typing import Any, Callable
+
+from .framing import FrameDecoder, FrameError, encode
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[["Connection", dict, list], Any]
+
+# Returned by a handler that will send its reply later itself (`conn.reply(call_id, ...)`).
+DEFERRED = object()
+
+
+class RpcError(Exception):
+    """The remote handler raised; carries the remote error text."""
+
+
+class ConnectionClosed(ConnectionError):
+    pass
+
+
+def parse_address(address: str) -> tuple[str, Any]:
+    """'unix:/path' -> ('unix', '/path'); 'tcp:host:port' or 'host:port' -> ('tcp', (host, port))."""
+    if address.startswith("unix:"):
+        return "unix", address[5:]
+    if address.startswith("tcp:"):
+        address = address[4:]
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"Invalid address {address!r}; expected 'HOST:PORT' or 'unix:/path'.")
+    return "tcp", (host, int(port))
+
+
+class Connection(asyncio.Protocol):
+    """A framed, authenticated, bidirectional RPC connection."""
+
+    def __init__(self, handlers: dict[str, Handler], token: str, *, server_side: bool,
+                 on_close: Callable[[Connection], None] | None = None, name: str = "") -> None:
+        self.handlers = handlers
+        self.token = token
+        self.server_side = server_side
+        self.authenticated = not server_side
+        self.on_close = on_close
+        self.name = name
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.peer_info: dict[str, Any] = {}  # what the peer said about itself in hello
+        self._decoder = FrameDecoder()
+        self._pending: dict[int, asyncio.Future] = {}
+        self._next_id = 1
+        self._out: list = []
+        self._flush_scheduled = False
+        self._loop = asyncio.get_event_loop()
+        self.closed_event = asyncio.Event()
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self._decoder.feed(data)
+        except FrameError as e:
+            self.abort(f"malformed frame: {e}")
+            return
+        for msg, bufs in messages:
+            if self.closed:
+                return
+            if not self.authenticated:
+                if msg.get("op") != "hello" or msg.get("token") != self.token:
+                    self.abort("unauthenticated: first frame was not a hello with the cluster token")
+                    return
+                self.authenticated = True
+                self.peer_info = msg.get("info") or {}
+                h = self.handlers.get("hello")
+                if h is not None:
+                    h(self, msg, bufs)
+                continue
+            self._dispatch(msg, bufs)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        err = ConnectionClosed(f"connection {self.name} closed" + (f": {exc}" if exc else ""))
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self._pending.clear()
+        self.closed_event.set()
+        if self.on_close is not None:
+            try:
+                self.on_close(self)
+            except Exception:
+                logger.exception("on_close handler failed for %s", self.name)
+
+    # -- dispatch ----------------------------------------------------------------------
+    def _dispatch(self, msg: dict, bufs: list) -> None:
+        op = msg["op"]
+        if op == "_r":
+            fut = self._pending.pop(msg.get("id"), None)
+            if fut is not None and not fut.done():
+                if msg.get("ok", True):
+                    fut.set_result((msg, bufs))
+                else:
+                    fut.set_exception(_remote_error(msg, bufs))
+            return
+        call_id = msg.get("id")
+        handler = self.handlers.get(op)
+        if handler is None:
+            if call_id is not None:
+                self._reply_error(call_id, RpcError(f"unknown op {op!r}"))
+            else:
+                logger.warning("%s: unknown one-way op %r ignored", self.name, op)
+            return
+        try:
+            result = handler(self, msg, bufs)
+        except Exception as e:
+            if call_id is not None:
+                self._reply_error(call_id, e)
+            else:
+                logger.exception("%s: handler for %r failed", self.name, op)
+            return
+        if inspect.isawaitable(result):
+            task = self._loop.create_task(self._finish(call_id, op, result))
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
+        elif call_id is not None and result is not DEFERRED:
+            self._reply(call_id, result)
+
+    async def _finish(self, call_id: int | None, op: str, awaitable: Any) -> None:
+        try:
+            result = await awaitable
+        except Exception as e:
+            if call_id is not None:
+                self._reply_error(call_id, e)
+            else:
+                logger.exception("%s: handler for %r failed", self.name, op)
+            return
+        if call_id is not None:
+            self._reply(call_id, result)
+
+    def reply(self, call_id: int, result: Any) -> None:
+        """Send the reply of a DEFERRED request (loop thread only)."""
+        if not self.closed:
+            self._reply(call_id, result)
+
+    def _reply(self, call_id: int, result: Any) -> None:
+        if isinstance(result, tuple):  # (body, buffers)
+            body, bufs = result
+        else:
+            body, bufs = result, ()
+        msg = {"op": "_r", "id": call_id, "ok": True}
+        if body:
+            msg.update(body)
+        self.send(msg, bufs)
+
+    def _reply_error(self, call_id: int, exc: BaseException) -> None:
+        try:
+            blob = pickle.dumps(exc)
+        except Exception:
+            blob = b""
+        self.send({"op": "_r", "id": call_id, "ok": False, "err": f"{type(exc).__name__}: {exc}"},
+                  [blob] if blob else ())
+
+    # -- sending (loop thread only) ----------------------------------------------------
+    def send(self, msg: dict, bufs: list | tuple = ()) -> None:
+        if self.closed:
+            raise ConnectionClosed(f"connection {self.name} is closed")
+        self._out.extend(encode(msg, bufs))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and not self.closed and self.transport is not None:
+            out, self._out = self._out, []
+            self.transport.writelines(out)
+
+    def request_nowait(self, msg: dict, bufs: list | tuple = ()) -> asyncio.Future:
+        call_id = self._next_id
+        self._next_id += 1
+        msg["id"] = call_id
+        fut = self._loop.create_future()
+        self._pending[call_id] = fut
+        self.send(msg, bufs)
+        return fut
+
+    async def request(self, msg: dict, bufs: list | tuple = (), timeout: float | None = 30.0) -> tuple[dict, list]:
+        fut = self.request_nowait(msg, bufs)
+        if timeout is None:
+            return await fut
+        return await asyncio.wait_for(fut, timeout)
+
+    def abort(self, reason: str) -> None:
+        if not self.closed:
+            logger.warning("closing connection %s: %s", self.name or self.peer_info, reason)
+        if self.transport is not None:
+            self.transport.abort()
+        self.closed = True
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self._flush()
+            self.transport.close()
+
+
+_BACKGROUND: set[asyncio.Task] = set()
+
+
+def _remote_error(msg: dict, bufs: list) -> BaseException:
+    if bufs:
+        try:
+            exc = pickle.loads(bufs[0])
+            if isinstance(exc, BaseException):
+                return exc
+        except Exception:
+            pass
+    return RpcError(msg.get("err", "remote error"))
+
+
+async def serve(address_sock: socket.socket, handlers: dict[str, Handler], token: str, *,
+                on_close: Callable[[Connection], None] | None = None, name: str = "") -> asyncio.AbstractServer:
+    """Serve on an already-bound listening socket (Unix or TCP)."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> Connection:
+        return Connection(handlers, token, server_side=True, on_close=on_close, name=name)
+
+    if address_sock.family == socket.AF_UNIX:
+        return await loop.create_unix_server(factory, sock=address_sock)
+    return await loop.create_server(factory, sock=address_sock)
+
+
+async def connect(address: str, handlers: dict[str, Handler], token: str, *, info: dict | None = None,
+                  on_close: Callable[[Connection], None] | None = None, timeout: float = 10.0,
+                  name: str = "") -> Connection:
+    """Open a connection and send the hello frame."""
+    loop = asyncio.get_running_loop()
+    kind, target = parse_address(address)
+
+    def factory() -> Connection:
+        return Connection(handlers, token, server_side=False, on_close=on_close, name=name or address)
+
+    async def _open() -> Connection:
+        if kind == "unix":
+            _, conn = await loop.create_unix_connection(factory, target)
+        else:
+            _, conn = await loop.create_connection(factory, target[0], target[1])
+        return conn
+
+    conn = await asyncio.wait_for(_open(), timeout)
+    conn.send({"op": "hello", "token": token, "info": info or {}})
+    return conn
+
+
+def bind_socket(address: str) -> socket.socket:
+    """Create and bind a listening socket; 'tcp:127.0.0.1:0' picks a free port."""
+    kind, target = parse_address(address)
+    if kind == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(target)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(target)
+    sock.listen(512)
+    sock.set_inheritable(True)
+    return sock
+
+
+def socket_address(sock: socket.socket) -> str:
+    if sock.family == socket.AF_UNIX:
+        return "unix:" + sock.getsockname()
+    host, port = sock.getsockname()[:2]
+    return f"tcp:{host}:{port}"

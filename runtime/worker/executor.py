@@ -1,0 +1,274 @@
+"""Runs tasks and actor methods in a worker process.
+
+Normal tasks and calls on a plain (max_concurrency=1) actor run on the main thread, in
+arrival order, so a cancel can interrupt them with SIGINT. Threaded actors run calls on
+a pool of `max_concurrency` threads; async actors run them as coroutines on their own
+event loop, at most `max_concurrency` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import os
+import queue
+import signal
+import threading
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from .._core.core_worker import CoreWorker
+from .._core.object_ref import ObjectRef
+from .._core.task_spec import ArgRef
+from ..exceptions import TaskCancelledError
+from ..node import shm
+from ..rpc.connection import DEFERRED, Connection
+from ..serialization.core import deserialize, serialize
+from ..serialization.errors import capture_task_error
+
+
+class Executor:
+    def __init__(self, cw: CoreWorker) -> None:
+        self.cw = cw
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.functions: dict[bytes, Any] = {}
+        self.lock = threading.Lock()
+        self.running: bytes | None = None  # task id running on the main thread
+        self.cancelled: set[bytes] = set()
+        self.main_ident = threading.get_ident()
+        self.instance: Any = None
+        self.actor_mode = ""
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.actor_loop: asyncio.AbstractEventLoop | None = None
+        self.actor_sem: asyncio.Semaphore | None = None
+        cw.blocked_hook = self._blocked
+
+    def _blocked(self, blocked: bool) -> None:
+        if self.running is not None and threading.get_ident() == self.main_ident:
+            nm = self.cw.nm
+            self.cw.on_loop(nm.send, {"op": "blocked" if blocked else "unblocked"})
+
+    # -- handlers (io loop thread) -------------------------------------------------------
+    def on_push(self, conn: Connection, msg: dict, bufs: list) -> Any:
+        self.q.put((self._run_task, conn, msg, bufs))
+        return DEFERRED
+
+    def on_create_actor(self, conn: Connection, msg: dict, bufs: list) -> Any:
+        self.q.put((self._create_actor, conn, msg, bufs))
+        return DEFERRED
+
+    def on_actor_call(self, conn: Connection, msg: dict, bufs: list) -> Any:
+        if self.actor_mode == "async":
+            asyncio.run_coroutine_threadsafe(self._async_call(conn, msg, bufs), self.actor_loop)
+        elif self.actor_mode == "threaded":
+            self.pool.submit(self._run_call, conn, msg, bufs)
+        else:
+            self.q.put((self._run_call, conn, msg, bufs))
+        return DEFERRED
+
+    def on_cancel(self, conn: Connection, msg: dict, bufs: list) -> None:
+        tid = msg["t"]
+        with self.lock:
+            if self.running == tid:
+                self.cancelled.add(tid)
+                signal.pthread_kill(self.main_ident, signal.SIGINT)
+            else:
+                self.cancelled.add(tid)
+        if msg.get("recursive", True):
+            self.cw.cancel_children(tid)
+
+    # -- main thread -----------------------------------------------------------------------
+    def run_forever(self) -> None:
+        while True:
+            try:
+                fn, conn, msg, bufs = self.q.get()
+                fn(conn, msg, bufs)
+            except KeyboardInterrupt:
+                continue  # a cancel that arrived just after its task finished
+
+    def _reply(self, conn: Connection, msg: dict, body: dict, bufs: list) -> None:
+        self.cw.loop.call_soon_threadsafe(conn.reply, msg["id"], (body, bufs))
+
+    def _run_task(self, conn: Connection, msg: dict, bufs: list) -> None:
+        fid = msg["f"]
+        fn = self.functions.get(fid)
+        if fn is None:
+            fn = self.functions[fid] = cloudpickle.loads(msg["fn"])
+        self._execute(conn, msg, bufs, fn, main_thread=True)
+
+    def _run_call(self, conn: Connection, msg: dict, bufs: list) -> None:
+        method = getattr(self.instance, msg["m"])
+        self._execute(conn, msg, bufs, method, main_thread=self.actor_mode == "")
+
+    def _execute(self, conn: Connection, msg: dict, bufs: list, fn: Any, main_thread: bool) -> None:
+        cw = self.cw
+        tid = msg["t"]
+        if tid in self.cancelled:
+            self._reply(conn, msg, *self._error_results(msg, TaskCancelledError(tid.hex())))
+            return
+        self._enter(msg)
+        try:
+            if main_thread:
+                with self.lock:
+                    self.running = tid
+            args, kwargs = self.load_args(msg, bufs)
+            result = fn(*args, **kwargs)
+            if main_thread:
+                with self.lock:
+                    self.running = None
+            body, out = self._pack_results(msg, result)
+        except KeyboardInterrupt:
+            self.running = None
+            body, out = self._error_results(msg, TaskCancelledError(tid.hex()))
+        except SystemExit as e:  # the task asked the worker to exit (as Ray does: the worker dies)
+            os._exit(e.code if isinstance(e.code, int) else 1)
+        except BaseException as e:  # noqa: BLE001 - every user error goes back to the owner
+            self.running = None
+            err = capture_task_error(e, msg["n"], os.getpid(), cw.node_id)
+            body, out = self._error_results(msg, err)
+        finally:
+            if main_thread:
+                self.running = None
+            self.cancelled.discard(tid)
+        self._reply(conn, msg, body, out)
+
+    def _enter(self, msg: dict) -> None:
+        cw = self.cw
+        cw.current_task_id = msg["t"]
+        cw.current_task_name = msg["n"]
+        cw.job_id, cw.namespace = msg["job"], msg["ns"]
+        gpus = msg.get("gpu")
+        if gpus is not None:
+            cw.gpu_ids = list(gpus)
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+        if "res" in msg:
+            cw.assigned_resources = msg["res"] or {}
+
+    def load_args(self, msg: dict, bufs: list) -> tuple[list, dict]:
+        cw = self.cw
+        nb = msg["nb"]
+        if msg.get("ar"):
+            oid, owner = msg["ar"]
+            args, kwargs = cw.get([ObjectRef(oid, owner)])[0]
+        else:
+            args, kwargs = deserialize(msg["a"], bufs[:nb])
+        deps = msg["d"]
+        if not deps:
+            return args, kwargs
+        values = []
+        pos = nb
+        for kind, oid, owner, meta, n in deps:
+            if kind == "i":
+                values.append(deserialize(meta, bufs[pos:pos + n]))
+                pos += n
+            elif kind == "s":
+                mapped = shm.map_object(cw.shm_dir, oid)
+                if mapped is None:
+                    values.append(cw.get([ObjectRef(oid, owner)])[0])
+                else:
+                    values.append(deserialize(*mapped))
+            else:
+                values.append(cw.get([ObjectRef(oid, owner)])[0])
+        args = [values[a.index] if isinstance(a, ArgRef) else a for a in args]
+        kwargs = {k: values[v.index] if isinstance(v, ArgRef) else v for k, v in kwargs.items()}
+        return args, kwargs
+
+    def _pack_results(self, msg: dict, result: Any) -> tuple[dict, list]:
+        cw = self.cw
+        rids = msg["r"]
+        if len(rids) == 1:
+            values = [result]
+        else:
+            try:
+                values = list(result)
+            except TypeError:
+                values = []
+            if len(values) != len(rids):
+                raise ValueError(f"Task `{msg['n']}` has num_returns={len(rids)} but returned "
+                                 f"{type(result).__name__} {result!r:.80}; return a tuple of {len(rids)} values.")
+        res, out = [], []
+        for oid, value in zip(rids, values):
+            so = serialize(value)
+            nested = []
+            for r in so.nested_refs:
+                cw.refs.add_contained(r._id, r._owner, oid)
+                nested.append((r._id, r._owner, cw.address))
+            if so.total_bytes < cw.config.max_inline_bytes:
+                res.append(["i", so.meta, len(so.buffers), nested])
+                out.extend(so.buffers)
+            else:
+                res.append(["s", cw.write_shm(oid, so, msg["ow"]), 0, nested])
+        body = {"res": res, "node": cw.node_id}
+        caller = msg["oa"]
+        borrowed = [oid for oid, e in cw.refs.snapshot() if not e.owned and e.owner == caller]
+        if borrowed:
+            body["b"] = borrowed
+        return body, out
+
+    def _error_results(self, msg: dict, err: BaseException) -> tuple[dict, list]:
+        blob = cloudpickle.dumps(err)
+        return {"res": [["e", blob, 0, None] for _ in msg["r"]]}, []
+
+    # -- actors ----------------------------------------------------------------------------
+    def _create_actor(self, conn: Connection, msg: dict, bufs: list) -> None:
+        cw = self.cw
+        spec = msg["spec"]
+        cw.current_actor_id = msg["actor_id"]
+        cw.actor_reconstructed = bool(msg.get("restarted"))
+        cw.job_id, cw.namespace = msg["job_id"], msg["namespace"]
+        gpus = msg.get("gpus") or []
+        cw.gpu_ids = list(gpus)
+        if gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+        cw.assigned_resources = spec.get("demand") or {}
+        try:
+            cls = cloudpickle.loads(bufs[0])
+            call = {"nb": spec["nb"], "a": spec["a"], "d": spec["d"], "ar": spec.get("ar")}
+            args, kwargs = self.load_args(call, bufs[1:])
+            self.instance = cls(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - reported to callers as the actor's death cause
+            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            self.cw.loop.call_soon_threadsafe(conn.reply, msg["id"], {"init_error": tb})
+            return
+        concurrency = spec.get("max_concurrency")
+        if spec.get("is_async"):
+            self.actor_mode = "async"
+            self._start_actor_loop(concurrency or 1000)
+        elif concurrency and concurrency > 1:
+            self.actor_mode = "threaded"
+            self.pool = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="actor")
+        self.cw.loop.call_soon_threadsafe(conn.reply, msg["id"], {"ok": True})
+
+    def _start_actor_loop(self, concurrency: int) -> None:
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            self.actor_sem = asyncio.Semaphore(concurrency)
+            ready.set()
+            loop.run_forever()
+
+        threading.Thread(target=run, name="actor-loop", daemon=True).start()
+        ready.wait()
+        self.actor_loop = loop
+
+    async def _async_call(self, conn: Connection, msg: dict, bufs: list) -> None:
+        async with self.actor_sem:
+            try:
+                if msg["d"] and any(d[0] == "r" for d in msg["d"]):
+                    args, kwargs = await asyncio.get_running_loop().run_in_executor(None, self.load_args, msg, bufs)
+                else:
+                    args, kwargs = self.load_args(msg, bufs)
+                result = getattr(self.instance, msg["m"])(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                body, out = self._pack_results(msg, result)
+            except asyncio.CancelledError:
+                body, out = self._error_results(msg, TaskCancelledError(msg["t"].hex()))
+            except Exception as e:
+                body, out = self._error_results(msg, capture_task_error(e, msg["n"], os.getpid(), self.cw.node_id))
+        self._reply(conn, msg, body, out)

@@ -1,0 +1,30 @@
+"""Worker process entry point (forked by the node's zygote)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from ..config import SystemConfig
+from .._core import worker_state
+from .._core.core_worker import CoreWorker
+from .executor import Executor
+
+
+def run_worker(args: dict) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s worker: %(message)s")
+    log_dir = os.path.join(args["session_dir"], "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    config = SystemConfig.from_json(args["system_config"])
+    cw = CoreWorker(mode="worker", worker_id=args["worker_id"], token=args["token"],
+                    session_dir=args["session_dir"], node_address=args["node_address"],
+                    gcs_address=args["gcs_address"], config=config)
+    worker_state.set_current(cw)
+    executor = Executor(cw)
+    cw.handlers.update(push=executor.on_push, actor_call=executor.on_actor_call, cancel=executor.on_cancel,
+                       create_actor=executor.on_create_actor)
+    cw.start_loop_thread()
+    cw.run_sync(cw.connect_cluster("worker"), timeout=config.startup_timeout_s)
+    sys.stdout.flush()
+    executor.run_forever()
