@@ -59,10 +59,6 @@ def _zygote_main(sock: socket.socket, worker_args: dict) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from ..worker import main as worker_main  # warm imports shared by every worker
-    try:
-        import numpy  # noqa: F401 - most tasks use it; importing once here saves it per worker
-    except ImportError:
-        pass
     f = sock.makefile("rb")
     for line in f:
         req = json.loads(line)
