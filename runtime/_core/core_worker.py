@@ -705,6 +705,8 @@ class CoreWorker:
         self._on_task_done(lease, spec, None if exc else fut.result(), exc)
 
     def _on_task_done(self, lease: Lease, spec: TaskSpec, result: Any, exc: BaseException | None) -> None:
+        if self.closed:
+            return  # shutting down: connections closing is expected, not a crash
         lease.busy = None
         sq = lease.sq
         if exc is not None:

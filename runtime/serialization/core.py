@@ -11,7 +11,6 @@ owner can keep them alive while the outer object lives.
 
 from __future__ import annotations
 
-import copyreg
 import io
 import pickle
 import struct
@@ -41,7 +40,8 @@ class SerializedObject:
 
 
 class _Pickler(cloudpickle.Pickler):
-    pass
+    # The C pickler reads dispatch_table when constructed; a ChainMap sees later registrations.
+    dispatch_table = ChainMap(_custom_table, cloudpickle.Pickler.dispatch_table)
 
 
 def _custom_reduce(deserializer: Callable, state: Any) -> Any:
@@ -82,8 +82,6 @@ def serialize(value: Any) -> SerializedObject:
     try:
         f = io.BytesIO()
         p = _Pickler(f, protocol=5, buffer_callback=buffers.append)
-        if _custom_table:
-            p.dispatch_table = ChainMap(_custom_table, p.dispatch_table if hasattr(p, "dispatch_table") else copyreg.dispatch_table)
         p.dump(value)
         meta = f.getvalue()
     finally:
