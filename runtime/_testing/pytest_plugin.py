@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shutil
 import signal
 import time
 import uuid
@@ -113,10 +114,23 @@ def runtime_processes() -> dict[tuple[int, float], _Proc]:
     return found
 
 
+def _names_session(entry: str, sessions: set[str]) -> bool:
+    """Whether a shm entry's name carries one of `sessions`.
+
+    Entries are named after the session's random suffix
+    (`session_<date>_<pid>_<suffix>` -> `/dev/shm/orrery-<suffix>-<node>`).
+    """
+    name = os.path.basename(entry)
+    for session in sessions:
+        suffix = session.rsplit("_", 1)[-1]
+        if session in name or (len(suffix) >= 6 and f"-{suffix}" in name):
+            return True
+    return False
+
+
 def shm_entries() -> set[str]:
     """`/dev/shm/orrery-*` entries, minus those named after another run's session."""
-    entries = set(glob.glob(SHM_GLOB))
-    return {e for e in entries if not any(s and s in e for s in _foreign_sessions)}
+    return {e for e in glob.glob(SHM_GLOB) if not _names_session(e, _foreign_sessions)}
 
 
 @dataclass
@@ -139,7 +153,7 @@ def _leftovers(
         if key not in before.procs and p.session not in tolerate_sessions
     ]
     shm = [] if tolerate_new_shm else sorted(now.shm - before.shm)
-    shm = [e for e in shm if not any(s in e for s in tolerate_sessions)]
+    shm = [e for e in shm if not _names_session(e, tolerate_sessions)]
     return procs, shm
 
 
@@ -190,7 +204,10 @@ def _remove_leftovers(procs: list[_Proc], shm: list[str]) -> None:
                 proc.send_signal(signal.SIGKILL)
     for e in shm:
         with contextlib.suppress(OSError):
-            os.unlink(e)
+            if os.path.isdir(e) and not os.path.islink(e):
+                shutil.rmtree(e)
+            else:
+                os.unlink(e)
 
 
 class RuntimeLeakError(AssertionError):

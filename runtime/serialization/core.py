@@ -116,15 +116,11 @@ def layout(obj: SerializedObject) -> tuple[int, list[int]]:
     return pos, offsets
 
 
-def write_into(obj: SerializedObject, dest: memoryview) -> None:
+def header_bytes(obj: SerializedObject) -> bytes:
+    """The fixed header, buffer lengths and meta: the first part of the shm layout."""
     lens = [memoryview(b).nbytes for b in obj.buffers]
-    _, offsets = layout(obj)
-    _HEADER.pack_into(dest, 0, len(obj.meta), len(lens))
-    if lens:
-        struct.pack_into(f"<{len(lens)}Q", dest, _HEADER.size, *lens)
-    dest[offsets[0]:offsets[0] + len(obj.meta)] = obj.meta
-    for off, buf, ln in zip(offsets[1:], obj.buffers, lens):
-        dest[off:off + ln] = memoryview(buf).cast("B")
+    head = _HEADER.pack(len(obj.meta), len(lens)) + (struct.pack(f"<{len(lens)}Q", *lens) if lens else b"")
+    return head + obj.meta
 
 
 def read_from(src: memoryview) -> tuple[memoryview, list[memoryview]]:
