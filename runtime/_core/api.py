@@ -75,7 +75,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         ns = namespace or uuid.uuid4().hex
         cw = CoreWorker(mode="driver", worker_id=uuid.uuid4().hex, token=info["token"],
                         session_dir=info["session_dir"], node_address=info["node_address"],
-                        gcs_address=info["gcs_address"], config=config, namespace=ns)
+                        gcs_address=info["gcs_address"], config=config, namespace=ns,
+                        sock_dir=info.get("sock_dir", ""))
         worker_state.set_current(cw)
         api_state.cluster = cluster
         api_state.job_runtime_env = runtime_env

@@ -74,7 +74,7 @@ class ActorChannel:
     """Caller-side state of one actor: where it is, and calls not yet answered."""
 
     __slots__ = ("actor_id", "state", "address", "conn", "connecting", "queue", "inflight", "reason",
-                 "subscribed", "handle_gone", "max_task_retries", "num_restarts")
+                 "subscribed", "handle_gone", "max_task_retries", "num_restarts", "version")
 
     def __init__(self, actor_id: str, max_task_retries: int) -> None:
         self.actor_id = actor_id
@@ -89,11 +89,13 @@ class ActorChannel:
         self.handle_gone = False
         self.max_task_retries = max_task_retries
         self.num_restarts = 0
+        self.version = -1  # of the last control-store state applied
 
 
 class CoreWorker:
     def __init__(self, *, mode: str, worker_id: str, token: str, session_dir: str, node_address: str,
-                 gcs_address: str, config: SystemConfig, namespace: str = "", job_id: str = "") -> None:
+                 gcs_address: str, config: SystemConfig, namespace: str = "", job_id: str = "",
+                 sock_dir: str = "") -> None:
         self.mode = mode  # "driver" or "worker"
         self.worker_id = worker_id
         self.token = token
@@ -107,7 +109,7 @@ class CoreWorker:
         self.shm_dir = ""
         self.node_ip = "127.0.0.1"
         self.pid = os.getpid()
-        sock_dir = os.path.join(session_dir, "sockets")
+        sock_dir = sock_dir or os.path.join(session_dir, "sockets")  # short: unix paths max ~107 bytes
         os.makedirs(sock_dir, exist_ok=True)
         self._listen_sock = bind_socket("unix:" + os.path.join(sock_dir, f"{mode[0]}-{worker_id[:12]}.sock"))
         self.address = socket_address(self._listen_sock)
@@ -128,6 +130,10 @@ class CoreWorker:
         self.tasks: dict[bytes, TaskSpec] = {}  # return object id -> pending spec (for cancel)
         self.actors: dict[str, ActorChannel] = {}
         self._posts: collections.deque = collections.deque()
+        # ObjectRef.__del__ may run inside any allocation (GC), even while this thread holds
+        # one of our locks: it only appends here; the loop applies the decrements.
+        self._dead_refs: collections.deque = collections.deque()
+        self._dead_refs_scheduled = False
         self._post_lock = threading.Lock()
         self._post_scheduled = False
         self._fetching: set[bytes] = set()
@@ -171,6 +177,18 @@ class CoreWorker:
                 fn(*args)
             except Exception:
                 logger.exception("internal error in %s", getattr(fn, "__name__", fn))
+
+    def defer_remove_local(self, oid: bytes) -> None:
+        self._dead_refs.append(oid)
+        if not self._dead_refs_scheduled and not self.closed:
+            self._dead_refs_scheduled = True
+            self.loop.call_soon_threadsafe(self._drain_dead_refs)
+
+    def _drain_dead_refs(self) -> None:
+        self._dead_refs_scheduled = False
+        dead = self._dead_refs
+        while dead:
+            self.refs.remove_local(dead.popleft())
 
     def on_loop(self, fn: Callable, *args: Any) -> None:
         if threading.current_thread() is self.thread:
@@ -892,10 +910,11 @@ class CoreWorker:
             self._apply_actor_state(ch, msg)
 
     def _apply_actor_state(self, ch: ActorChannel, msg: dict) -> None:
-        if ch.state == "DEAD":
+        # A subscribe reply resumes its coroutine a loop turn after it arrives, so it can be
+        # older than an actor_update already applied: only ever move forward.
+        if ch.state == "DEAD" or msg["version"] < ch.version:
             return
-        if msg["num_restarts"] < ch.num_restarts:
-            return  # stale
+        ch.version = msg["version"]
         ch.num_restarts = msg["num_restarts"]
         ch.state, ch.reason = msg["state"], msg.get("reason", "")
         if msg.get("address") and msg["address"] != ch.address:
@@ -977,14 +996,18 @@ class CoreWorker:
         self._flush_actor(ch)
 
     def handle_out_of_scope(self, actor_id: str) -> None:
+        """Called from ActorHandle.__del__: only schedules (see defer_remove_local)."""
+        if not self.closed:
+            self.loop.call_soon_threadsafe(self._handle_out_of_scope, actor_id)
+
+    def _handle_out_of_scope(self, actor_id: str) -> None:
         def go() -> None:
             ch = self.actors.get(actor_id)
             if ch is None:
                 ch = self.actor_channel(actor_id)
             ch.handle_gone = True
             self._maybe_kill_out_of_scope(ch)
-        if not self.closed:
-            self.on_loop(go)
+        go()
 
     def _maybe_kill_out_of_scope(self, ch: ActorChannel) -> None:
         if ch.handle_gone and not ch.queue and not ch.inflight and ch.state != "DEAD":

@@ -29,7 +29,7 @@ class ObjectRef:
         cw = worker_state.current_or_none()
         if cw is not None:
             try:
-                cw.refs.remove_local(self._id)
+                cw.defer_remove_local(self._id)
             except Exception:  # noqa: BLE001 - never raise from __del__ (interpreter exit)
                 pass
 

@@ -53,6 +53,7 @@ class ActorRecord:
     num_restarts: int = 0
     death_reason: str = ""
     no_restart: bool = False
+    version: int = 0  # bumped on every state change; subscribers apply updates monotonically
     subscribers: set = field(default_factory=set)
     created_at: float = field(default_factory=time.time)
 
@@ -281,8 +282,9 @@ class ControlStore:
             del self.named[(rec.namespace, rec.name)]
 
     def _publish(self, rec: ActorRecord) -> None:
+        rec.version += 1
         msg = {"op": "actor_update", "actor_id": rec.actor_id, "state": rec.state, "address": rec.address,
-               "num_restarts": rec.num_restarts, "reason": rec.death_reason}
+               "num_restarts": rec.num_restarts, "reason": rec.death_reason, "version": rec.version}
         for c in list(rec.subscribers):
             if c.closed:
                 rec.subscribers.discard(c)
@@ -292,10 +294,11 @@ class ControlStore:
     def on_subscribe_actor(self, conn: Connection, msg: dict, bufs: list) -> dict:
         rec = self.actors.get(msg["actor_id"])
         if rec is None:
-            return {"state": DEAD, "reason": "no such actor is known to the cluster", "address": "", "num_restarts": 0}
+            return {"state": DEAD, "reason": "no such actor is known to the cluster", "address": "",
+                    "num_restarts": 0, "version": 1 << 30}
         rec.subscribers.add(conn)
         return {"state": rec.state, "address": rec.address, "num_restarts": rec.num_restarts,
-                "reason": rec.death_reason}
+                "reason": rec.death_reason, "version": rec.version}
 
     def on_get_actor(self, conn: Connection, msg: dict, bufs: list) -> dict:
         aid = self.named.get((msg["namespace"], msg["name"]))

@@ -419,7 +419,7 @@ def main() -> None:
     worker_args = {"node_address": args["unix_address"], "token": args["token"], "node_id": args["node_id"],
                    "shm_dir": args["shm_dir"], "session_dir": args["session_dir"],
                    "gcs_address": args["gcs_address"], "system_config": args["system_config"],
-                   "node_ip": args["node_ip"],
+                   "node_ip": args["node_ip"], "sock_dir": os.path.dirname(args["unix_address"][5:]),
                    "_close_fds": [args["unix_fd"], args["tcp_fd"], args.get("owner_fd")]}
     zygote_pid, zygote_sock = start_zygote(worker_args)
     daemon = NodeDaemon(args)

@@ -1,0 +1,416 @@
+"""The benchmark workloads, registered by the names of the numbers they produce.
+
+Every workload takes a :class:`Bench` (the imported backend module, ``runtime`` or
+``ray``, plus what ``init()`` returned) and returns one number, or a dict when it
+produces several (``init_s`` and ``shutdown_s`` come from one cold start).
+
+Remote functions and actor classes are defined inside the workload functions on
+purpose: nested definitions are pickled by value, so the workers never need to
+import this module.
+
+The code is identical for both backends; only the module passed in differs.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import psutil
+
+BIG_NBYTES = 100_000_000  # "100 MB": 0.1 GB in decimal units
+BIG_GB = BIG_NBYTES / 1e9
+
+
+@dataclass
+class Bench:
+    ray: Any  # the backend module: `runtime` or `ray`
+    backend: str  # its import name
+    context: Any = None  # what init() returned, if the cluster is up
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str  # the primary result name; also the registry key
+    produces: tuple[str, ...]  # every result name it reports
+    run: Callable[[Bench], float | dict[str, float]]
+    needs_cluster: bool  # False: runs before the shared init(), in its own process
+
+
+WORKLOADS: dict[str, Workload] = {}
+
+
+def workload(*produces: str, needs_cluster: bool = True):
+    def register(fn):
+        WORKLOADS[produces[0]] = Workload(produces[0], produces, fn, needs_cluster)
+        return fn
+
+    return register
+
+
+@cache
+def big_array() -> np.ndarray:
+    """The 100 MB array, created once and shared by the large-object workloads."""
+    return np.ones(BIG_NBYTES, dtype=np.uint8)  # np.ones touches every page
+
+
+def _elapsed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- cold start
+
+_COLD_START = r"""
+import importlib, json, sys, time
+ray = importlib.import_module(sys.argv[1])
+
+@ray.remote
+def one():
+    return 1
+
+t0 = time.perf_counter()
+ray.init(num_cpus=2)
+assert ray.get(one.remote()) == 1
+t1 = time.perf_counter()
+ray.shutdown()
+t2 = time.perf_counter()
+print("COLD_START_RESULT " + json.dumps({"init_s": t1 - t0, "shutdown_s": t2 - t1}), flush=True)
+"""
+
+
+@workload("init_s", "shutdown_s", needs_cluster=False)
+def cold_start(bench: Bench) -> dict[str, float]:
+    """init() until a trivial task returns, then shutdown(), in a fresh interpreter.
+
+    The import of the backend is not timed; only init()+get(f.remote()) and shutdown().
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", _COLD_START, bench.backend],
+        # Same first sys.path entry as `python benchmarks/run.py`, so the child
+        # imports the backend from where the parent did.
+        cwd=Path(__file__).resolve().parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("COLD_START_RESULT "):
+            return json.loads(line.split(" ", 1)[1])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+    raise RuntimeError(f"cold-start subprocess exited {proc.returncode}:\n" + "\n".join(tail))
+
+
+# --------------------------------------------------------------------------- footprint
+
+
+def runtime_processes(bench: Bench) -> list[psutil.Process]:
+    """Processes the runtime started: descendants of this (driver) process, plus any
+    process whose command line names the session directory (for daemons that were
+    re-parented)."""
+    me = psutil.Process()
+    procs = {p.pid: p for p in me.children(recursive=True)}
+    session_dir = None
+    info = getattr(bench.context, "address_info", None)
+    if isinstance(info, dict):
+        session_dir = info.get("session_dir")
+    if session_dir:
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmdline = " ".join(p.info.get("cmdline") or [])
+            if p.pid != me.pid and session_dir in cmdline:
+                procs.setdefault(p.pid, p)
+    return list(procs.values())
+
+
+@workload("idle_rss_mb", "idle_processes")
+def idle_footprint(bench: Bench) -> dict[str, float]:
+    """Summed RSS (MiB) and count of the runtime's processes, idle after one task."""
+    ray = bench.ray
+
+    @ray.remote
+    def noop():
+        return None
+
+    ray.get(noop.remote())
+    time.sleep(2.0)
+    rss = 0
+    count = 0
+    for p in runtime_processes(bench):
+        try:
+            rss += p.memory_info().rss
+            count += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return {"idle_rss_mb": rss / 2**20, "idle_processes": count}
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@workload("tasks_async_per_s")
+def tasks_async(bench: Bench) -> float:
+    ray = bench.ray
+    n = 10_000
+
+    @ray.remote
+    def noop():
+        return None
+
+    ray.get([noop.remote() for _ in range(200)])
+    dt = _elapsed(lambda: ray.get([noop.remote() for _ in range(n)]))
+    return n / dt
+
+
+@workload("tasks_sync_per_s")
+def tasks_sync(bench: Bench) -> float:
+    ray = bench.ray
+    n = 1_000
+
+    @ray.remote
+    def noop():
+        return None
+
+    for _ in range(50):
+        ray.get(noop.remote())
+
+    def run():
+        for _ in range(n):
+            ray.get(noop.remote())
+
+    return n / _elapsed(run)
+
+
+# --------------------------------------------------------------------------- actors
+
+
+def _sync_actor_class(ray):
+    @ray.remote
+    class Sync:
+        def m(self):
+            return None
+
+    return Sync
+
+
+@workload("actor_calls_sync_per_s")
+def actor_calls_sync(bench: Bench) -> float:
+    ray = bench.ray
+    n = 1_000
+    actor = _sync_actor_class(ray).remote()
+    try:
+        for _ in range(50):
+            ray.get(actor.m.remote())
+
+        def run():
+            for _ in range(n):
+                ray.get(actor.m.remote())
+
+        return n / _elapsed(run)
+    finally:
+        ray.kill(actor)
+
+
+@workload("actor_calls_async_per_s")
+def actor_calls_async(bench: Bench) -> float:
+    ray = bench.ray
+    n = 5_000
+    actor = _sync_actor_class(ray).remote()
+    try:
+        ray.get([actor.m.remote() for _ in range(200)])
+        dt = _elapsed(lambda: ray.get([actor.m.remote() for _ in range(n)]))
+        return n / dt
+    finally:
+        ray.kill(actor)
+
+
+@workload("actor_calls_concurrent_per_s")
+def actor_calls_concurrent(bench: Bench) -> float:
+    ray = bench.ray
+    n = 5_000
+
+    @ray.remote
+    class Async:
+        async def m(self):
+            return None
+
+    actor = Async.remote()
+    try:
+        ray.get([actor.m.remote() for _ in range(200)])
+        dt = _elapsed(lambda: ray.get([actor.m.remote() for _ in range(n)]))
+        return n / dt
+    finally:
+        ray.kill(actor)
+
+
+@workload("actor_create_per_s")
+def actor_create(bench: Bench) -> float:
+    """Create 50 actors with default options; each answers one ping."""
+    ray = bench.ray
+    n = 50
+
+    @ray.remote
+    class Pinger:
+        def ping(self):
+            return "pong"
+
+    warm = Pinger.remote()
+    ray.get(warm.ping.remote())
+    ray.kill(warm)
+
+    actors = []
+
+    def run():
+        actors.extend(Pinger.remote() for _ in range(n))
+        assert ray.get([a.ping.remote() for a in actors]) == ["pong"] * n
+
+    try:
+        return n / _elapsed(run)
+    finally:
+        for a in actors:
+            ray.kill(a)
+
+
+# --------------------------------------------------------------------------- small objects
+
+
+@workload("put_small_per_s")
+def put_small(bench: Bench) -> float:
+    ray = bench.ray
+    n = 10_000
+    warm = [ray.put(i) for i in range(200)]
+    del warm
+    refs = []
+    dt = _elapsed(lambda: refs.extend(ray.put(i) for i in range(n)))
+    return n / dt
+
+
+@workload("get_small_per_s")
+def get_small(bench: Bench) -> float:
+    ray = bench.ray
+    n = 10_000
+    refs = [ray.put(i) for i in range(n)]
+    for r in refs[:200]:
+        ray.get(r)
+
+    def run():
+        for r in refs:
+            ray.get(r)
+
+    dt = _elapsed(run)
+    assert ray.get(refs[-1]) == n - 1
+    return n / dt
+
+
+# --------------------------------------------------------------------------- large objects
+
+
+@workload("put_gbps_100mb")
+def put_big(bench: Bench) -> float:
+    """put() of a 100 MB uint8 array, best of 3, in GB/s."""
+    ray = bench.ray
+    arr = big_array()
+    warm = ray.put(np.ones(1_000_000, dtype=np.uint8))
+    del warm
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        ref = ray.put(arr)
+        best = min(best, time.perf_counter() - t0)
+        del ref
+        gc.collect()
+    return BIG_GB / best
+
+
+@workload("get_gbps_100mb")
+def get_big(bench: Bench) -> float:
+    """get() of a stored 100 MB array, best of 3, in GB/s (zero-copy expected)."""
+    ray = bench.ray
+    arr = big_array()
+    warm = ray.put(np.ones(1_000_000, dtype=np.uint8))
+    ray.get(warm)
+    del warm
+    ref = ray.put(arr)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        out = ray.get(ref)
+        best = min(best, time.perf_counter() - t0)
+        assert out.nbytes == BIG_NBYTES
+        del out
+    return BIG_GB / best
+
+
+@workload("pass_100mb_to_10_tasks_s")
+def pass_big_to_tasks(bench: Bench) -> float:
+    """One stored 100 MB array passed by ref to 10 tasks; seconds until all return.
+
+    The put() happens before the clock starts."""
+    ray = bench.ray
+
+    @ray.remote
+    def nbytes(a):
+        return a.nbytes
+
+    small = ray.put(np.ones(1_000, dtype=np.uint8))
+    ray.get([nbytes.remote(small) for _ in range(10)])
+    ref = ray.put(big_array())
+    out = []
+    dt = _elapsed(lambda: out.extend(ray.get([nbytes.remote(ref) for _ in range(10)])))
+    assert out == [BIG_NBYTES] * 10
+    return dt
+
+
+# --------------------------------------------------------------------------- dependencies and wait
+
+
+@workload("chain_1000_tasks_s")
+def chain(bench: Bench) -> float:
+    ray = bench.ray
+    n = 1_000
+
+    @ray.remote
+    def inc(x):
+        return x + 1
+
+    def run_chain(length):
+        x = inc.remote(0)
+        for _ in range(length - 1):
+            x = inc.remote(x)
+        return ray.get(x)
+
+    assert run_chain(20) == 20
+    result = []
+    dt = _elapsed(lambda: result.append(run_chain(n)))
+    assert result == [n]
+    return dt
+
+
+@workload("wait_1000_refs_s")
+def wait_many(bench: Bench) -> float:
+    ray = bench.ray
+    n = 1_000
+
+    @ray.remote
+    def noop():
+        return None
+
+    ray.wait([noop.remote() for _ in range(100)], num_returns=100)
+    ready = []
+
+    def run():
+        refs = [noop.remote() for _ in range(n)]
+        done, _ = ray.wait(refs, num_returns=n)
+        ready.extend(done)
+
+    dt = _elapsed(run)
+    assert len(ready) == n
+    return dt

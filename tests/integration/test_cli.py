@@ -1,0 +1,271 @@
+"""The command line against real processes: `runtime start --head`, `status`,
+`memory`, `stop`, and drivers joining with `init(address="auto")`.
+
+Each test gets its own TMPDIR, set both in the subprocesses' environment and in
+this driver's, so the session file that `address="auto"` reads is isolated from
+other clusters on the machine. The `cli` fixture uses a short directory under
+/tmp; `long_tmpdir_cli` uses pytest's (long) tmp_path, which is what a user with
+a deep TMPDIR (macOS, CI runners) has, and one test checks that case alone so
+that a path-length problem does not mask the other contracts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+from dataclasses import dataclass
+
+import cloudpickle
+import pytest
+
+import runtime
+from runtime._testing.sync import wait_for
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@dataclass
+class CliSession:
+    tmpdir: str
+    env: dict
+
+    def run(self, *args: str, timeout: float = 60, check: bool = True):
+        result = subprocess.run(
+            [sys.executable, "-m", "runtime", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check:
+            assert result.returncode == 0, (
+                f"`runtime {' '.join(args)}` exited {result.returncode}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
+        return result
+
+    def driver(self, script: str, timeout: float = 60):
+        result = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(script)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert result.returncode == 0, (
+            f"driver subprocess exited {result.returncode}\n"
+            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
+        return result.stdout
+
+    def start_driver(self, script: str):
+        return subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(script)],
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+
+def _cli_session(tmpdir, monkeypatch):
+    monkeypatch.setenv("TMPDIR", tmpdir)
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches
+    session = CliSession(tmpdir=tmpdir, env=dict(os.environ))
+    try:
+        yield session
+    finally:
+        if runtime.is_initialized():
+            runtime.shutdown()
+        session.run("stop", check=False)
+
+
+@pytest.fixture
+def cli(monkeypatch, orrery_leak_check):
+    tmpdir = tempfile.mkdtemp(prefix="orr-", dir="/tmp")
+    try:
+        yield from _cli_session(tmpdir, monkeypatch)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+@pytest.fixture
+def long_tmpdir_cli(tmp_path, monkeypatch, orrery_leak_check):
+    tmpdir = tmp_path / "a-temporary-directory-with-a-rather-long-name"
+    tmpdir.mkdir()
+    yield from _cli_session(str(tmpdir), monkeypatch)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@runtime.remote
+def square(x):
+    return x * x
+
+
+def test_start_head_status_memory_stop_when_driver_joins_with_auto(cli):
+    port = _free_port()
+    cli.run(
+        "start", "--head", "--port", str(port), "--num-cpus", "2", "--num-gpus", "1",
+        "--resources", json.dumps({"custom": 3}),
+        "--object-store-memory", str(100 * 1024 * 1024),
+    )
+    assert _port_open(port), f"nothing listens on --port {port} after start"
+
+    status = cli.run("status")
+    assert "CPU" in status.stdout and "custom" in status.stdout, status.stdout
+
+    ctx = runtime.init(address="auto")
+    assert ctx is not None
+    total = runtime.cluster_resources()
+    assert total["CPU"] == 2
+    assert total["GPU"] == 1
+    assert total["custom"] == 3
+    assert runtime.get([square.remote(i) for i in range(4)], timeout=60) == [0, 1, 4, 9]
+    ref = runtime.put(b"x" * (1024 * 1024))
+
+    memory = cli.run("memory")
+    assert ref.hex() in memory.stdout, memory.stdout
+    del ref
+    runtime.shutdown()
+
+    cli.run("stop")
+    wait_for(lambda: not _port_open(port), timeout=10, what=f"port {port} closed after stop")
+
+
+def test_start_and_join_work_when_tmpdir_path_long(long_tmpdir_cli):
+    cli = long_tmpdir_cli
+    assert len(cli.tmpdir) > 60
+    cli.run("start", "--head", "--num-cpus", "1", "--port", str(_free_port()))
+    runtime.init(address="auto")
+    assert runtime.get(square.remote(3), timeout=60) == 9
+    runtime.shutdown()
+    cli.run("stop")
+
+
+def test_stop_succeeds_when_no_cluster_running(cli):
+    cli.run("stop")
+
+
+def test_init_auto_raises_connection_error_when_no_cluster(cli):
+    with pytest.raises(ConnectionError):
+        runtime.init(address="auto")
+    assert not runtime.is_initialized()
+
+
+_DETACHED_CREATOR = """
+    import runtime
+
+    runtime.init(address="auto", namespace="keepers")
+
+    @runtime.remote
+    class Keeper:
+        def __init__(self):
+            self.items = []
+
+        def add(self, item):
+            self.items.append(item)
+            return len(self.items)
+
+        def items_list(self):
+            return self.items
+
+    keeper = Keeper.options(name="keeper", lifetime="detached").remote()
+    assert runtime.get([keeper.add.remote(i) for i in range(3)], timeout=60) == [1, 2, 3]
+    print("created", flush=True)
+"""
+
+
+def test_detached_actor_outlives_driver_when_joined_by_name(cli):
+    cli.run("start", "--head", "--num-cpus", "2", "--port", str(_free_port()))
+    assert "created" in cli.driver(_DETACHED_CREATOR)
+
+    runtime.init(address="auto", namespace="keepers")
+    keeper = runtime.get_actor("keeper")
+    assert runtime.get(keeper.items_list.remote(), timeout=60) == [0, 1, 2]
+    assert runtime.get(keeper.add.remote("from-test"), timeout=30) == 4
+    runtime.shutdown()
+
+    # Visible from another namespace by naming the namespace explicitly.
+    runtime.init(address="auto")
+    keeper = runtime.get_actor("keeper", namespace="keepers")
+    assert runtime.get(keeper.items_list.remote(), timeout=30) == [0, 1, 2, "from-test"]
+    runtime.kill(keeper)
+
+    def name_released():
+        try:
+            runtime.get_actor("keeper", namespace="keepers")
+        except ValueError:
+            return True
+        return False
+
+    wait_for(name_released, timeout=10, what="the killed detached actor's name released")
+
+
+_NAMESPACE_HOLDER = """
+    import sys
+    import runtime
+
+    runtime.init(address="auto")
+
+    @runtime.remote
+    class Box:
+        def __init__(self, value):
+            self.value = value
+
+        def get(self):
+            return self.value
+
+    private = Box.options(name="private").remote("anonymous-namespace")
+    public = Box.options(name="public", namespace="shared").remote("shared-namespace")
+    runtime.get([private.get.remote(), public.get.remote()], timeout=60)
+    print(runtime.get_runtime_context().namespace, flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_named_actors_isolated_by_namespace_between_drivers(cli):
+    cli.run("start", "--head", "--num-cpus", "2", "--port", str(_free_port()))
+    holder = cli.start_driver(_NAMESPACE_HOLDER)
+    try:
+        other_namespace = holder.stdout.readline().strip()
+        assert other_namespace, f"holder driver failed: {holder.stderr.read()}"
+
+        runtime.init(address="auto")
+        assert runtime.get_runtime_context().namespace != other_namespace
+        with pytest.raises(ValueError):
+            runtime.get_actor("private")
+        public = runtime.get_actor("public", namespace="shared")
+        assert runtime.get(public.get.remote(), timeout=30) == "shared-namespace"
+        runtime.shutdown()
+
+        runtime.init(address="auto", namespace="shared")
+        assert runtime.get(runtime.get_actor("public").get.remote(), timeout=30) == (
+            "shared-namespace"
+        )
+        runtime.shutdown()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert holder.returncode == 0, holder.stderr.read()
