@@ -562,12 +562,17 @@ class CoreWorker:
         return so, deps
 
     def submit_task(self, spec: TaskSpec, so: SerializedObject, deps: list[ObjectRef]) -> list[ObjectRef]:
+        refs = self._attach_args(spec, so, deps)
+        self.post(self._submit_on_loop, spec)
+        return refs
+
+    def _attach_args(self, spec: TaskSpec, so: SerializedObject, deps: list[ObjectRef]) -> list[ObjectRef]:
+        """Pin the task's arguments until it finishes; create its (pending) return refs."""
         spec.args_meta, spec.args_bufs = so.meta, so.buffers
         if so.total_bytes >= self.config.max_inline_bytes and so.buffers:
             # Large arguments go to shared memory once; the task reads them zero-copy.
-            args_ref = self.put_args(so)
+            spec.nested = [self.put_args(so)]
             spec.args_meta, spec.args_bufs = b"", []
-            spec.nested = [args_ref]
         else:
             spec.nested = list(so.nested_refs)
         spec.deps = deps
@@ -578,7 +583,6 @@ class CoreWorker:
         refs = [ObjectRef(oid, self.address) for oid in spec.return_ids]
         for oid in spec.return_ids:
             self.store.create_pending(oid)
-        self.post(self._submit_on_loop, spec)
         return refs
 
     def put_args(self, so: SerializedObject) -> ObjectRef:
@@ -859,21 +863,8 @@ class CoreWorker:
 
     def submit_actor_task(self, spec: TaskSpec, so: SerializedObject, deps: list[ObjectRef],
                           max_task_retries: int) -> list[ObjectRef]:
-        spec.args_meta, spec.args_bufs = so.meta, so.buffers
-        if so.total_bytes >= self.config.max_inline_bytes and so.buffers:
-            spec.nested = [self.put_args(so)]
-            spec.args_meta, spec.args_bufs = b"", []
-        else:
-            spec.nested = list(so.nested_refs)
-        spec.deps = deps
         spec.max_retries = max_task_retries
-        for r in deps:
-            self.refs.add_submitted(r._id, r._owner)
-        for r in spec.nested:
-            self.refs.add_submitted(r._id, r._owner)
-        refs = [ObjectRef(oid, self.address) for oid in spec.return_ids]
-        for oid in spec.return_ids:
-            self.store.create_pending(oid)
+        refs = self._attach_args(spec, so, deps)
         self.post(self._submit_actor_on_loop, spec)
         return refs
 

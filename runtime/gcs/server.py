@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import owner_pipe
 from ..rpc.connection import Connection, connect, serve
 
 logger = logging.getLogger("runtime.gcs")
@@ -91,22 +92,11 @@ class ControlStore:
         self.done = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, self.done.set)
         loop.add_signal_handler(signal.SIGINT, self.done.set)
-        owner_fd = self.args.get("owner_fd")
-        if owner_fd is not None:
-            loop.add_reader(owner_fd, self._owner_readable, owner_fd)
+        owner_pipe.watch(loop, self.args.get("owner_fd"), self.done.set)
         server = await serve(socket.socket(fileno=self.args["tcp_fd"]), self.handlers, self.token,
                              on_close=self.on_conn_closed, name="gcs")
         await self.done.wait()
         server.close()
-
-    def _owner_readable(self, fd: int) -> None:
-        try:
-            data = os.read(fd, 1024)
-        except OSError:
-            data = b""
-        if not data:
-            asyncio.get_running_loop().remove_reader(fd)
-            self.done.set()
 
     def on_conn_closed(self, conn: Connection) -> None:
         info = conn.peer_info

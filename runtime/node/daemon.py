@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import config as config_mod
+from .. import owner_pipe
 from ..exceptions import ObjectStoreFullError
 from ..rpc.connection import Connection, connect, serve
 from .object_store import ObjectStoreManager
@@ -97,9 +98,7 @@ class NodeDaemon:
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
         loop.add_signal_handler(signal.SIGTERM, self.done.set)
         loop.add_signal_handler(signal.SIGINT, self.done.set)
-        owner_fd = self.args.get("owner_fd")
-        if owner_fd is not None:
-            loop.add_reader(owner_fd, self._owner_readable, owner_fd)
+        owner_pipe.watch(loop, self.args.get("owner_fd"), self._owner_gone)
         self.gcs = await connect(self.args["gcs_address"], self.handlers, self.token,
                                  info={"kind": "node", "node_id": self.node_id}, on_close=self._gcs_lost,
                                  timeout=self.config.startup_timeout_s, name="node->gcs")
@@ -120,15 +119,9 @@ class NodeDaemon:
             s.close()
         self.shutdown_workers()
 
-    def _owner_readable(self, fd: int) -> None:
-        try:
-            data = os.read(fd, 1024)
-        except OSError:
-            data = b""
-        if not data:
-            asyncio.get_running_loop().remove_reader(fd)
-            logger.info("driver that owns this embedded cluster is gone; shutting down")
-            self.done.set()
+    def _owner_gone(self) -> None:
+        logger.info("the driver that owns this embedded cluster is gone; shutting down")
+        self.done.set()
 
     def _gcs_lost(self, conn: Connection) -> None:
         if not self.done.is_set():
