@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import cloudpickle
@@ -52,17 +51,3 @@ def check_options(options: dict, allowed: set[str], what: str) -> None:
             close = difflib.get_close_matches(k, allowed, n=1)
             hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ValueError(f"Unknown option(s) {', '.join(hints)} for {what}. Valid options: {', '.join(sorted(allowed))}.")
-
-
-def describe_callable(fn: Any) -> str:
-    try:
-        return f"{fn.__module__}.{fn.__qualname__}"
-    except AttributeError:
-        return repr(fn)
-
-
-def signature_or_none(fn: Any) -> inspect.Signature | None:
-    try:
-        return inspect.signature(fn)
-    except (TypeError, ValueError):
-        return None

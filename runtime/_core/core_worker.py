@@ -15,7 +15,6 @@ import logging
 import os
 import pickle
 import threading
-import time
 from concurrent.futures import Future as ConcurrentFuture
 from typing import Any, Callable
 
@@ -32,9 +31,8 @@ from ..exceptions import (
 from ..node import shm
 from ..rpc.connection import Connection, ConnectionClosed, bind_socket, connect, serve, socket_address
 from ..serialization.core import SerializedObject, deserialize, serialize
-from . import worker_state
 from .ids import ObjectID
-from .memory_store import ERROR, INLINE, PENDING, SHM, MemoryStore, StoreEntry
+from .memory_store import ERROR, INLINE, PENDING, SHM, MemoryStore
 from .object_ref import ObjectRef
 from .reference_table import RefEntry, ReferenceTable
 from .task_spec import TaskSpec
@@ -256,13 +254,9 @@ class CoreWorker:
     def _on_conn_closed(self, conn: Connection) -> None:
         if self.closed:
             return
-        addr = conn.peer_info.get("address")
         for a, c in list(self.conns.items()):
             if c is conn:
                 del self.conns[a]
-                addr = a
-        if addr and conn.server_side is False:
-            pass
         # A borrower (server side) that went away no longer borrows.
         peer = conn.peer_info.get("address")
         if conn.server_side and peer:
@@ -1044,11 +1038,3 @@ def _pickle_error(err: BaseException | None) -> bytes:
         return pickle.dumps(err)
     except Exception:
         return pickle.dumps(ObjectLostError("", f"{type(err).__name__}: {err}"))
-
-
-def worker_current() -> CoreWorker:
-    return worker_state.current()
-
-
-def monotonic() -> float:
-    return time.monotonic()

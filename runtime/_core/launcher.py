@@ -115,7 +115,6 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
                "num_cpus": res["num_cpus"], "num_gpus": res["num_gpus"], "memory": res["memory"],
                "object_store_memory": res["object_store_memory"], "resources": resources or {},
                "shm_dir": shm_dir, "system_config": sys_config, "node_ip": "127.0.0.1"}
-    fds = [gcs_sock.fileno(), nm_unix.fileno(), nm_tcp.fileno()] + ([owner_r] if owner_r is not None else [])
     procs = {}
     for name, module, args, keep in (("gcs", "runtime.gcs", gcs_args, [gcs_sock.fileno()]),
                                      ("node", "runtime.node", nm_args, [nm_unix.fileno(), nm_tcp.fileno()])):
@@ -125,7 +124,6 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
                                        stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds, env=env,
                                        start_new_session=persistent, close_fds=True)
         log.close()
-    del fds
     for s in (gcs_sock, nm_unix, nm_tcp):
         s.close()
     if owner_r is not None:

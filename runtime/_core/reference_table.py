@@ -59,11 +59,6 @@ class ReferenceTable:
                 self._on_new_borrow(oid, owner)
         return e
 
-    def _maybe_release(self, oid: bytes, e: RefEntry) -> None:
-        if not e.in_use() and self.entries.get(oid) is e:
-            del self.entries[oid]
-            self._on_release(oid, e)
-
     def add_local(self, oid: bytes, owner: str) -> None:
         with self._lock:
             self._entry(oid, owner).local += 1

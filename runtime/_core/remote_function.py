@@ -7,7 +7,7 @@ from typing import Any
 
 import cloudpickle
 
-from . import api_state, worker_state
+from . import api_state
 from .ids import TaskID
 from .options import TASK_OPTIONS, demand_of, env_of, sched_key, validate
 from .task_spec import TaskSpec
@@ -75,5 +75,3 @@ class _BoundOptions:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._rf._submit(args, kwargs, self._options)
 
-
-__all__ = ["RemoteFunction", "worker_state"]

@@ -19,11 +19,9 @@ import sys
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any
 
 from .. import config as config_mod
 from .. import owner_pipe
-from ..exceptions import ObjectStoreFullError
 from ..rpc.connection import Connection, connect, serve
 from .object_store import ObjectStoreManager
 from .resources import LeaseQueue, LeaseRequest, ResourcePool, normalize
