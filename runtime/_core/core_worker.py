@@ -72,7 +72,7 @@ class ActorChannel:
     """Caller-side state of one actor: where it is, and calls not yet answered."""
 
     __slots__ = ("actor_id", "state", "address", "conn", "connecting", "queue", "inflight", "reason",
-                 "subscribed", "handle_gone", "max_task_retries", "num_restarts", "version")
+                 "subscribed", "handle_gone", "max_task_retries", "num_restarts", "version", "lock", "posted")
 
     def __init__(self, actor_id: str, max_task_retries: int) -> None:
         self.actor_id = actor_id
@@ -88,6 +88,11 @@ class ActorChannel:
         self.max_task_retries = max_task_retries
         self.num_restarts = 0
         self.version = -1  # of the last control-store state applied
+        # The caller's thread may send a call itself (CoreWorker.submit_actor_task); the loop
+        # holds this lock while it changes where calls go or sends queued ones, so calls stay
+        # in order. `posted` counts calls handed to the loop but not yet in `queue`.
+        self.lock = threading.RLock()
+        self.posted = 0
 
 
 class CoreWorker:
@@ -683,11 +688,10 @@ class CoreWorker:
         msg["gpu"] = lease.gpus
         msg["res"] = spec.demand
         try:
-            fut = lease.conn.request_nowait(msg, bufs)
+            lease.conn.request_cb(msg, bufs, lambda r, b, err: self._on_task_done(
+                lease, spec, None if err else (r, b), err))
         except ConnectionClosed as e:
             self._on_task_done(lease, spec, None, e)
-            return
-        fut.add_done_callback(lambda f: self._on_task_reply(lease, spec, f))
 
     def _task_message(self, spec: TaskSpec, conn: Connection) -> tuple[dict, list]:
         bufs = list(spec.args_bufs)
@@ -715,10 +719,6 @@ class CoreWorker:
                 msg["fn"] = spec.fn_blob
                 sent.add(spec.fid)
         return msg, bufs
-
-    def _on_task_reply(self, lease: Lease, spec: TaskSpec, fut: asyncio.Future) -> None:
-        exc = fut.exception()
-        self._on_task_done(lease, spec, None if exc else fut.result(), exc)
 
     def _on_task_done(self, lease: Lease, spec: TaskSpec, result: Any, exc: BaseException | None) -> None:
         if self.closed:
@@ -823,12 +823,13 @@ class CoreWorker:
             return
         spec.cancelled = True
         if spec.actor_id:
-            ch = self.actors.get(spec.actor_id)
-            if ch is not None and spec in ch.queue:
-                ch.queue.remove(spec)
-                self._finish_task(spec, error=TaskCancelledError(spec.task_id.hex()))
-            elif ch is not None and ch.conn is not None:
-                ch.conn.send({"op": "cancel", "t": spec.task_id, "force": False, "recursive": recursive})
+            ch = self.actor_channel(spec.actor_id)
+            with ch.lock:
+                if spec in ch.queue:
+                    ch.queue.remove(spec)
+                    self._finish_task(spec, error=TaskCancelledError(spec.task_id.hex()))
+                elif ch.conn is not None and not ch.conn.closed:
+                    ch.conn.send({"op": "cancel", "t": spec.task_id, "force": False, "recursive": recursive})
             return
         sq = self.queues.get(spec.sched_key)
         if spec.lease is None or spec.lease.busy is not spec:
@@ -851,26 +852,51 @@ class CoreWorker:
     # -- actors -------------------------------------------------------------------------------
     def actor_channel(self, actor_id: str, max_task_retries: int = 0) -> ActorChannel:
         ch = self.actors.get(actor_id)
-        if ch is None:
-            ch = self.actors[actor_id] = ActorChannel(actor_id, max_task_retries)
+        if ch is None:  # setdefault: the caller's thread may create it at the same time
+            ch = self.actors.setdefault(actor_id, ActorChannel(actor_id, max_task_retries))
         return ch
 
     def submit_actor_task(self, spec: TaskSpec, so: SerializedObject, deps: list[ObjectRef],
                           max_task_retries: int) -> list[ObjectRef]:
         spec.max_retries = max_task_retries
         refs = self._attach_args(spec, so, deps)
+        ch = self.actor_channel(spec.actor_id, max_task_retries)
+        with ch.lock:
+            # Fast path: a connected actor with nothing queued ahead gets the call straight from
+            # this thread, which saves waking the io thread (about a fifth of a sync call).
+            if not (deps or ch.posted or ch.queue or ch.state != "ALIVE" or ch.conn is None or self.closed):
+                for oid in spec.return_ids:
+                    self.tasks[oid] = spec
+                ch.inflight[spec.task_id] = spec
+                if self._send_actor_call(ch, spec, ch.conn, threadsafe=True):
+                    return refs
+                del ch.inflight[spec.task_id]
+            ch.posted += 1
         self.post(self._submit_actor_on_loop, spec)
         return refs
 
+    def _send_actor_call(self, ch: ActorChannel, spec: TaskSpec, conn: Connection, threadsafe: bool) -> bool:
+        msg, bufs = self._task_message(spec, conn)
+
+        def on_reply(reply: Any, rbufs: Any, err: BaseException | None) -> None:
+            self._on_actor_reply(ch, spec, reply, rbufs, err)
+
+        if threadsafe:
+            return conn.request_cb_threadsafe(msg, bufs, on_reply)
+        conn.request_cb(msg, bufs, on_reply)
+        return True
+
     def _submit_actor_on_loop(self, spec: TaskSpec) -> None:
         ch = self.actor_channel(spec.actor_id)
-        for oid in spec.return_ids:
-            self.tasks[oid] = spec
-        ch.queue.append(spec)
-        if not ch.subscribed:
-            ch.subscribed = True
-            self.spawn(self._subscribe_actor(ch))
-        self._flush_actor(ch)
+        with ch.lock:
+            ch.posted -= 1
+            for oid in spec.return_ids:
+                self.tasks[oid] = spec
+            ch.queue.append(spec)
+            if not ch.subscribed:
+                ch.subscribed = True
+                self.spawn(self._subscribe_actor(ch))
+            self._flush_actor(ch)
 
     def subscribe_actor_nowait(self, actor_id: str, max_task_retries: int) -> None:
         def go() -> None:
@@ -897,16 +923,21 @@ class CoreWorker:
     def _apply_actor_state(self, ch: ActorChannel, msg: dict) -> None:
         # A subscribe reply resumes its coroutine a loop turn after it arrives, so it can be
         # older than an actor_update already applied: only ever move forward.
-        if ch.state == "DEAD" or msg["version"] < ch.version:
-            return
-        ch.version = msg["version"]
-        ch.num_restarts = msg["num_restarts"]
-        ch.state, ch.reason = msg["state"], msg.get("reason", "")
-        if msg.get("address") and msg["address"] != ch.address:
-            ch.address, ch.conn = msg["address"], None
-        self._flush_actor(ch)
+        with ch.lock:
+            if ch.state == "DEAD" or msg["version"] < ch.version:
+                return
+            ch.version = msg["version"]
+            ch.num_restarts = msg["num_restarts"]
+            ch.state, ch.reason = msg["state"], msg.get("reason", "")
+            if msg.get("address") and msg["address"] != ch.address:
+                ch.address, ch.conn = msg["address"], None
+            self._flush_actor(ch)
 
     def _flush_actor(self, ch: ActorChannel) -> None:
+        with ch.lock:
+            self._flush_actor_locked(ch)
+
+    def _flush_actor_locked(self, ch: ActorChannel) -> None:
         if ch.state == "DEAD":
             err = ActorDiedError(ch.actor_id, ch.reason)
             while ch.queue:
@@ -932,10 +963,8 @@ class CoreWorker:
             if err is not None:
                 self._finish_task(spec, error=err)
                 continue
-            msg, bufs = self._task_message(spec, ch.conn)
             ch.inflight[spec.task_id] = spec
-            fut = ch.conn.request_nowait(msg, bufs)
-            fut.add_done_callback(lambda f, spec=spec, ch=ch: self._on_actor_reply(ch, spec, f))
+            self._send_actor_call(ch, spec, ch.conn, threadsafe=False)
 
     async def _connect_actor(self, ch: ActorChannel) -> None:
         address = ch.address
@@ -943,20 +972,21 @@ class CoreWorker:
             conn = await self.get_conn(address)
         except Exception:
             conn = None
-        ch.connecting = False
-        if ch.address != address:
+        with ch.lock:
+            ch.connecting = False
+            if ch.address != address:
+                self._flush_actor(ch)
+                return
+            if conn is None:
+                ch.state = "UNKNOWN"  # wait for the control store to say what happened
+                return
+            ch.conn = conn
             self._flush_actor(ch)
-            return
-        if conn is None:
-            ch.state = "UNKNOWN"  # wait for the control store to say what happened
-            return
-        ch.conn = conn
-        self._flush_actor(ch)
 
-    def _on_actor_reply(self, ch: ActorChannel, spec: TaskSpec, fut: asyncio.Future) -> None:
-        if fut.exception() is not None:
+    def _on_actor_reply(self, ch: ActorChannel, spec: TaskSpec, reply: dict, bufs: list,
+                        err: BaseException | None) -> None:
+        if err is not None:
             return  # connection lost: handled by _actor_conn_lost
-        reply, bufs = fut.result()
         if reply.get("actor_dead"):
             ch.inflight.pop(spec.task_id, None)
             self._finish_task(spec, error=ActorDiedError(ch.actor_id, reply["actor_dead"]))
@@ -964,6 +994,10 @@ class CoreWorker:
         self._apply_results(spec, reply, bufs, ch.address)
 
     def _actor_conn_lost(self, ch: ActorChannel) -> None:
+        with ch.lock:
+            self._actor_conn_lost_locked(ch)
+
+    def _actor_conn_lost_locked(self, ch: ActorChannel) -> None:
         ch.conn = None
         ch.address = ""
         if ch.state == "ALIVE":

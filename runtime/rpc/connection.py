@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
+import os
 import pickle
 import socket
+import threading
 from typing import Any, Callable
 
 from .framing import FrameDecoder, FrameError, encode
@@ -20,6 +23,8 @@ from .framing import FrameDecoder, FrameError, encode
 logger = logging.getLogger(__name__)
 
 Handler = Callable[["Connection", dict, list], Any]
+# Called with (reply, buffers, None) or (None, None, error) when a request_cb is answered.
+ReplyCallback = Callable[[Any, Any, "BaseException | None"], None]
 
 # Returned by a handler that will send its reply later itself (`conn.reply(call_id, ...)`).
 DEFERRED = object()
@@ -60,10 +65,14 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.peer_info: dict[str, Any] = {}  # what the peer said about itself in hello
         self._decoder = FrameDecoder()
-        self._pending: dict[int, asyncio.Future] = {}
-        self._next_id = 1
+        self._pending: dict[int, asyncio.Future | ReplyCallback] = {}
+        self._ids = itertools.count(1)  # next() is atomic: any thread may number a request
         self._out: list = []
         self._flush_scheduled = False
+        self._fd = -1
+        # Guards _out, _flush_scheduled and direct writes, so send_threadsafe keeps frames whole
+        # and in order with what the loop thread writes.
+        self._wlock = threading.Lock()
         self._loop = asyncio.get_event_loop()
         self.closed_event = asyncio.Event()
 
@@ -71,8 +80,10 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock is not None:
+            self._fd = sock.fileno()
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -96,12 +107,16 @@ class Connection(asyncio.Protocol):
             self._dispatch(msg, bufs)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        with self._wlock:  # the socket is closed after this returns: no direct write may follow
+            self.closed = True
+            pending, self._pending = self._pending, {}
         err = ConnectionClosed(f"connection {self.name} closed" + (f": {exc}" if exc else ""))
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(err)
-        self._pending.clear()
+        for fut in pending.values():
+            if isinstance(fut, asyncio.Future):
+                if not fut.done():
+                    fut.set_exception(err)
+            else:
+                _call_back(fut, None, None, err)
         self.closed_event.set()
         if self.on_close is not None:
             try:
@@ -114,8 +129,13 @@ class Connection(asyncio.Protocol):
         op = msg["op"]
         if op == "_r":
             fut = self._pending.pop(msg.get("id"), None)
-            if fut is not None and not fut.done():
-                if msg.get("ok", True):
+            if fut is None:
+                return
+            ok = msg.get("ok", True)
+            if not isinstance(fut, asyncio.Future):  # request_cb: called now, not a loop turn later
+                _call_back(fut, msg, bufs, None) if ok else _call_back(fut, None, None, _remote_error(msg, bufs))
+            elif not fut.done():
+                if ok:
                     fut.set_result((msg, bufs))
                 else:
                     fut.set_exception(_remote_error(msg, bufs))
@@ -160,15 +180,12 @@ class Connection(asyncio.Protocol):
         if not self.closed:
             self._reply(call_id, result)
 
+    def reply_threadsafe(self, call_id: int, result: Any) -> None:
+        """Send the reply of a DEFERRED request from any thread."""
+        self.send_threadsafe(*_reply_message(call_id, result))
+
     def _reply(self, call_id: int, result: Any) -> None:
-        if isinstance(result, tuple):  # (body, buffers)
-            body, bufs = result
-        else:
-            body, bufs = result, ()
-        msg = {"op": "_r", "id": call_id, "ok": True}
-        if body:
-            msg.update(body)
-        self.send(msg, bufs)
+        self.send(*_reply_message(call_id, result))
 
     def _reply_error(self, call_id: int, exc: BaseException) -> None:
         try:
@@ -178,29 +195,71 @@ class Connection(asyncio.Protocol):
         self.send({"op": "_r", "id": call_id, "ok": False, "err": f"{type(exc).__name__}: {exc}"},
                   [blob] if blob else ())
 
-    # -- sending (loop thread only) ----------------------------------------------------
+    # -- sending -----------------------------------------------------------------------
     def send(self, msg: dict, bufs: list | tuple = ()) -> None:
+        """Queue a frame (loop thread only); frames queued in one loop turn go out in one write."""
         if self.closed:
             raise ConnectionClosed(f"connection {self.name} is closed")
-        self._out.extend(encode(msg, bufs))
+        data = encode(msg, bufs)
+        with self._wlock:
+            self._out.extend(data)
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        self._loop.call_soon(self._flush)
+
+    def send_threadsafe(self, msg: dict, bufs: list | tuple = ()) -> None:
+        """Send from any thread. When nothing is queued the frame is written to the socket
+        right here, so a worker's reply does not wait for its io thread to wake up."""
+        data = encode(msg, bufs)
+        with self._wlock:
+            if not self.closed and self.transport is not None:
+                self._write_threadsafe(data)
+
+    def _write_threadsafe(self, data: list) -> None:
+        # Caller holds _wlock. Write directly only when nothing is waiting to go out first.
+        if not (self._out or self._flush_scheduled or self.transport.get_write_buffer_size()):
+            data = _write_some(self._fd, data)
+            if not data:
+                return
+        self._out.extend(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon_threadsafe(self._flush)
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self._out and not self.closed and self.transport is not None:
+        with self._wlock:
+            self._flush_scheduled = False
             out, self._out = self._out, []
-            self.transport.writelines(out)
+            if out and not self.closed and self.transport is not None:
+                self.transport.writelines(out)
 
     def request_nowait(self, msg: dict, bufs: list | tuple = ()) -> asyncio.Future:
-        call_id = self._next_id
-        self._next_id += 1
-        msg["id"] = call_id
+        call_id = msg["id"] = next(self._ids)
         fut = self._loop.create_future()
         self._pending[call_id] = fut
         self.send(msg, bufs)
         return fut
+
+    def request_cb(self, msg: dict, bufs: list | tuple, callback: ReplyCallback) -> None:
+        """Like request_nowait, but the answer (or the connection's loss) calls
+        `callback(reply, bufs, error)` directly from the reading loop turn (loop thread only)."""
+        if self.closed:
+            raise ConnectionClosed(f"connection {self.name} is closed")
+        call_id = msg["id"] = next(self._ids)
+        self._pending[call_id] = callback
+        self.send(msg, bufs)
+
+    def request_cb_threadsafe(self, msg: dict, bufs: list | tuple, callback: ReplyCallback) -> bool:
+        """request_cb from any thread; False (nothing sent) if the connection is closed."""
+        call_id = msg["id"] = next(self._ids)
+        data = encode(msg, bufs)
+        with self._wlock:  # connection_lost takes it too: the callback is either failed or answered
+            if self.closed or self.transport is None:
+                return False
+            self._pending[call_id] = callback
+            self._write_threadsafe(data)
+        return True
 
     async def request(self, msg: dict, bufs: list | tuple = (), timeout: float | None = 30.0) -> tuple[dict, list]:
         fut = self.request_nowait(msg, bufs)
@@ -222,6 +281,40 @@ class Connection(asyncio.Protocol):
 
 
 _BACKGROUND: set[asyncio.Task] = set()
+
+
+def _reply_message(call_id: int, result: Any) -> tuple[dict, Any]:
+    if isinstance(result, tuple):  # (body, buffers)
+        body, bufs = result
+    else:
+        body, bufs = result, ()
+    msg = {"op": "_r", "id": call_id, "ok": True}
+    if body:
+        msg.update(body)
+    return msg, bufs
+
+
+def _call_back(cb: ReplyCallback, msg: Any, bufs: Any, err: BaseException | None) -> None:
+    try:
+        cb(msg, bufs, err)
+    except Exception:
+        logger.exception("reply callback %r failed", cb)
+
+
+def _write_some(fd: int, pieces: list) -> list:
+    """Write what the non-blocking socket takes now; return the pieces (or tails) left."""
+    try:
+        n = os.writev(fd, pieces)
+    except (BlockingIOError, InterruptedError):
+        return pieces
+    except OSError:
+        return pieces  # the loop sees the broken socket and closes the connection
+    for i, p in enumerate(pieces):
+        size = memoryview(p).nbytes
+        if n < size:
+            return [memoryview(p).cast("B")[n:], *pieces[i + 1:]]
+        n -= size
+    return []
 
 
 def _remote_error(msg: dict, bufs: list) -> BaseException:

@@ -90,7 +90,7 @@ class Executor:
                 continue  # a cancel that arrived just after its task finished
 
     def _reply(self, conn: Connection, msg: dict, body: dict, bufs: list) -> None:
-        self.cw.loop.call_soon_threadsafe(conn.reply, msg["id"], (body, bufs))
+        conn.reply_threadsafe(msg["id"], (body, bufs))
 
     def _run_task(self, conn: Connection, msg: dict, bufs: list) -> None:
         fid = msg["f"]
@@ -231,7 +231,7 @@ class Executor:
             self.instance = cls(*args, **kwargs)
         except BaseException as e:  # noqa: BLE001 - reported to callers as the actor's death cause
             tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-            self.cw.loop.call_soon_threadsafe(conn.reply, msg["id"], {"init_error": tb})
+            conn.reply_threadsafe(msg["id"], {"init_error": tb})
             return
         concurrency = spec.get("max_concurrency")
         if spec.get("is_async"):
@@ -240,7 +240,7 @@ class Executor:
         elif concurrency and concurrency > 1:
             self.actor_mode = "threaded"
             self.pool = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="actor")
-        self.cw.loop.call_soon_threadsafe(conn.reply, msg["id"], {"ok": True})
+        conn.reply_threadsafe(msg["id"], {"ok": True})
 
     def _start_actor_loop(self, concurrency: int) -> None:
         loop = asyncio.new_event_loop()
