@@ -450,15 +450,26 @@ class CoreWorker:
         need = num_returns - (len(refs) - len(pending))
         if need <= 0:
             return
-        event = threading.Event()
-        remaining = [need]
-        lock = threading.Lock()
+        # A plain lock, released by whoever makes the last needed object ready: cheaper to
+        # wake than an Event (no Python-level Condition on either side).
+        done = threading.Lock()
+        done.acquire()
+        if need == 1:
+            def one_ready() -> None:
+                try:
+                    done.release()
+                except RuntimeError:  # another of the refs got there first
+                    pass
+        else:
+            remaining = [need]
+            count_lock = threading.Lock()
 
-        def one_ready() -> None:
-            with lock:
-                remaining[0] -= 1
-                if remaining[0] <= 0:
-                    event.set()
+            def one_ready() -> None:
+                with count_lock:
+                    remaining[0] -= 1
+                    if remaining[0] != 0:
+                        return
+                done.release()
 
         to_fetch = []
         for r in pending:
@@ -468,14 +479,15 @@ class CoreWorker:
                 to_fetch.append(r)
         if to_fetch:
             self.on_loop(lambda: [self._ensure_fetch(r) for r in to_fetch])
-        if event.is_set():
+        if not done.locked():
             return
         blocked = self.blocked_hook is not None
         if blocked:
             self.blocked_hook(True)
         try:
-            if not event.wait(timeout):
-                raise GetTimeoutError(f"Get timed out: {remaining[0]} of {len(refs)} objects were not ready "
+            if not done.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
+                left = sum(1 for r in refs if not store.ready(r._id)) - (len(refs) - num_returns)
+                raise GetTimeoutError(f"Get timed out: {left} of {len(refs)} objects were not ready "
                                       f"after {timeout} s. Raise the timeout, or check `runtime list tasks`.")
         finally:
             if blocked:
