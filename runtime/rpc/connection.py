@@ -115,6 +115,7 @@ class Connection(asyncio.Protocol):
             if isinstance(fut, asyncio.Future):
                 if not fut.done():
                     fut.set_exception(err)
+                    fut.exception()  # an awaiter still gets it; one abandoned at shutdown logs nothing
             else:
                 _call_back(fut, None, None, err)
         self.closed_event.set()
