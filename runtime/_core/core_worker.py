@@ -149,6 +149,7 @@ class CoreWorker:
         self.assigned_resources: dict = {}
         self.blocked_hook: Callable[[bool], None] | None = None  # set by the worker executor
         self.closed = False
+        self._prune_handle: asyncio.TimerHandle | None = None
 
     # -- loop plumbing -----------------------------------------------------------------
     def start_loop_thread(self) -> None:
@@ -373,11 +374,22 @@ class CoreWorker:
 
     def write_shm(self, oid: bytes, so: SerializedObject, owner_wid: str) -> int:
         size = shm.shm_size(so)
-        self.run_sync(self.nm.request({"op": "create_object", "object_id": oid, "size": size, "owner": owner_wid},
-                                      timeout=self.config.rpc_timeout_s))
-        shm.write_object(self.shm_dir, oid, so, size)
-        self.on_loop(self.nm.send, {"op": "seal_object", "object_id": oid})
+        reply, _ = self.run_sync(self.nm.request(
+            {"op": "create_object", "object_id": oid, "size": size, "owner": owner_wid},
+            timeout=self.config.rpc_timeout_s))
+        shm.write_object(self.shm_dir, oid, so, size, reuse=reply.get("reuse", False))
+        self.on_loop(self._after_write, oid)
         return size
+
+    def _after_write(self, oid: bytes) -> None:
+        self.nm.send({"op": "seal_object", "object_id": oid})
+        if shm.has_write_maps() and self._prune_handle is None:
+            self._prune_handle = self.loop.call_later(2.0, self._prune_write_maps)
+
+    def _prune_write_maps(self) -> None:
+        # Mappings kept for reuse (shm.py) must not outlive their file by long.
+        shm.prune_write_maps()
+        self._prune_handle = self.loop.call_later(2.0, self._prune_write_maps) if shm.has_write_maps() else None
 
     # -- objects: get / wait ---------------------------------------------------------------
     def _ensure_fetch(self, ref: ObjectRef) -> None:

@@ -350,8 +350,7 @@ class NodeDaemon:
 
     # -- objects -----------------------------------------------------------------------
     def on_create_object(self, conn: Connection, msg: dict, bufs: list) -> dict:
-        self.store.create(msg["object_id"], msg["size"], msg["owner"])
-        return {}
+        return {"reuse": self.store.create(msg["object_id"], msg["size"], msg["owner"])}
 
     def on_seal_object(self, conn: Connection, msg: dict, bufs: list) -> None:
         self.store.seal(msg["object_id"])

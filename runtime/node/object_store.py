@@ -3,6 +3,10 @@
 Creators write object files themselves (see shm.py); this manager reserves space first,
 spills the oldest sealed objects to disk when the store would pass its capacity, and
 restores them on access. `ObjectStoreFullError` is raised only when spilling cannot help.
+
+Freed files that nobody maps go to a small pool and are handed to the next creator of an
+object of about the same size (shm.py says why). Pooled bytes count as used; the pool is
+emptied before anything is spilled.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..exceptions import ObjectStoreFullError
-from .shm import object_path
+from .shm import REUSE_MIN_BYTES, object_path, try_lock_unmapped
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +34,14 @@ class StoredObject:
     created_at: float = 0.0
 
 
+@dataclass
+class PooledFile:
+    path: str
+    size: int
+
+
 class ObjectStoreManager:
+    MAX_POOLED_FILES = 4
     def __init__(self, shm_dir: str, spill_dir: str, capacity_bytes: int) -> None:
         self.shm_dir = shm_dir
         self.spill_dir = spill_dir
@@ -40,17 +51,60 @@ class ObjectStoreManager:
         self.objects: OrderedDict[bytes, StoredObject] = OrderedDict()
         self.spilled_bytes_total = 0
         self.restored_bytes_total = 0
+        self.pool: list[PooledFile] = []  # oldest first
+        self._pool_seq = 0
+        self.reused_total = 0
 
-    def create(self, object_id: bytes, size: int, owner: str) -> None:
+    def create(self, object_id: bytes, size: int, owner: str) -> bool:
+        """Reserve space for a new object. True if a pooled file now lies at its temporary
+        path for the creator to overwrite, False if the creator makes a new file."""
         if object_id in self.objects:
-            return  # a retried task writing the same return again
+            return False  # a retried task writing the same return again
         if size > self.capacity:
             raise ObjectStoreFullError(
                 f"Object {object_id.hex()[:16]} of {size} bytes is larger than the whole object store "
                 f"({self.capacity} bytes). Start the cluster with a larger object_store_memory.")
+        pooled = self._take_pooled(size)
+        if pooled is not None:
+            os.rename(pooled.path, object_path(self.shm_dir, object_id) + ".tmp")
+            self.objects[object_id] = StoredObject(object_id, pooled.size, owner, created_at=time.time())
+            self.reused_total += 1
+            return True
         self._make_room(size)
         self.used += size
         self.objects[object_id] = StoredObject(object_id, size, owner, created_at=time.time())
+        return False
+
+    def _take_pooled(self, size: int) -> PooledFile | None:
+        if size < REUSE_MIN_BYTES:
+            return None
+        # Close enough in size that the slack (which stays accounted to the object) is small.
+        for i, p in enumerate(self.pool):
+            if size <= p.size <= size + size // 8 + 65536:
+                return self.pool.pop(i)
+        return None
+
+    def _pool_or_unlink(self, path: str, size: int) -> None:
+        fd = try_lock_unmapped(path) if size >= REUSE_MIN_BYTES else None
+        if fd is None:
+            self.used -= size
+            _unlink(path)
+            return
+        try:
+            self._pool_seq += 1
+            pooled = PooledFile(os.path.join(self.shm_dir, f"pool-{self._pool_seq}"), size)
+            os.rename(path, pooled.path)  # while locked: no reader can have opened it since
+        finally:
+            os.close(fd)
+        self.pool.append(pooled)
+        cap = self.capacity // 4
+        while len(self.pool) > self.MAX_POOLED_FILES or sum(p.size for p in self.pool) > cap:
+            self._drop_pooled()
+
+    def _drop_pooled(self) -> None:
+        p = self.pool.pop(0)
+        self.used -= p.size
+        _unlink(p.path)
 
     def seal(self, object_id: bytes) -> None:
         obj = self.objects.get(object_id)
@@ -58,6 +112,8 @@ class ObjectStoreManager:
             obj.sealed = True
 
     def _make_room(self, size: int) -> None:
+        while self.pool and self.used + size > self.capacity:
+            self._drop_pooled()
         if self.used + size <= self.capacity:
             return
         for obj in list(self.objects.values()):
@@ -106,6 +162,8 @@ class ObjectStoreManager:
             return
         if obj.spilled_path:
             _unlink(obj.spilled_path)
+        elif obj.sealed:
+            self._pool_or_unlink(object_path(self.shm_dir, object_id), obj.size)
         else:
             self.used -= obj.size
             _unlink(object_path(self.shm_dir, object_id))
@@ -120,7 +178,8 @@ class ObjectStoreManager:
     def describe(self) -> dict:
         return {"capacity_bytes": self.capacity, "used_bytes": self.used, "num_objects": len(self.objects),
                 "spilled_objects": sum(1 for o in self.objects.values() if o.spilled_path),
-                "spilled_bytes_total": self.spilled_bytes_total, "restored_bytes_total": self.restored_bytes_total}
+                "spilled_bytes_total": self.spilled_bytes_total, "restored_bytes_total": self.restored_bytes_total,
+                "pooled_bytes": sum(p.size for p in self.pool), "reused_files_total": self.reused_total}
 
     def close(self) -> None:
         shutil.rmtree(self.shm_dir, ignore_errors=True)

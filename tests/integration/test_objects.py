@@ -147,6 +147,43 @@ def test_task_result_freed_when_last_ref_deleted(shared_runtime):
              what=f"task result {object_hex} freed after its last ref was deleted")
 
 
+def _reused_files():
+    return sum(store["reused_files_total"] for store in state.object_store_stats())
+
+
+def _put_and_free(value):
+    ref = runtime.put(value)
+    object_hex = ref.hex()
+    del ref
+    gc.collect()
+    wait_for(lambda: object_hex not in _object_ids(), timeout=10, what=f"object {object_hex} freed")
+
+
+def test_freed_file_reused_when_no_process_maps_it(shared_runtime):
+    n = 8 * MB // 8
+    _put_and_free(np.full(n, 1.0))
+    before = _reused_files()
+    ref = runtime.put(np.full(n, 2.0))
+    assert _reused_files() == before + 1
+    arr = runtime.get(ref, timeout=30)
+    assert arr.shape == (n,) and arr[0] == arr[n // 2] == arr[-1] == 2.0
+
+
+def test_mapped_value_unchanged_when_its_object_is_freed_and_same_size_put(shared_runtime):
+    n = 8 * MB // 8
+    ref = runtime.put(np.full(n, 1.0))
+    held = runtime.get(ref, timeout=30)  # a zero-copy view of the object's file
+    object_hex = ref.hex()
+    del ref
+    gc.collect()
+    wait_for(lambda: object_hex not in _object_ids(), timeout=10, what=f"object {object_hex} freed")
+    before = _reused_files()
+    other = runtime.put(np.full(n, 3.0))
+    assert runtime.get(other, timeout=30)[n // 2] == 3.0
+    assert _reused_files() == before, "a file still mapped by a reader was handed to a writer"
+    assert held[0] == held[n // 2] == held[-1] == 1.0
+
+
 def test_ref_held_by_pending_task_keeps_object_alive(shared_runtime):
     sig = Signal.remote()
     blocker = wait_signal.remote(sig)
