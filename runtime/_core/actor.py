@@ -170,7 +170,8 @@ class ActorMethod:
         task_id = TaskID.new()
         spec = TaskSpec(task_id=task_id, name=f"{h._meta['class_name']}.{self._name}",
                         return_ids=[task_id + i.to_bytes(4, "little") for i in range(max(num_returns, 1))],
-                        actor_id=h._actor_id, method=self._name)
+                        actor_id=h._actor_id, method=self._name,
+                        parent=cw.current_task_id if cw.mode == "worker" else None)
         refs = cw.submit_actor_task(spec, so, deps, h._meta.get("max_task_retries", 0))
         if num_returns == 1:
             return refs[0]

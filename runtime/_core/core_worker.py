@@ -14,6 +14,7 @@ import collections
 import logging
 import os
 import pickle
+import sys
 import threading
 from concurrent.futures import Future as ConcurrentFuture
 from typing import Any, Callable
@@ -31,6 +32,8 @@ from ..exceptions import (
 from ..node import shm
 from ..rpc.connection import Connection, ConnectionClosed, bind_socket, connect, serve, socket_address
 from ..serialization.core import SerializedObject, deserialize, serialize
+from ..worker import output
+from ..worker.output import LinePrefixer
 from .ids import ObjectID
 from .memory_store import ERROR, INLINE, PENDING, SHM, MemoryStore
 from .object_ref import ObjectRef
@@ -124,7 +127,12 @@ class CoreWorker:
             "get_object": self.on_get_object, "add_borrower": self.on_add_borrower,
             "remove_borrower": self.on_remove_borrower, "release_contained": self.on_release_contained,
             "list_refs": self.on_list_refs, "actor_update": self.on_actor_update, "infeasible": self.on_infeasible,
+            "task_output": self.on_task_output,
         }
+        # Called (on the io thread) with each output message of a task this process submitted;
+        # returns True if it took it. The notebook extension routes output into cells with it.
+        self.output_handler: Callable[[dict], bool] | None = None
+        self._prefix_output = LinePrefixer()
         self.conns: dict[str, Connection] = {}
         self._connecting: dict[str, asyncio.Future] = {}
         self.nm: Connection | None = None
@@ -836,6 +844,20 @@ class CoreWorker:
         if msg["text"] not in self._infeasible_warned:
             self._infeasible_warned.add(msg["text"])
             logger.warning(msg["text"])
+
+    # -- task output ---------------------------------------------------------------------------
+    def on_task_output(self, conn: Connection, msg: dict, bufs: list) -> None:
+        handler = self.output_handler
+        if handler is not None and handler(msg):
+            return
+        text = self._prefix_output(msg)
+        if self.mode == "worker":  # up to whoever submitted the task that submitted this one
+            spec = self.tasks.get(msg["t"] + b"\0\0\0\0")
+            if output.forward_child(spec.parent if spec is not None else None, msg["s"], text):
+                return
+        stream = sys.stdout if msg["s"] == 1 else sys.stderr
+        stream.write(text)
+        stream.flush()
 
     # -- cancel ------------------------------------------------------------------------------
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:

@@ -28,6 +28,7 @@ from ..node import shm
 from ..rpc.connection import DEFERRED, Connection
 from ..serialization.core import deserialize, serialize
 from ..serialization.errors import capture_task_error
+from . import output
 
 
 class Executor:
@@ -114,8 +115,9 @@ class Executor:
             if main_thread:
                 with self.lock:
                     self.running = tid
-            args, kwargs = self.load_args(msg, bufs)
-            result = fn(*args, **kwargs)
+            with output.captured(conn.send_threadsafe, tid, msg["n"]):
+                args, kwargs = self.load_args(msg, bufs)
+                result = fn(*args, **kwargs)
             if main_thread:
                 with self.lock:
                     self.running = None
@@ -258,17 +260,22 @@ class Executor:
 
     async def _async_call(self, conn: Connection, msg: dict, bufs: list) -> None:
         async with self.actor_sem:
-            try:
-                if msg["d"] and any(d[0] == "r" for d in msg["d"]):
-                    args, kwargs = await asyncio.get_running_loop().run_in_executor(None, self.load_args, msg, bufs)
-                else:
-                    args, kwargs = self.load_args(msg, bufs)
-                result = getattr(self.instance, msg["m"])(*args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-                body, out = self._pack_results(msg, result)
-            except asyncio.CancelledError:
-                body, out = self._error_results(msg, TaskCancelledError(msg["t"].hex()))
-            except Exception as e:
-                body, out = self._error_results(msg, capture_task_error(e, msg["n"], os.getpid(), self.cw.node_id))
+            # This coroutine runs in its own context copy, so the output sink is this call's alone.
+            with output.captured(conn.send_threadsafe, msg["t"], msg["n"]):
+                body, out = await self._async_call_body(msg, bufs)
         self._reply(conn, msg, body, out)
+
+    async def _async_call_body(self, msg: dict, bufs: list) -> tuple[dict, list]:
+        try:
+            if msg["d"] and any(d[0] == "r" for d in msg["d"]):
+                args, kwargs = await asyncio.get_running_loop().run_in_executor(None, self.load_args, msg, bufs)
+            else:
+                args, kwargs = self.load_args(msg, bufs)
+            result = getattr(self.instance, msg["m"])(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            return self._pack_results(msg, result)
+        except asyncio.CancelledError:
+            return self._error_results(msg, TaskCancelledError(msg["t"].hex()))
+        except Exception as e:
+            return self._error_results(msg, capture_task_error(e, msg["n"], os.getpid(), self.cw.node_id))

@@ -9,6 +9,7 @@ import sys
 from ..config import SystemConfig
 from .._core import worker_state
 from .._core.core_worker import CoreWorker
+from . import output
 from .executor import Executor
 
 
@@ -27,4 +28,5 @@ def run_worker(args: dict) -> None:
     cw.start_loop_thread()
     cw.run_sync(cw.connect_cluster("worker"), timeout=config.startup_timeout_s)
     sys.stdout.flush()
+    output.install()
     executor.run_forever()

@@ -441,3 +441,30 @@ def test_cancel_running_task_kills_worker_when_forced(ray_start, tmp_path):
              timeout=10, what=f"the worker {pid} of the force-cancelled task exited")
     # The cluster still runs tasks afterwards.
     assert runtime.get(add.remote(2, 3), timeout=30) == 5
+
+
+# -- output ----------------------------------------------------------------------------
+
+
+@runtime.remote
+def chatty_child(i):
+    print(f"child line {i}")
+    return i
+
+
+@runtime.remote
+def chatty_parent():
+    print("parent line")
+    print("parent error line", file=sys.stderr)
+    return runtime.get([chatty_child.remote(i) for i in range(2)])
+
+
+def test_task_output_printed_by_driver_with_name_and_pid_when_task_prints(shared_runtime, capsys):
+    assert runtime.get(chatty_parent.remote(), timeout=60) == [0, 1]
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert any(line.startswith("(chatty_parent pid=") and line.endswith(") parent line") for line in lines), lines
+    for i in range(2):  # children's lines travel up through the parent, tagged once, with their own name
+        assert any(line.startswith("(chatty_child pid=") and line.endswith(f") child line {i}")
+                   for line in lines), lines
+    assert "parent error line" in captured.err

@@ -1,0 +1,116 @@
+"""Task output goes to the task's owner, as Ray's `log_to_driver` does.
+
+While a task runs, what it writes to `sys.stdout` / `sys.stderr` (from any thread it
+started, or from its coroutines) is sent to the process that submitted it, tagged with
+the task id; that process prints it with a `(name pid=N)` prefix, or hands it to an
+output handler (the notebook extension routes it into the cell that started the task).
+Output of tasks a task submitted reaches its owner this way too, so it travels up to
+the driver. Outside tasks, writes go to the worker's log file as before.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import io
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+# (send function, task id, task name) of the task running in this thread or coroutine.
+_sink: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("task_output_sink", default=None)
+_running: dict[bytes, tuple] = {}  # task id -> sink, to forward children's output (see forward_child)
+
+
+class _ForwardingStream(io.TextIOBase):
+    def __init__(self, stream_no: int, fallback: Any) -> None:
+        self.stream_no = stream_no
+        self.fallback = fallback
+
+    def write(self, text: str) -> int:
+        sink = _sink.get()
+        if sink is None or not text:
+            return self.fallback.write(text)
+        _send(sink, self.stream_no, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.fallback.flush()
+
+    def fileno(self) -> int:
+        return self.fallback.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.fallback, "encoding", "utf-8")
+
+
+def _send(sink: tuple, stream_no: int, text: str, prefixed: bool = False) -> None:
+    send, task_id, name = sink
+    msg = {"op": "task_output", "t": task_id, "n": name, "pid": os.getpid(), "s": stream_no, "d": text}
+    if prefixed:  # a child's lines, already tagged with the child's name and pid
+        msg["p"] = True
+    try:
+        send(msg)
+    except Exception:  # noqa: BLE001 - the owner is gone: output has nowhere to go
+        pass
+
+
+def install() -> None:
+    """Replace sys.stdout/sys.stderr of this worker process with forwarding streams."""
+    if not isinstance(sys.stdout, _ForwardingStream):
+        sys.stdout = _ForwardingStream(1, sys.stdout)
+        sys.stderr = _ForwardingStream(2, sys.stderr)
+
+
+@contextmanager
+def captured(send: Any, task_id: bytes, name: str) -> Iterator[None]:
+    """Send this thread's (or coroutine's) output to the task's owner while the block runs."""
+    sink = (send, task_id, name)
+    token = _sink.set(sink)
+    _running[task_id] = sink
+    try:
+        yield
+    finally:
+        _running.pop(task_id, None)
+        _sink.reset(token)
+        for s in (sys.stdout, sys.stderr):
+            try:
+                s.flush()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def forward_child(parent_task_id: bytes | None, stream_no: int, text: str) -> bool:
+    """Pass output of a child task on to the owner of the running parent. False if none."""
+    sink = _running.get(parent_task_id) if parent_task_id else None
+    if sink is None:
+        return False
+    _send(sink, stream_no, text, prefixed=True)
+    return True
+
+
+class LinePrefixer:
+    """Prefixes each line of a task's output with `(name pid=N) `, across partial writes."""
+
+    def __init__(self) -> None:
+        self._mid_line: set[tuple] = set()
+
+    def __call__(self, msg: dict) -> str:
+        if msg.get("p"):
+            return msg["d"]
+        key = (msg["t"], msg["s"])
+        prefix = f"({msg['n']} pid={msg['pid']}) "
+        out = []
+        for piece in msg["d"].splitlines(keepends=True):
+            if key not in self._mid_line:
+                out.append(prefix)
+            out.append(piece)
+            if piece.endswith("\n"):
+                self._mid_line.discard(key)
+            else:
+                self._mid_line.add(key)
+        return "".join(out)
