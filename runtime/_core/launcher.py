@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from . import machine
+
 from ..config import SystemConfig
 from ..rpc.connection import bind_socket, socket_address
 
@@ -53,11 +55,11 @@ class ClusterProcesses:
 
 
 def default_resources(num_cpus: float | None, num_gpus: float | None, object_store_memory: int | None) -> dict:
-    total = psutil.virtual_memory().total
+    total = machine.memory_limit()  # cgroup-aware: containers and Binder get their own share
     if object_store_memory is None:
         shm_free = psutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else total
         object_store_memory = int(min(total * 0.3, shm_free * 0.9))
-    return {"num_cpus": os.cpu_count() or 1 if num_cpus is None else num_cpus,
+    return {"num_cpus": machine.cpu_limit() if num_cpus is None else num_cpus,
             "num_gpus": _detect_gpus() if num_gpus is None else num_gpus,
             "memory": int(total * 0.7), "object_store_memory": int(object_store_memory)}
 

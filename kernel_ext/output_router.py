@@ -1,0 +1,64 @@
+"""Routes the output of tasks started by notebook cells to those cells.
+
+The runtime hands every output message of a task this process submitted to
+`CoreWorker.output_handler` (on its io thread). Tasks started by `%%remote` are
+registered here by task id; anything else falls through to the runtime's default
+(printed with a `(name pid=N)` prefix).
+"""
+
+from __future__ import annotations
+
+import queue
+from typing import Any, Callable
+
+from runtime._core import worker_state
+
+DONE = object()  # put on a cell's queue after the last of its task's output
+
+
+class OutputRouter:
+    def __init__(self) -> None:
+        self.routes: dict[bytes, Callable[[dict], None]] = {}
+
+    def handle(self, msg: dict) -> bool:
+        callback = self.routes.get(msg["t"])
+        if callback is None:
+            return False
+        callback(msg)
+        return True
+
+    def open(self, ref: Any) -> queue.Queue:
+        """A queue that gets the task's output messages, then DONE when it finished."""
+        q: queue.Queue = queue.Queue()
+        self.routes[_task_id(ref)] = q.put
+        # Output travels on the same connection as the reply and is handled first, so DONE
+        # (queued when the reply arrives) comes after all of it.
+        ref.future().add_done_callback(lambda _f: q.put(DONE))
+        return q
+
+    def close(self, ref: Any) -> None:
+        self.routes.pop(_task_id(ref), None)
+
+    def follow(self, ref: Any, on_output: Callable[[dict], None], on_done: Callable[[], None]) -> None:
+        """Call on_output for each output message, then on_done (both off the main thread)."""
+        tid = _task_id(ref)
+        self.routes[tid] = on_output
+
+        def finished(_f: Any) -> None:
+            self.routes.pop(tid, None)
+            on_done()
+
+        ref.future().add_done_callback(finished)
+
+
+def _task_id(ref: Any) -> bytes:
+    return bytes(ref._id[:16])
+
+
+_ROUTER = OutputRouter()
+
+
+def router() -> OutputRouter:
+    """The router, installed on the current runtime connection (which may have changed)."""
+    worker_state.current().output_handler = _ROUTER.handle
+    return _ROUTER

@@ -1,0 +1,62 @@
+"""The part of `%%remote` that runs in the cluster: execute a cell in a namespace.
+
+Imported by workers (by reference, through cloudpickle), so it depends on the runtime
+and the standard library only.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import linecache
+from typing import Any
+
+import runtime
+from runtime.serialization.core import serialize
+
+# How a value travels back: ("value", v) | ("ref", ObjectRef, size) | ("unpicklable", repr, error)
+Shipped = tuple
+
+
+def run_cell(source: str, filename: str, first_line: int, namespace: dict, pull: list[str],
+             last_expr: bool, max_bytes: int) -> dict:
+    """Run the cell; return the values of `pull` (those it defined) and of its last expression."""
+    # Tracebacks show the cell's own lines: the source is in linecache under the cell's name,
+    # with the line numbers the notebook shows.
+    padded = "\n" * (first_line - 1) + source
+    linecache.cache[filename] = (len(padded), None, padded.splitlines(True), filename)
+    tree = ast.parse(source, filename)
+    ast.increment_lineno(tree, first_line - 1)
+    last = None
+    if last_expr:
+        last = ast.Expression(tree.body.pop().value)
+    ns = dict(namespace)
+    ns.setdefault("__name__", "__main__")
+    ns["__builtins__"] = builtins
+    exec(compile(tree, filename, "exec"), ns)  # noqa: S102 - running the user's cell is the point
+    result: dict[str, Any] = {"names": {}}
+    if last is not None:
+        result["value"] = ship_back(eval(compile(last, filename, "eval"), ns), max_bytes)  # noqa: S307
+    for name in pull:
+        if name in ns:
+            result["names"][name] = ship_back(ns[name], max_bytes)
+    return result
+
+
+def ship_back(value: Any, max_bytes: int) -> Shipped:
+    """Small values come back as they are; large ones stay in the cluster as a ref."""
+    try:
+        size = serialize(value).total_bytes
+    except Exception as e:  # noqa: BLE001 - reported to the notebook by name
+        return ("unpicklable", _short_repr(value), f"{type(e).__name__}: {e}")
+    if size > max_bytes:
+        return ("ref", runtime.put(value), size)
+    return ("value", value)
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,284 @@
+"""`%%remote` / `%remote`: run a cell (or an expression) as a task in the cluster.
+
+The notebook side: which names to ship, submitting, streaming the task's output into
+this cell while it runs, interrupts (first: cancel, children included; second: kill),
+binding the names the cell assigned, and showing remote errors at the cell's lines.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sys
+import time
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.display import display
+
+import runtime
+from runtime.exceptions import TaskCancelledError, TaskError
+from runtime.serialization.core import serialize
+
+from .cellcode import analyze, format_size, parse_size
+from .output_router import DONE, router
+from .remote_cell import run_cell
+
+# Names a notebook always has that are never shipped: IPython's own history and helpers.
+_NOT_SHIPPED = {"In", "Out", "get_ipython", "exit", "quit", "_ih", "_oh", "_dh", "_", "__", "___"}
+DEFAULT_MAX_BYTES = 100 * 10**6
+_remote_cell_task = runtime.remote(run_cell)
+
+
+def shippable_names(user_ns: dict, candidates: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """The notebook values of `candidates` that exist; a clear error names any that can't be sent."""
+    out = {}
+    for name in candidates:
+        if name in _NOT_SHIPPED or name not in user_ns or _is_history_name(name):
+            continue
+        value = user_ns[name]
+        if _is_builtin_alias(name, value):
+            continue
+        try:
+            serialize(value)
+        except Exception as e:
+            raise UsageError(
+                f"Cannot send `{name}` to the cluster: {type(e).__name__}: {e}. Nothing was sent. "
+                f"Create it inside the cell instead, or leave it out with -i (the names to send)."
+            ) from None
+        out[name] = value
+    return out
+
+
+def _is_history_name(name: str) -> bool:
+    # _5, _i5, _ii, _iii: IPython's output/input history
+    return name.startswith("_") and (name[1:].isdigit() or name.lstrip("_i").isdigit() or name in ("_i", "_ii", "_iii"))
+
+
+def _is_builtin_alias(name: str, value: Any) -> bool:
+    import builtins
+    return getattr(builtins, name, None) is value
+
+
+def task_options(args: Any, defaults: dict) -> dict:
+    """Runtime `.options(...)` from the magic's arguments (falling back to %remote_config)."""
+    def pick(key: str) -> Any:
+        v = getattr(args, key, None)
+        return v if v is not None else defaults.get(key)
+
+    opts: dict[str, Any] = {"num_cpus": pick("num_cpus") if pick("num_cpus") is not None else 1}
+    if pick("num_gpus") is not None:
+        opts["num_gpus"] = pick("num_gpus")
+    if pick("memory") is not None:
+        opts["memory"] = _size_arg("--memory", pick("memory"))
+    resources = pick("resources")
+    if resources:
+        opts["resources"] = _json_arg("--resources", resources)
+    env = pick("env")
+    if env:
+        env_vars = _json_arg("--env", env)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
+            raise UsageError("--env takes a JSON object of strings, like --env '{\"OMP_NUM_THREADS\": \"1\"}'.")
+        opts["runtime_env"] = {"env_vars": env_vars}
+    if pick("retries") is not None:
+        opts["max_retries"] = pick("retries")
+    return opts
+
+
+def _json_arg(flag: str, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{flag} takes a JSON object, like {flag} '{{\"x\": 1}}'; could not read {text!r}: {e}.") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{flag} takes a JSON object (in braces), not {type(value).__name__}.")
+    return value
+
+
+def _size_arg(flag: str, text: Any) -> int:
+    try:
+        return parse_size(str(text))
+    except ValueError as e:
+        raise UsageError(f"{flag}: {e}") from None
+
+
+def _names_arg(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if not n.isidentifier()]
+    if bad:
+        raise UsageError(f"Not a Python name: {', '.join(bad)}. Give names separated by commas, like -o x,y.")
+    return names
+
+
+class RemoteCell:
+    """One `%%remote` run: prepare, submit, follow, and bring the results back."""
+
+    def __init__(self, shell: Any, args: Any, source: str, defaults: dict, first_line: int) -> None:
+        self.shell = shell
+        self.args = args
+        self.count = shell.execution_count
+        self.label = args.name or f"cell In[{self.count}]"
+        self.filename = f"<cell In[{self.count}]>"
+        self.first_line = first_line
+        try:
+            self.code = analyze(source, self.filename, first_line)
+        except SyntaxError as e:  # IPython would show our frames for a SyntaxError: say it plainly
+            raise UsageError("\n".join(syntax_error_lines(e, self.count))) from None
+        self.max_bytes = _size_arg("--max-bytes", args.max_bytes or defaults.get("max_bytes") or DEFAULT_MAX_BYTES)
+        self.timeout = args.timeout if args.timeout is not None else defaults.get("timeout")
+        reads = _names_arg(args.i)
+        self.namespace = shippable_names(shell.user_ns, reads if reads is not None else self.code.reads)
+        outs = _names_arg(args.o)
+        self.pull = [] if args.no_pull else (outs if outs is not None else list(self.code.writes))
+        self.options = task_options(args, defaults)
+
+    def submit(self) -> runtime.ObjectRef:
+        task = _remote_cell_task.options(name=self.label, **self.options)
+        return task.remote(self.code.source, self.filename, self.first_line, self.namespace, self.pull,
+                           self.code.last_expr, self.max_bytes)
+
+    # -- blocking -------------------------------------------------------------------------
+    def run_blocking(self) -> Any:
+        ref = self.submit()
+        route = router().open(ref)
+        try:
+            self._follow(ref, route)
+        finally:
+            router().close(ref)
+        return self.apply(self._result(ref))
+
+    def _follow(self, ref: runtime.ObjectRef, route: queue.Queue) -> None:
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        try:
+            self._drain_until_done(route, deadline, ref)
+        except KeyboardInterrupt:
+            runtime.cancel(ref, recursive=True)
+            print(f"Interrupted: cancelling the tasks of {self.label} (interrupt again to kill their workers).",
+                  file=sys.stderr)
+            try:
+                self._drain_until_done(route, time.monotonic() + 30, ref)
+            except KeyboardInterrupt:
+                runtime.cancel(ref, force=True, recursive=True)
+                print(f"Killed the worker running {self.label}.", file=sys.stderr)
+            raise KeyboardInterrupt(f"{self.label} was interrupted; its tasks were cancelled.") from None
+
+    def _drain_until_done(self, route: queue.Queue, deadline: float | None, ref: runtime.ObjectRef) -> None:
+        while True:
+            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+            try:
+                item = route.get(timeout=wait)
+            except queue.Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    runtime.cancel(ref, recursive=True)
+                    raise UsageError(f"{self.label} ran past --timeout {self.timeout} s and was cancelled.") from None
+                continue
+            if item is DONE:
+                return
+            write_output(item)
+
+    def _result(self, ref: runtime.ObjectRef) -> dict:
+        try:
+            return runtime.get(ref)
+        except TaskCancelledError:
+            raise KeyboardInterrupt(f"{self.label} was cancelled.") from None
+        except TaskError as e:
+            # IPython shows this instead of a local traceback (and so does ipykernel's error reply).
+            e._render_traceback_ = lambda e=e: render_remote_traceback(e, self.filename, self.count, self.label)
+            raise e from None
+
+    # -- results ---------------------------------------------------------------------------
+    def apply(self, result: dict) -> Any:
+        for name, shipped in result["names"].items():
+            value = self._unship(name, shipped)
+            if value is not _UNSET:
+                self.shell.user_ns[name] = value
+        if "value" in result:
+            value = self._unship("the result", result["value"])
+            return None if value is _UNSET else value
+        return None
+
+    def _unship(self, name: str, shipped: tuple) -> Any:
+        kind = shipped[0]
+        if kind == "value":
+            return shipped[1]
+        if kind == "ref":
+            print(f"{name} stays in the cluster: {format_size(shipped[2])} is over --max-bytes "
+                  f"{format_size(self.max_bytes)}; it is bound to an ObjectRef (runtime.get({name}) fetches it).",
+                  file=sys.stderr)
+            return shipped[1]
+        print(f"{name} could not come back from the cluster ({shipped[2]}); it is left unchanged here. "
+              f"Value there: {shipped[1]}", file=sys.stderr)
+        return _UNSET
+
+
+_UNSET = object()
+
+
+def write_output(msg: dict) -> None:
+    stream = sys.stdout if msg["s"] == 1 else sys.stderr
+    stream.write(msg["d"])
+    stream.flush()
+
+
+def render_remote_traceback(err: TaskError, filename: str, count: int, label: str) -> list[str]:
+    """The remote traceback as IPython shows a local one: frames in the cell as `Cell In[n]`,
+    without the frames of our own plumbing."""
+    kept: list[str] = []
+    skipping = False
+    for line in err.traceback_str.splitlines():
+        if line.startswith("  File "):
+            skipping = "/kernel_ext/" in line or "/runtime/" in line
+        elif not line.startswith("    "):
+            skipping = False
+        if not skipping:
+            kept.append(line.replace(f'File "{filename}"', f"Cell In[{count}]"))
+    where = f" (pid {err.pid})" if err.pid else ""
+    cause = type(err.cause).__name__ if err.cause is not None else "Error"
+    return [f"{cause} raised in the cluster by {label}{where}", "\n".join(kept)]
+
+
+def syntax_error_lines(e: SyntaxError, count: int) -> list[str]:
+    lines = [f"SyntaxError in Cell In[{count}], line {e.lineno}: {e.msg}. Nothing was sent to the cluster."]
+    if e.text:
+        lines.append("    " + e.text.rstrip("\n"))
+        if e.offset:
+            lines.append("    " + " " * (e.offset - 1) + "^")
+    return lines
+
+
+def run_async(cell: RemoteCell, as_name: str | None) -> runtime.ObjectRef:
+    """Submit and return at once; this cell's output area keeps following the work."""
+    ref = cell.submit()
+    lines: list[str] = []
+    handle = display({"text/plain": f"[{cell.label}] running ..."}, raw=True, display_id=True)
+    started = time.monotonic()
+
+    def show(status: str) -> None:
+        body = "".join(lines)
+        handle.update({"text/plain": body + f"[{cell.label}] {status}"}, raw=True)
+
+    def on_output(msg: dict) -> None:
+        lines.append(msg["d"])
+        show("running ...")
+
+    def on_done() -> None:
+        elapsed = time.monotonic() - started
+        try:
+            result = runtime.get(ref, timeout=0)
+        except TaskError as e:
+            show(f"failed after {elapsed:.1f} s: {type(e.cause).__name__ if e.cause else 'Error'}: {e.cause}\n")
+            return
+        except Exception as e:  # noqa: BLE001 - cancelled, or the cluster went away
+            show(f"failed after {elapsed:.1f} s: {type(e).__name__}: {e}\n")
+            return
+        names = [n for n, s in result["names"].items() if s[0] != "unpicklable"]
+        for n in names:
+            cell.shell.user_ns[n] = result["names"][n][1]
+        show(f"done in {elapsed:.1f} s" + (f"; set {', '.join(names)}" if names else "") + "\n")
+
+    router().follow(ref, on_output, on_done)
+    if as_name:
+        cell.shell.user_ns[as_name] = ref
+    return ref
