@@ -86,6 +86,8 @@ def task_options(args: Any, defaults: dict) -> dict:
 
 
 def _json_arg(flag: str, text: str) -> dict:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1]  # IPython's argument splitting keeps the quotes
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
@@ -112,13 +114,20 @@ def _names_arg(text: str | None) -> list[str] | None:
     return names
 
 
+def current_cell_number(shell: Any) -> int:
+    """The n of the running cell's In[n]. The history holds the cell before it runs (IPython
+    versions differ on when execution_count moves)."""
+    hist = getattr(getattr(shell, "history_manager", None), "input_hist_raw", None)
+    return len(hist) - 1 if hist and len(hist) > 1 else shell.execution_count
+
+
 class RemoteCell:
     """One `%%remote` run: prepare, submit, follow, and bring the results back."""
 
     def __init__(self, shell: Any, args: Any, source: str, defaults: dict, first_line: int) -> None:
         self.shell = shell
         self.args = args
-        self.count = shell.execution_count
+        self.count = current_cell_number(shell)
         self.label = args.name or f"cell In[{self.count}]"
         self.filename = f"<cell In[{self.count}]>"
         self.first_line = first_line

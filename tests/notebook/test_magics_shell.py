@@ -1,0 +1,139 @@
+"""`%%remote` and `%cluster` driven through a real IPython shell in this process,
+against a real embedded cluster (this test process is the driver)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+import runtime
+from runtime import ObjectRef
+
+
+@pytest.fixture
+def ip(shared_runtime):
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "kernel_ext")
+    yield shell
+    shell.reset()
+
+
+def run(ip, source):
+    """Run a cell; return its result, re-raising what the cell raised."""
+    result = ip.run_cell(source, store_history=True)
+    error = result.error_before_exec or result.error_in_exec
+    if error is not None:
+        raise error
+    return result.result
+
+
+def test_cell_ships_read_names_and_pulls_assigned_names(ip):
+    ip.user_ns.update(x=20, unused=object())  # not read by the cell: never pickled
+    value = run(ip, "%%remote\nimport os\ny = x + 1\npid = os.getpid()\ny * 2")
+    assert value == 42
+    assert ip.user_ns["y"] == 21
+    assert ip.user_ns["pid"] != __import__("os").getpid()  # it really ran elsewhere
+
+
+def test_cell_output_printed_in_the_cell(ip, capsys):
+    run(ip, "%%remote\nprint('line one')\nimport sys\nprint('to stderr', file=sys.stderr)")
+    out = capsys.readouterr()
+    assert "line one" in out.out and "to stderr" in out.err
+    assert "pid=" not in out.out  # the cell's own output is not prefixed like a task's
+
+
+def test_value_over_max_bytes_stays_in_cluster_as_ref_with_note(ip, capsys):
+    run(ip, "%%remote --max-bytes 1MB\nimport numpy as np\nbig = np.arange(1_000_000)\nsmall = 3")
+    assert isinstance(ip.user_ns["big"], ObjectRef)
+    assert ip.user_ns["small"] == 3
+    assert "big stays in the cluster: 8.0 MB is over --max-bytes 1.0 MB" in capsys.readouterr().err
+    np.testing.assert_array_equal(runtime.get(ip.user_ns["big"]), np.arange(1_000_000))
+
+
+def test_output_names_chosen_with_o_and_none_with_no_pull(ip):
+    run(ip, "%%remote -o a\na = 1\nb = 2")
+    assert ip.user_ns["a"] == 1 and "b" not in ip.user_ns
+    run(ip, "%%remote --no-pull\nc = 3")
+    assert "c" not in ip.user_ns
+
+
+def test_remote_error_has_cause_class_and_cell_line(ip):
+    count = ip.execution_count  # the In[n] of the next cell
+    with pytest.raises(ZeroDivisionError) as info:
+        run(ip, "%%remote\na = 1\nb = 0\na / b")
+    lines = info.value._render_traceback_()
+    text = "\n".join(lines)
+    assert f"Cell In[{count}], line 4" in text  # line 1 is the %%remote line
+    assert "a / b" in text and "ZeroDivisionError: division by zero" in text
+    assert "remote_cell.py" not in text and "/runtime/" not in text
+
+
+def test_syntax_error_names_cell_line_and_sends_nothing(ip):
+    with pytest.raises(UsageError, match=r"SyntaxError in Cell In\[\d+\], line 3.*Nothing was sent"):
+        run(ip, "%%remote\nx = 1\ny = (")
+
+
+def test_unpicklable_name_is_named_and_nothing_sent(ip):
+    import threading
+    ip.user_ns["lock"] = threading.Lock()
+    with pytest.raises(UsageError, match="Cannot send `lock` to the cluster.*Nothing was sent"):
+        run(ip, "%%remote\nprint(lock)")
+
+
+def test_unknown_option_is_usage_error(ip):
+    with pytest.raises(UsageError, match="unrecognized arguments: --bogus"):
+        run(ip, "%%remote --bogus\n1")
+
+
+def test_bad_option_values_are_usage_errors(ip):
+    with pytest.raises(UsageError, match="--max-bytes"):
+        run(ip, "%%remote --max-bytes lots\n1")
+    with pytest.raises(UsageError, match="--env takes a JSON object"):
+        run(ip, "%%remote --env [1]\n1")
+    with pytest.raises(UsageError, match="--as NAME names the handle of an --async cell"):
+        run(ip, "%%remote --as h\n1")
+
+
+def test_env_and_resources_options_reach_the_task(ip):
+    value = run(ip, "%%remote --env '{\"CELL_FLAG\": \"on\"}' --num-cpus 0.5\nimport os\nos.environ['CELL_FLAG']")
+    assert value == "on"
+
+
+def test_line_magic_evaluates_expression_remotely(ip):
+    ip.user_ns["x"] = 5
+    assert run(ip, "%remote x * 3") == 15
+
+
+def test_remote_config_sets_defaults_for_later_cells(ip, capsys):
+    run(ip, "%remote_config --max-bytes 1KB")
+    try:
+        run(ip, "%%remote\nblob = b'x' * 10_000")
+        assert isinstance(ip.user_ns["blob"], ObjectRef)
+    finally:
+        run(ip, "%remote_config --reset")
+
+
+def test_timeout_cancels_the_cell(ip):
+    with pytest.raises(UsageError, match="ran past --timeout 1.0 s and was cancelled"):
+        run(ip, "%%remote --timeout 1\nimport time\ntime.sleep(60)")
+
+
+def test_async_cell_binds_awaitable_ref_and_later_names(ip):
+    from runtime._testing.sync import wait_for
+    run(ip, "%%remote --async --as handle\nimport time\nz = 7\nz + 1")
+    handle = ip.user_ns["handle"]
+    assert isinstance(handle, ObjectRef)
+    result = runtime.get(handle, timeout=30)
+    assert result["value"] == ("value", 8)
+    wait_for(lambda: ip.user_ns.get("z") == 7, timeout=10, what="the async cell's names are bound when it is done")
+
+
+def test_cluster_status_and_gc(ip, capsys):
+    run(ip, "%cluster status")
+    assert "Cluster: 1 node(s)" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="Unknown %cluster action 'bogus'"):
+        run(ip, "%cluster bogus")
+    run(ip, "%cluster gc")
+    assert "Released" in capsys.readouterr().out
