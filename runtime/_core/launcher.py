@@ -124,7 +124,10 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
         pass_fds = keep + ([owner_r] if owner_r is not None else [])
         procs[name] = subprocess.Popen([sys.executable, "-m", module, json.dumps(args)], stdin=subprocess.DEVNULL,
                                        stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds, env=env,
-                                       start_new_session=persistent, close_fds=True)
+                                       # Own session even when embedded: an interrupt sent to the
+                                       # driver's process group (Ctrl-C, a Jupyter kernel interrupt)
+                                       # must reach the driver only, not kill its cluster.
+                                       start_new_session=True, close_fds=True)
         log.close()
     for s in (gcs_sock, nm_unix, nm_tcp):
         s.close()
