@@ -42,7 +42,6 @@ class ClusterMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.defaults: dict[str, Any] = {}
-        self.started_here = False
 
     # -- %cluster -------------------------------------------------------------------------
     @magic_arguments()
@@ -91,7 +90,6 @@ class ClusterMagics(Magics):
             ctx = runtime.init(address="auto")
         else:
             ctx = runtime.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus, object_store_memory=store)
-            self.started_here = True
         print(cluster_text.summary())
         return ctx
 
@@ -106,7 +104,6 @@ class ClusterMagics(Magics):
             ctx = runtime.init(address=address)
         except ConnectionError as e:
             raise UsageError(f"Could not connect to {address!r}: {e}") from None
-        self.started_here = False
         print(cluster_text.summary())
         return ctx
 
@@ -118,16 +115,15 @@ class ClusterMagics(Magics):
         ensure_cluster()
         print(cluster_text.summary())
 
-    def _cluster_view(self, args: Any) -> None:
-        ensure_cluster()
-        print(cluster_text.summary())
+    _cluster_view = _cluster_status  # until the live widget exists
 
     def _cluster_list(self, args: Any) -> None:
         info = launcher.read_current_cluster()
         rows = []
         if runtime.is_initialized():
             here = runtime._internal_addresses()
-            rows.append(f"* this notebook: {here.get('gcs_address', '?')} ({'started here' if self.started_here else 'joined'})")
+            rows.append(f"* this notebook: {here.get('gcs_address', '?')} "
+                        f"({'started here' if _owns_cluster() else 'joined'})")
         if info is not None:
             rows.append(f"  runtime start --head: {info['gcs_address']} (session {info.get('session_dir', '?')})")
         print("\n".join(rows) if rows else "No clusters: run %cluster start, or `runtime start --head` in a shell.")
@@ -136,12 +132,10 @@ class ClusterMagics(Magics):
         if not runtime.is_initialized():
             print("Not connected to a cluster.")
             return
-        from runtime._core import api_state
-        owned = api_state.cluster is not None  # an embedded cluster this kernel started
+        owned = _owns_cluster()
         runtime.shutdown()
         print("Stopped the cluster this notebook started." if owned
               else "Disconnected (the cluster keeps running; `runtime stop` stops it).")
-        self.started_here = False
 
     def _cluster_gc(self, args: Any) -> None:
         """Release objects pinned only by the notebook's output history (Out[n], _, __, ___)."""
@@ -228,6 +222,12 @@ def _split_line_magic(line: str) -> tuple[str, str]:
             i += 1
         i += 1
     return " ".join(opts), " ".join(words[i:])
+
+
+def _owns_cluster() -> bool:
+    """True if this kernel started the (embedded) cluster it is connected to."""
+    from runtime._core import api_state
+    return api_state.cluster is not None
 
 
 def _holds_refs(value: Any) -> bool:

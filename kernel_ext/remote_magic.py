@@ -27,6 +27,8 @@ from .remote_cell import run_cell
 # Names a notebook always has that are never shipped: IPython's own history and helpers.
 _NOT_SHIPPED = {"In", "Out", "get_ipython", "exit", "quit", "_ih", "_oh", "_dh", "_", "__", "___"}
 DEFAULT_MAX_BYTES = 100 * 10**6
+# Frames of our own cell runner (the worker's path may differ from ours: match the tail).
+_REMOTE_CELL_FILE = "kernel_ext/remote_cell.py"
 _remote_cell_task = runtime.remote(run_cell)
 
 
@@ -238,7 +240,7 @@ def render_remote_traceback(err: TaskError, filename: str, count: int, label: st
     skipping = False
     for line in err.traceback_str.splitlines():
         if line.startswith("  File "):
-            skipping = "/kernel_ext/" in line or "/runtime/" in line
+            skipping = _REMOTE_CELL_FILE in line  # runtime frames are dropped when captured
         elif not line.startswith("    "):
             skipping = False
         if not skipping:

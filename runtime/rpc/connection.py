@@ -26,7 +26,7 @@ Handler = Callable[["Connection", dict, list], Any]
 # Called with (reply, buffers, None) or (None, None, error) when a request_cb is answered.
 ReplyCallback = Callable[[Any, Any, "BaseException | None"], None]
 
-# Returned by a handler that will send its reply later itself (`conn.reply(call_id, ...)`).
+# Returned by a handler that will send its reply later itself (`conn.reply_threadsafe(call_id, ...)`).
 DEFERRED = object()
 
 
@@ -174,11 +174,6 @@ class Connection(asyncio.Protocol):
                 logger.exception("%s: handler for %r failed", self.name, op)
             return
         if call_id is not None:
-            self._reply(call_id, result)
-
-    def reply(self, call_id: int, result: Any) -> None:
-        """Send the reply of a DEFERRED request (loop thread only)."""
-        if not self.closed:
             self._reply(call_id, result)
 
     def reply_threadsafe(self, call_id: int, result: Any) -> None:
