@@ -10,13 +10,24 @@ from __future__ import annotations
 from typing import Any
 
 
+_tagger: Any = None
+
+
 def load_ipython_extension(ipython: Any) -> None:
+    global _tagger
+    from .cell_tags import CellTagger
     from .magics import ClusterMagics
     from .reprs import register_formatters
 
     ipython.register_magics(ClusterMagics)
     register_formatters(ipython)
+    if _tagger is None:
+        _tagger = CellTagger(ipython)
+        _tagger.register()
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    pass
+    global _tagger
+    if _tagger is not None:
+        _tagger.unregister()
+        _tagger = None

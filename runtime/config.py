@@ -31,6 +31,10 @@ class SystemConfig:
     startup_timeout_s: float = 30.0
     # Node heartbeat period towards the control store.
     heartbeat_interval_s: float = 1.0
+    # How often a process sends its tasks' state changes to the control store (0 = never).
+    task_events_interval_s: float = 0.5
+    # Tasks the control store keeps for the state API; the oldest finished ones go first.
+    task_events_max_tasks: int = 10000
 
     @classmethod
     def resolve(cls, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> SystemConfig:

@@ -85,7 +85,8 @@ class ActorClass:
         msg = {"op": "create_actor", "actor_id": ActorID.new().hex(), "name": name, "namespace": namespace,
                "class_name": self.__qualname__, "meta": meta, "spec": spec, "demand": spec["demand"],
                "env": env_of(options, api_state.job_runtime_env), "max_restarts": options.get("max_restarts") or 0,
-               "detached": detached, "get_if_exists": bool(options.get("get_if_exists")), "job_id": cw.job_id}
+               "detached": detached, "get_if_exists": bool(options.get("get_if_exists")), "job_id": cw.job_id,
+               "cell": cw.current_cell}
         reply, _ = cw.run_sync(cw.gcs_request(msg, bufs))
         meta = reply.get("meta") or meta
         owned = not reply.get("existing") and not name and not detached

@@ -77,6 +77,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
                         session_dir=info["session_dir"], node_address=info["node_address"],
                         gcs_address=info["gcs_address"], config=config, namespace=ns,
                         sock_dir=info.get("sock_dir", ""))
+        cw.current_cell = api_state.current_cell  # set by the notebook extension, if loaded
         worker_state.set_current(cw)
         api_state.cluster = cluster
         api_state.job_runtime_env = runtime_env
@@ -104,16 +105,22 @@ async def _connect_driver(cw: CoreWorker, namespace: str) -> None:
 
 
 def _find_cluster(address: str) -> dict:
+    """`auto`: the `runtime start --head` cluster, else the newest running one on this machine
+    (a notebook's embedded cluster, say). HOST:PORT: the running cluster listening there."""
     info = launcher.read_current_cluster()
     if address == "auto":
         if info is None:
+            running = launcher.live_clusters()
+            if running:
+                return running[0]
             raise ConnectionError("No running cluster was found on this machine (no current-cluster file under "
                                   f"{launcher.cluster_root()}). Start one with `runtime start --head`, or call "
                                   "runtime.init() without an address for an embedded cluster.")
         return info
     target = address.removeprefix("tcp:")
-    if info is not None and info["gcs_address"].removeprefix("tcp:") == target:
-        return info
+    for candidate in ([info] if info else []) + launcher.live_clusters():
+        if candidate["gcs_address"].removeprefix("tcp:") == target:
+            return candidate
     raise ConnectionError(f"No cluster started on this machine listens at {address!r}. Check the address printed by "
                           "`runtime start --head` (or use address='auto').")
 

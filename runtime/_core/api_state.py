@@ -9,6 +9,8 @@ from . import worker_state
 job_runtime_env: dict | None = None
 cluster: Any = None  # launcher.ClusterProcesses when this driver started an embedded cluster
 context: Any = None
+# The notebook cell running now (kernel_ext sets it); copied onto the driver's core worker.
+current_cell: dict | None = None
 
 
 def ensure_initialized() -> Any:

@@ -38,6 +38,7 @@ from .ids import ObjectID
 from .memory_store import ERROR, INLINE, PENDING, SHM, MemoryStore
 from .object_ref import ObjectRef
 from .reference_table import RefEntry, ReferenceTable
+from . import task_events as te
 from .task_spec import TaskSpec
 
 logger = logging.getLogger("runtime")
@@ -127,7 +128,7 @@ class CoreWorker:
             "get_object": self.on_get_object, "add_borrower": self.on_add_borrower,
             "remove_borrower": self.on_remove_borrower, "release_contained": self.on_release_contained,
             "list_refs": self.on_list_refs, "actor_update": self.on_actor_update, "infeasible": self.on_infeasible,
-            "task_output": self.on_task_output,
+            "task_output": self.on_task_output, "cancel_task": self.on_cancel_task,
         }
         # Called (on the io thread) with each output message of a task this process submitted;
         # returns True if it took it. The notebook extension routes output into cells with it.
@@ -158,6 +159,13 @@ class CoreWorker:
         self.blocked_hook: Callable[[bool], None] | None = None  # set by the worker executor
         self.closed = False
         self._prune_handle: asyncio.TimerHandle | None = None
+        # The notebook cell (dict: notebook, cell_id, execution_count) that what this process
+        # submits now belongs to: set by the notebook extension in a driver, and from the
+        # task being run in a worker, so child tasks carry their parent's cell.
+        self.current_cell: dict | None = None
+        self.object_cells: dict[bytes, dict] = {}  # owned object -> the cell that created it
+        self.task_events = te.TaskEventBuffer(self.address)
+        self._events_armed = False
 
     # -- loop plumbing -----------------------------------------------------------------
     def start_loop_thread(self) -> None:
@@ -316,6 +324,7 @@ class CoreWorker:
                     self.nm.send({"op": "free_objects", "object_ids": [oid]})
                 self._release_nested(oid, entry.nested)
             self.tasks.pop(oid, None)
+            self.object_cells.pop(oid, None)
         else:
             self._send_owner(e.owner, {"op": "remove_borrower", "o": oid, "a": self.address})
 
@@ -354,7 +363,8 @@ class CoreWorker:
             out.append({"object_id": oid.hex(), "size_bytes": entry.size if entry else 0, "owner": self.address,
                         "owner_worker_id": self.worker_id, "owner_pid": self.pid, "reference_kinds": e.kinds(),
                         "local_refs": e.local, "pending_task_refs": e.submitted, "captured_in": len(e.contained_in),
-                        "borrowers": len(e.borrowers), "state": state, "spilled": False})
+                        "borrowers": len(e.borrowers), "state": state, "spilled": False,
+                        "cell": self.object_cells.get(oid)})
         return {"objects": out}
 
     # -- objects: put ------------------------------------------------------------------------
@@ -367,6 +377,8 @@ class CoreWorker:
         ref = ObjectRef(oid, self.address)
         nested = self._pin_nested(oid, so)
         self.store_serialized(oid, so, nested, owner_wid=self.worker_id)
+        if self.current_cell is not None:
+            self.object_cells[oid] = self.current_cell
         return ref
 
     def store_serialized(self, oid: bytes, so: SerializedObject, nested: list, owner_wid: str) -> tuple[str, Any]:
@@ -600,6 +612,11 @@ class CoreWorker:
     def _attach_args(self, spec: TaskSpec, so: SerializedObject, deps: list[ObjectRef]) -> list[ObjectRef]:
         """Pin the task's arguments until it finishes; create its (pending) return refs."""
         spec.args_meta, spec.args_bufs = so.meta, so.buffers
+        cell = spec.cell = self.current_cell
+        if cell is not None:
+            for oid in spec.return_ids:
+                self.object_cells[oid] = cell
+        self.task_event(spec, te.PENDING)
         if so.total_bytes >= self.config.max_inline_bytes and so.buffers:
             # Large arguments go to shared memory once; the task reads them zero-copy.
             spec.nested = [self.put_args(so)]
@@ -716,6 +733,7 @@ class CoreWorker:
             lease.idle_handle = None
         lease.busy = spec
         spec.lease = lease
+        self.task_event(spec, te.RUNNING, (lease.worker_id, self.node_id))
         msg, bufs = self._task_message(spec, lease.conn)
         msg["gpu"] = lease.gpus
         msg["res"] = spec.demand
@@ -742,6 +760,8 @@ class CoreWorker:
                "job": self.job_id, "ns": self.namespace, "ow": self.worker_id, "oa": self.address}
         if spec.nested and not spec.args_meta:
             msg["ar"] = [spec.nested[0]._id, self.address]
+        if spec.cell is not None:
+            msg["cl"] = spec.cell
         if spec.actor_id:
             msg["m"] = spec.method
         else:
@@ -815,17 +835,30 @@ class CoreWorker:
             pos += nbufs
         for oid in reply.get("b", ()):  # refs the worker still borrows
             self.refs.add_borrower(oid, worker_address)
-        self._task_finished(spec)
+        self._task_finished(spec, self._reply_error(reply))
 
     def _finish_task(self, spec: TaskSpec, *, error: BaseException) -> None:
         for oid in spec.return_ids:
             self.store.set_error(oid, error)
-        self._task_finished(spec)
+        self._task_finished(spec, error)
 
-    def _task_finished(self, spec: TaskSpec) -> None:
+    @staticmethod
+    def _reply_error(reply: dict) -> BaseException | None:
+        for kind, meta, *_ in reply["res"]:
+            if kind == "e":
+                try:
+                    return pickle.loads(meta)
+                except Exception as e:  # the owner already reported it; the event only summarises
+                    return e
+        return None
+
+    def _task_finished(self, spec: TaskSpec, error: BaseException | None = None) -> None:
         if spec.finished:
             return
         spec.finished = True
+        state = te.FINISHED if error is None else (
+            te.CANCELLED if isinstance(error, TaskCancelledError) else te.FAILED)
+        self.task_event(spec, state, error)
         for oid in spec.return_ids:
             if self.tasks.get(oid) is spec:
                 del self.tasks[oid]
@@ -889,11 +922,43 @@ class CoreWorker:
         else:
             lease.conn.send({"op": "cancel", "t": spec.task_id, "recursive": recursive})
 
+    def on_cancel_task(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        """Cancel asked for by task id through the control store (state API, lab extension)."""
+        spec = self.tasks.get(msg["t"] + b"\0\0\0\0")
+        if spec is None or spec.finished:
+            return {"cancelled": False}
+        self._cancel_on_loop(spec.return_ids[0], bool(msg.get("force")), True)
+        return {"cancelled": True}
+
     def cancel_children(self, parent_task_id: bytes) -> None:
         """Cancel tasks this process submitted while running `parent_task_id` (recursive cancel)."""
         for oid, spec in list(self.tasks.items()):
             if getattr(spec, "parent", None) == parent_task_id:
                 self._cancel_on_loop(oid, False, True)
+
+    # -- task events -------------------------------------------------------------------------
+    def task_event(self, spec: TaskSpec, state: str, extra: Any = None) -> None:
+        """Record a task's state change (any thread); sent to the control store in batches."""
+        if self.config.task_events_interval_s <= 0:
+            return
+        self.task_events.record(spec, state, extra)
+        if not self._events_armed and not self.closed:
+            self._events_armed = True
+            self.loop.call_soon_threadsafe(self._arm_event_flush)
+
+    def _arm_event_flush(self) -> None:
+        self.loop.call_later(self.config.task_events_interval_s, lambda: self.spawn(self.flush_task_events()))
+
+    async def flush_task_events(self) -> None:
+        self._events_armed = False
+        rows = self.task_events.drain(self.node_id, self.job_id)
+        if not rows or self.closed:
+            return
+        try:
+            gcs = await self.ensure_gcs()
+            gcs.send({"op": "task_events", "tasks": rows})
+        except Exception as e:  # the state API is best effort; the tasks themselves are unaffected
+            logger.debug("could not report task events: %s", e)
 
     # -- actors -------------------------------------------------------------------------------
     def actor_channel(self, actor_id: str, max_task_retries: int = 0) -> ActorChannel:
@@ -923,6 +988,7 @@ class CoreWorker:
 
     def _send_actor_call(self, ch: ActorChannel, spec: TaskSpec, conn: Connection, threadsafe: bool) -> bool:
         msg, bufs = self._task_message(spec, conn)
+        self.task_event(spec, te.RUNNING, ("", ""))
 
         def on_reply(reply: Any, rbufs: Any, err: BaseException | None) -> None:
             self._on_actor_reply(ch, spec, reply, rbufs, err)
@@ -1090,6 +1156,9 @@ class CoreWorker:
     # -- shutdown ------------------------------------------------------------------------------
     async def close_async(self) -> None:
         self.closed = True
+        rows = self.task_events.drain(self.node_id, self.job_id)
+        if rows and self.gcs is not None and not self.gcs.closed:
+            self.gcs.send({"op": "task_events", "tasks": rows})  # last states, flushed by close()
         for c in list(self.conns.values()) + [self.nm, self.gcs]:
             if c is not None:
                 c.close()

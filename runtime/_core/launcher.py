@@ -110,7 +110,7 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
     env.setdefault("PYTHONUNBUFFERED", "1")
     sys_config = config.to_json()
     gcs_args = {"tcp_fd": gcs_sock.fileno(), "token_file": token_file, "owner_fd": owner_r,
-                "session_dir": session_dir}
+                "session_dir": session_dir, "system_config": sys_config}
     nm_args = {"unix_fd": nm_unix.fileno(), "tcp_fd": nm_tcp.fileno(), "owner_fd": owner_r, "token_file": token_file,
                "node_id": node_id, "session_dir": session_dir, "gcs_address": gcs_address,
                "unix_address": socket_address(nm_unix), "tcp_address": socket_address(nm_tcp),
@@ -133,9 +133,49 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
         s.close()
     if owner_r is not None:
         os.close(owner_r)
-    return ClusterProcesses(session_dir=session_dir, session_name=session_name, token=token, gcs_address=gcs_address,
-                            node_address=socket_address_unix(sock_dir), node_tcp_address=nm_args["tcp_address"],
-                            shm_dir=shm_dir, procs=procs, owner_fd=owner_w, sock_dir=sock_dir)
+    cluster = ClusterProcesses(session_dir=session_dir, session_name=session_name, token=token,
+                               gcs_address=gcs_address, node_address=socket_address_unix(sock_dir),
+                               node_tcp_address=nm_args["tcp_address"], shm_dir=shm_dir, procs=procs,
+                               owner_fd=owner_w, sock_dir=sock_dir)
+    _write_private_json(os.path.join(session_dir, "cluster.json"), {**cluster.info(), "started": time.time()})
+    return cluster
+
+
+def _write_private_json(path: str, data: dict) -> None:
+    """Written whole (rename) and readable only by this user: it holds the cluster's token."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _gcs_alive(info: dict) -> bool:
+    """The control store named in `info` still runs (checked by command line, not just pid)."""
+    proc = _proc(info.get("pids", {}).get("gcs") or 0)
+    try:
+        return proc is not None and "runtime.gcs" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def live_clusters() -> list[dict]:
+    """Every cluster started on this machine by this user that still runs, newest first: embedded
+    ones (a notebook's, a script's) and `runtime start --head` ones alike."""
+    found = []
+    try:
+        names = os.listdir(cluster_root())
+    except OSError:
+        return []
+    for name in names:
+        try:
+            with open(os.path.join(cluster_root(), name, "cluster.json")) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if _gcs_alive(info):
+            found.append(info)
+    return sorted(found, key=lambda i: i.get("started", 0), reverse=True)
 
 
 def socket_address_unix(sock_dir: str) -> str:
@@ -168,11 +208,7 @@ def _cleanup_dirs(info: dict) -> None:
 def write_current_cluster(cluster: ClusterProcesses) -> str:
     path = current_cluster_file()
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(cluster.info(), f, indent=2)
-    os.replace(tmp, path)
+    _write_private_json(path, cluster.info())
     return path
 
 
@@ -182,10 +218,7 @@ def read_current_cluster() -> dict | None:
             info = json.load(f)
     except (OSError, ValueError):
         return None
-    gcs_pid = info.get("pids", {}).get("gcs")
-    if not gcs_pid or not psutil.pid_exists(gcs_pid):
-        return None
-    return info
+    return info if _gcs_alive(info) else None
 
 
 def stop_persistent(info: dict, timeout: float = 10.0) -> list[int]:
@@ -208,6 +241,8 @@ def stop_persistent(info: dict, timeout: float = 10.0) -> list[int]:
 
 
 def _proc(pid: int) -> psutil.Process | None:
+    if not pid:
+        return None
     try:
         return psutil.Process(pid)
     except psutil.NoSuchProcess:

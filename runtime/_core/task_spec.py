@@ -21,7 +21,7 @@ class TaskSpec:
     __slots__ = (
         "task_id", "parent", "name", "fid", "fn_blob", "args_meta", "args_bufs", "deps", "nested", "return_ids",
         "demand", "env", "max_retries", "retry_exceptions", "sched_key", "actor_id", "method",
-        "cancelled", "lease", "finished", "is_actor_creation", "owner_gone",
+        "cancelled", "lease", "finished", "is_actor_creation", "owner_gone", "cell",
     )
 
     def __init__(self, **kw: Any) -> None:
@@ -41,5 +41,6 @@ class TaskSpec:
         self.finished = False
         self.is_actor_creation = False
         self.parent = None
+        self.cell = None  # the notebook cell that submitted it (dict), if any
         for k, v in kw.items():
             setattr(self, k, v)

@@ -13,6 +13,7 @@ Run as `python -m runtime.gcs ARGS_JSON`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import logging
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import owner_pipe
+from ..config import SystemConfig
 from ..rpc.connection import Connection, connect, serve
 
 logger = logging.getLogger("runtime.gcs")
@@ -46,6 +48,7 @@ class ActorRecord:
     env: dict
     max_restarts: int
     detached: bool
+    cell: dict | None = None  # the notebook cell that created it
     state: str = PENDING
     address: str = ""
     worker_id: str = ""
@@ -62,7 +65,8 @@ class ActorRecord:
         return {"actor_id": self.actor_id, "class_name": self.class_name, "state": self.state, "name": self.name,
                 "namespace": self.namespace, "job_id": self.job_id, "node_id": self.node_id, "pid": self.pid,
                 "address": self.address, "num_restarts": self.num_restarts, "death_cause": self.death_reason,
-                "is_detached": self.detached, "max_restarts": self.max_restarts}
+                "is_detached": self.detached, "max_restarts": self.max_restarts,
+                "cell": self.cell, "cell_id": (self.cell or {}).get("cell_id")}
 
 
 class ControlStore:
@@ -75,6 +79,11 @@ class ControlStore:
         self.actors: dict[str, ActorRecord] = {}
         self.named: dict[tuple[str, str], str] = {}
         self.kv: dict[str, bytes] = {}
+        self.config = SystemConfig.from_json(args["system_config"]) if args.get("system_config") else SystemConfig()
+        # Task table for the state API, fed by the submitters' task events (insertion ordered,
+        # so the oldest finished tasks are dropped first when it is full).
+        self.tasks: collections.OrderedDict[str, dict] = collections.OrderedDict()
+        self.task_owner_conns: dict[str, Connection] = {}
         self.job_counter = itertools.count(1)
         self.handlers = {
             "register_node": self.on_register_node, "heartbeat": self.on_heartbeat,
@@ -83,7 +92,8 @@ class ControlStore:
             "kill_actor": self.on_kill_actor, "actor_worker_died": self.on_actor_worker_died,
             "list_nodes": self.on_list_nodes, "list_actors": self.on_list_actors, "list_jobs": self.on_list_jobs,
             "cluster_resources": self.on_cluster_resources, "list_objects": self.on_list_objects,
-            "kv_put": self.on_kv_put, "kv_get": self.on_kv_get, "kv_del": self.on_kv_del,
+            "task_events": self.on_task_events, "list_tasks": self.on_list_tasks,
+            "cancel_task": self.on_cancel_task, "kv_put": self.on_kv_put, "kv_get": self.on_kv_get, "kv_del": self.on_kv_del,
             "shutdown_cluster": self.on_shutdown_cluster,
         }
 
@@ -100,6 +110,7 @@ class ControlStore:
 
     def on_conn_closed(self, conn: Connection) -> None:
         info = conn.peer_info
+        self._owner_gone(conn)
         if info.get("kind") == "node":
             node = self.nodes.get(info.get("node_id", ""))
             if node is not None:
@@ -175,6 +186,54 @@ class ControlStore:
                 stores.append(r["store"])
         return {"objects": objects, "stores": stores}
 
+    # -- tasks (state API) ---------------------------------------------------------------
+    def on_task_events(self, conn: Connection, msg: dict, bufs: list) -> None:
+        for row in msg["tasks"]:
+            tid = row["task_id"]
+            old = self.tasks.get(tid)
+            if old is None:
+                self.tasks[tid] = row
+            else:
+                old.update((k, v) for k, v in row.items() if v is not None or k not in old)
+            if row["state"] in ("PENDING", "RUNNING"):
+                self.task_owner_conns[tid] = conn
+            else:
+                self.task_owner_conns.pop(tid, None)
+        self._trim_tasks()
+
+    def _trim_tasks(self) -> None:
+        over = len(self.tasks) - self.config.task_events_max_tasks
+        if over <= 0:
+            return
+        for tid in [t for t, r in self.tasks.items() if r["state"] not in ("PENDING", "RUNNING")][:over]:
+            del self.tasks[tid]
+
+    def _owner_gone(self, conn: Connection) -> None:
+        """The tasks a process submitted cannot finish once it is gone: say so in the table."""
+        for tid, c in list(self.task_owner_conns.items()):
+            if c is conn:
+                del self.task_owner_conns[tid]
+                row = self.tasks.get(tid)
+                if row is not None and row["state"] in ("PENDING", "RUNNING"):
+                    row.update(state="FAILED", end_time=time.time(), error_type="OwnerDiedError",
+                               error_message="the process that submitted it exited")
+
+    def on_list_tasks(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return {"tasks": list(self.tasks.values()), "total": len(self.tasks)}
+
+    async def on_cancel_task(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        tid = msg["task_id"]
+        row = self.tasks.get(tid)
+        if row is None:
+            raise ValueError(f"No task with id {tid} is known to the cluster (finished tasks are kept only "
+                             "until the task table is full). List tasks with runtime.util.state.list_tasks().")
+        owner = self.task_owner_conns.get(tid)
+        if owner is None or owner.closed:
+            return {"cancelled": False, "state": row["state"]}
+        reply, _ = await owner.request({"op": "cancel_task", "t": bytes.fromhex(tid), "force": msg.get("force")},
+                                       timeout=10)
+        return {"cancelled": reply["cancelled"], "state": row["state"]}
+
     # -- actors ------------------------------------------------------------------------
     def on_create_actor(self, conn: Connection, msg: dict, bufs: list) -> dict:
         name, ns = msg.get("name") or "", msg["namespace"]
@@ -189,7 +248,7 @@ class ControlStore:
         rec = ActorRecord(actor_id=msg["actor_id"], job_id=conn.peer_info.get("job_id") or msg.get("job_id", ""),
                           name=name, namespace=ns, class_name=msg["class_name"], meta=msg["meta"], spec=msg["spec"],
                           spec_bufs=[bytes(b) for b in bufs], demand=msg["demand"], env=msg.get("env") or {},
-                          max_restarts=msg["max_restarts"], detached=msg["detached"])
+                          max_restarts=msg["max_restarts"], detached=msg["detached"], cell=msg.get("cell"))
         rec.subscribers.add(conn)
         self.actors[rec.actor_id] = rec
         if name:

@@ -9,7 +9,8 @@ from typing import Any
 
 from .._core import api_state
 
-__all__ = ["list_actors", "list_jobs", "list_nodes", "list_objects", "list_tasks", "summarize_tasks"]
+__all__ = ["cancel_task", "get_task", "list_actors", "list_jobs", "list_nodes", "list_objects",
+           "list_placement_groups", "list_tasks", "object_store_stats", "summarize_tasks"]
 
 
 def _gcs(msg: dict) -> dict:
@@ -52,22 +53,38 @@ def object_store_stats() -> list[dict]:
 
 
 def list_tasks(filters: list | None = None, limit: int | None = None) -> list[dict]:
-    """Tasks this driver submitted that have not finished yet."""
+    """Tasks across the cluster, oldest first: submitted, running, and recently finished or failed.
+
+    Rows: task_id, name, type, state (PENDING/RUNNING/FINISHED/FAILED/CANCELLED), job_id, actor_id,
+    node_id, worker_id, parent_task_id, cell (the notebook cell that submitted it) and cell_id,
+    error_type, error_message, creation_time, start_time, end_time. Each process reports its
+    tasks' changes every `task_events_interval_s`; this process's own are sent first.
+    """
     cw = api_state.ensure_initialized()
-    seen, rows = set(), []
-    for spec in list(cw.tasks.values()):
-        if spec.task_id in seen:
-            continue
-        seen.add(spec.task_id)
-        state = "RUNNING" if (spec.lease is not None and spec.lease.busy is spec) or spec.actor_id else "PENDING"
-        rows.append({"task_id": spec.task_id.hex(), "name": spec.name, "state": state,
-                     "actor_id": spec.actor_id or None, "type": "ACTOR_TASK" if spec.actor_id else "NORMAL_TASK"})
-    return _filter(rows, filters, limit)
+    cw.run_sync(cw.flush_task_events())
+    return _filter(_gcs({"op": "list_tasks"})["tasks"], filters, limit)
 
 
-def summarize_tasks() -> dict[str, Any]:
-    summary: dict[str, dict] = {}
+def get_task(task_id: str) -> dict | None:
+    rows = list_tasks([("task_id", "=", task_id)])
+    return rows[0] if rows else None
+
+
+def summarize_tasks() -> dict[str, dict[str, int]]:
+    """Counts by function name and state: {"f": {"FINISHED": 3, "RUNNING": 1}, ...}."""
+    summary: dict[str, dict[str, int]] = {}
     for t in list_tasks():
-        s = summary.setdefault(t["name"], {"PENDING": 0, "RUNNING": 0})
-        s[t["state"]] += 1
+        by_state = summary.setdefault(t["name"], {})
+        by_state[t["state"]] = by_state.get(t["state"], 0) + 1
     return summary
+
+
+def cancel_task(task_id: str, force: bool = False) -> bool:
+    """Cancel a task by id from any process (its submitter does the cancelling, as for
+    `runtime.cancel`). Returns False if it had already finished."""
+    return bool(_gcs({"op": "cancel_task", "task_id": task_id, "force": force})["cancelled"])
+
+
+def list_placement_groups(filters: list | None = None, limit: int | None = None) -> list[dict]:
+    """Placement groups (none until placement groups are built; kept so callers need no special case)."""
+    return _filter([], filters, limit)

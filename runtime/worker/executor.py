@@ -141,6 +141,7 @@ class Executor:
         cw = self.cw
         cw.current_task_id = msg["t"]
         cw.current_task_name = msg["n"]
+        cw.current_cell = msg.get("cl")
         cw.job_id, cw.namespace = msg["job"], msg["ns"]
         gpus = msg.get("gpu")
         if gpus is not None:
