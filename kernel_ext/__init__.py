@@ -13,6 +13,12 @@ from typing import Any
 _tagger: Any = None
 
 
+def progress(refs: Any, desc: str = "tasks", show_after: float = 2.0) -> list:
+    """Wait for refs with a progress bar shown after `show_after` seconds; returns their values."""
+    from .widgets import progress as _progress
+    return _progress(refs, desc=desc, show_after=show_after)
+
+
 def load_ipython_extension(ipython: Any) -> None:
     global _tagger
     from .cell_tags import CellTagger

@@ -30,7 +30,10 @@ class CellTagger:
         self.shell = shell
 
     def pre_run_cell(self, info: Any) -> None:
-        count = self.shell.execution_count
+        # The input history gets this cell only after pre_run_cell, and IPython versions differ
+        # on when execution_count moves: the history's length is the number In[n] will have.
+        hist = getattr(getattr(self.shell, "history_manager", None), "input_hist_raw", None)
+        count = len(hist) if hist else self.shell.execution_count
         cell_id = getattr(info, "cell_id", None) or f"In[{count}]"
         _set({"notebook": notebook_path(self.shell), "cell_id": cell_id, "execution_count": count})
 

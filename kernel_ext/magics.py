@@ -115,7 +115,10 @@ class ClusterMagics(Magics):
         ensure_cluster()
         print(cluster_text.summary())
 
-    _cluster_view = _cluster_status  # until the live widget exists
+    def _cluster_view(self, args: Any) -> None:
+        ensure_cluster()
+        from .widgets import show_cluster
+        show_cluster(self.shell.user_ns)
 
     def _cluster_list(self, args: Any) -> None:
         info = launcher.read_current_cluster()

@@ -20,6 +20,8 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
+import psutil
+
 from .. import config as config_mod
 from .. import owner_pipe
 from ..rpc.connection import Connection, connect, serve
@@ -364,9 +366,11 @@ class NodeDaemon:
 
     # -- state -------------------------------------------------------------------------
     def on_get_resources(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        mem = psutil.virtual_memory()
         return {"total": self.pool.total, "available": self.pool.available, "store": self.store.describe(),
                 "pending_demand": self.leases.demand_summary(),
-                "workers": sum(1 for w in self.workers.values() if w.state != "dead")}
+                "workers": sum(1 for w in self.workers.values() if w.state != "dead"),
+                "memory_used": mem.total - mem.available, "memory_total": mem.total}
 
     def on_node_info(self, conn: Connection, msg: dict, bufs: list) -> dict:
         return {"node_id": self.node_id, "shm_dir": self.shm_dir, "config": self.config.to_json(),

@@ -10,7 +10,7 @@ from typing import Any
 from .._core import api_state
 
 __all__ = ["cancel_task", "get_task", "list_actors", "list_jobs", "list_nodes", "list_objects",
-           "list_placement_groups", "list_tasks", "object_store_stats", "summarize_tasks"]
+           "list_placement_groups", "list_tasks", "node_stats", "object_store_stats", "summarize_tasks"]
 
 
 def _gcs(msg: dict) -> dict:
@@ -32,6 +32,20 @@ def list_nodes(filters: list | None = None, limit: int | None = None) -> list[di
              "is_head_node": n["is_head"], "resources_total": n["resources"], "hostname": n["hostname"]}
             for n in _gcs({"op": "list_nodes"})["nodes"]]
     return _filter(rows, filters, limit)
+
+
+def node_stats() -> list[dict]:
+    """Per alive node: resources_total, resources_available, object_store (used/capacity/spilled),
+    pending_demand (resource shapes waiting for a worker) and num_workers."""
+    nodes = {n["node_id"]: n for n in list_nodes()}
+    out = []
+    for node_id, r in _gcs({"op": "cluster_resources"})["nodes"].items():
+        base = nodes.get(node_id, {"node_id": node_id})
+        out.append({**base, "resources_total": r["total"], "resources_available": r["available"],
+                    "object_store": r["store"], "pending_demand": r.get("pending_demand"),
+                    "num_workers": r.get("workers", 0), "memory_used_bytes": r.get("memory_used"),
+                    "memory_total_bytes": r.get("memory_total")})
+    return out
 
 
 def list_actors(filters: list | None = None, limit: int | None = None) -> list[dict]:

@@ -1,0 +1,86 @@
+"""What each endpoint answers, from the public state API only (blocking: run via ClusterConnection.call).
+
+Kept apart from the HTTP handlers so the shapes are plain functions of the state API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import runtime
+from runtime.util import state
+
+DEFAULT_LIMIT = 1000
+
+
+def cluster_summary(address: str) -> dict:
+    nodes = state.list_nodes()
+    return {
+        "address": address,
+        "nodes": len(nodes),
+        "alive_nodes": sum(1 for n in nodes if n.get("state") == "ALIVE"),
+        "resources_total": runtime.cluster_resources(),
+        "resources_available": runtime.available_resources(),
+    }
+
+
+def nodes() -> list[dict]:
+    return state.list_nodes()
+
+
+def tasks(cell_id: str | None, limit: int) -> list[dict]:
+    filters = [("cell_id", "=", cell_id)] if cell_id else None
+    return state.list_tasks(filters=filters, limit=limit)
+
+
+def actors(limit: int) -> list[dict]:
+    return state.list_actors(limit=limit)
+
+
+def placement_groups() -> list[dict]:
+    # The state API gains list_placement_groups with placement groups; until then, none.
+    fn = getattr(state, "list_placement_groups", None)
+    return list(fn()) if fn is not None else []
+
+
+def objects(limit: int) -> list[dict]:
+    return state.list_objects(limit=limit)
+
+
+def metrics() -> dict:
+    total = runtime.cluster_resources()
+    available = runtime.available_resources()  # omits resources with nothing free
+    stores = state.object_store_stats()
+    cpu_total = float(total.get("CPU", 0.0))
+    return {
+        "cpu": {"used": max(cpu_total - float(available.get("CPU", 0.0)), 0.0), "total": cpu_total},
+        "gpu": {"used": max(float(total.get("GPU", 0.0)) - float(available.get("GPU", 0.0)), 0.0),
+                "total": float(total.get("GPU", 0.0))},
+        "object_store": {"used_bytes": sum(int(s.get("used_bytes", 0)) for s in stores),
+                         "capacity_bytes": sum(int(s.get("capacity_bytes", 0)) for s in stores),
+                         "num_objects": sum(int(s.get("num_objects", 0)) for s in stores)},
+        "nodes": len(stores),
+    }
+
+
+class UnknownTask(LookupError):
+    """No task with this id is known to the cluster."""
+
+
+def cancel_task(task_id: str, force: bool) -> tuple[bool, str]:
+    """(cancelled, the task's state as listed). UnknownTask if the cluster has no such task."""
+    task_id = task_id.lower()
+    rows = state.list_tasks(filters=[("task_id", "=", task_id)], limit=1)
+    if not rows:
+        raise UnknownTask(f"No task with id {task_id} is known to the cluster; "
+                          "see the task_id column of /orrery/api/tasks.")
+    return bool(state.cancel_task(task_id, force=force)), str(rows[0].get("state"))
+
+
+def jsonable(value: Any) -> Any:
+    """json.dumps default: ids may come as bytes, kinds as sets."""
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
