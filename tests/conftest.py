@@ -2,6 +2,97 @@
 
 `runtime._testing.pytest_plugin` provides the autouse leak check
 (`orrery_leak_check`) and the `ray_start` / `shared_runtime` cluster fixtures.
+The `cli` fixtures here run `python -m runtime ...` with a TMPDIR of their own, so the
+session file that `address="auto"` reads is isolated from other clusters on the machine.
 """
 
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from dataclasses import dataclass
+
+import pytest
+
+import runtime
+
 pytest_plugins = ["runtime._testing.pytest_plugin"]
+
+
+@dataclass
+class CliSession:
+    tmpdir: str
+    env: dict
+
+    def run(self, *args: str, timeout: float = 60, check: bool = True):
+        result = subprocess.run(
+            [sys.executable, "-m", "runtime", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check:
+            assert result.returncode == 0, (
+                f"`runtime {' '.join(args)}` exited {result.returncode}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
+        return result
+
+    def driver(self, script: str, timeout: float = 60):
+        result = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(script)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert result.returncode == 0, (
+            f"driver subprocess exited {result.returncode}\n"
+            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
+        return result.stdout
+
+    def start_driver(self, script: str):
+        return subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(script)],
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+
+def _cli_session(tmpdir, monkeypatch):
+    monkeypatch.setenv("TMPDIR", tmpdir)
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches
+    session = CliSession(tmpdir=tmpdir, env=dict(os.environ))
+    try:
+        yield session
+    finally:
+        if runtime.is_initialized():
+            runtime.shutdown()
+        session.run("stop", check=False)
+
+
+@pytest.fixture
+def cli(monkeypatch, orrery_leak_check):
+    tmpdir = tempfile.mkdtemp(prefix="orr-", dir="/tmp")
+    try:
+        yield from _cli_session(tmpdir, monkeypatch)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+@pytest.fixture
+def long_tmpdir_cli(tmp_path, monkeypatch, orrery_leak_check):
+    tmpdir = tmp_path / "a-temporary-directory-with-a-rather-long-name"
+    tmpdir.mkdir()
+    yield from _cli_session(str(tmpdir), monkeypatch)
+
+

@@ -1,4 +1,4 @@
-"""`runtime ...` / `python -m runtime ...`: start, stop, status, memory, list, demo."""
+"""`runtime ...` / `python -m runtime ...`: start, stop, status, memory, list, job, demo."""
 
 from __future__ import annotations
 
@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["nodes", "actors", "objects", "jobs", "tasks"])
     ls.set_defaults(fn=_cmd_list)
     sub.add_parser("demo", help="a short tour on an embedded cluster").set_defaults(fn=_cmd_demo)
+    from .job import add_parser as add_job_parser
+    add_job_parser(sub)
     return p
 
 

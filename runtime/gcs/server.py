@@ -27,6 +27,7 @@ from typing import Any
 
 from .. import owner_pipe
 from ..config import SystemConfig
+from ..jobs.manager import JobManager
 from ..rpc.connection import Connection, connect, serve
 
 logger = logging.getLogger("runtime.gcs")
@@ -93,7 +94,9 @@ class ControlStore:
             "list_nodes": self.on_list_nodes, "list_actors": self.on_list_actors, "list_jobs": self.on_list_jobs,
             "cluster_resources": self.on_cluster_resources, "list_objects": self.on_list_objects,
             "task_events": self.on_task_events, "list_tasks": self.on_list_tasks,
-            "cancel_task": self.on_cancel_task, "kv_put": self.on_kv_put, "kv_get": self.on_kv_get, "kv_del": self.on_kv_del,
+            "cancel_task": self.on_cancel_task, "kv_put": self.on_kv_put,
+            "submit_job": self.on_submit_job, "job_status": self.on_job_status, "job_logs": self.on_job_logs,
+            "job_artifact": self.on_job_artifact, "stop_job": self.on_stop_job, "kv_get": self.on_kv_get, "kv_del": self.on_kv_del,
             "shutdown_cluster": self.on_shutdown_cluster,
         }
 
@@ -103,9 +106,12 @@ class ControlStore:
         loop.add_signal_handler(signal.SIGTERM, self.done.set)
         loop.add_signal_handler(signal.SIGINT, self.done.set)
         owner_pipe.watch(loop, self.args.get("owner_fd"), self.done.set)
-        server = await serve(socket.socket(fileno=self.args["tcp_fd"]), self.handlers, self.token,
-                             on_close=self.on_conn_closed, name="gcs")
+        sock = socket.socket(fileno=self.args["tcp_fd"])
+        host, port = sock.getsockname()[:2]
+        self.job_manager = JobManager(self.args["session_dir"], f"{host}:{port}")
+        server = await serve(sock, self.handlers, self.token, on_close=self.on_conn_closed, name="gcs")
         await self.done.wait()
+        self.job_manager.stop_all()
         server.close()
 
     def on_conn_closed(self, conn: Connection) -> None:
@@ -161,7 +167,24 @@ class ControlStore:
         return {"nodes": self._public_nodes()}
 
     def on_list_jobs(self, conn: Connection, msg: dict, bufs: list) -> dict:
-        return {"jobs": list(self.jobs.values())}
+        drivers = [{**j, "type": "DRIVER"} for j in self.jobs.values()]
+        return {"jobs": drivers + self.job_manager.list()}
+
+    # -- submitted jobs (runtime/jobs/manager.py) ------------------------------------------
+    async def on_submit_job(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return await self.job_manager.submit(msg, bufs)
+
+    def on_job_status(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return self.job_manager.get(msg["job_id"])
+
+    def on_job_logs(self, conn: Connection, msg: dict, bufs: list) -> tuple:
+        return self.job_manager.logs(msg["job_id"], int(msg.get("offset", 0)))
+
+    def on_job_artifact(self, conn: Connection, msg: dict, bufs: list) -> tuple:
+        return self.job_manager.artifact(msg["job_id"])
+
+    def on_stop_job(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return {"stopped": self.job_manager.stop(msg["job_id"])}
 
     async def on_cluster_resources(self, conn: Connection, msg: dict, bufs: list) -> dict:
         async def ask(node_id: str, c: Connection) -> tuple[str, dict]:

@@ -14,6 +14,7 @@ import contextvars
 import io
 import os
 import sys
+import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -23,18 +24,40 @@ _running: dict[bytes, tuple] = {}  # task id -> sink, to forward children's outp
 
 
 class _ForwardingStream(io.TextIOBase):
+    """Line-buffered per task: `print(a, b)` is four writes, but the owner gets one message per
+    line (or per flush), so a notebook shows one stream output, not fragments."""
+
+    _MAX_PENDING = 8192
+
     def __init__(self, stream_no: int, fallback: Any) -> None:
         self.stream_no = stream_no
         self.fallback = fallback
+        self._pending: dict[bytes, str] = {}  # task id -> text after the last newline
+        self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
         sink = _sink.get()
         if sink is None or not text:
             return self.fallback.write(text)
+        with self._lock:
+            text = self._pending.pop(sink[1], "") + text
+            cut = text.rfind("\n") + 1
+            if cut == 0 and len(text) < self._MAX_PENDING:
+                self._pending[sink[1]] = text
+                return len(text)
+            if 0 < cut < len(text):
+                self._pending[sink[1]] = text[cut:]
+                text = text[:cut]
         _send(sink, self.stream_no, text)
         return len(text)
 
     def flush(self) -> None:
+        sink = _sink.get()
+        if sink is not None:
+            with self._lock:
+                text = self._pending.pop(sink[1], "")
+            if text:
+                _send(sink, self.stream_no, text)
         self.fallback.flush()
 
     def fileno(self) -> int:
@@ -75,13 +98,13 @@ def captured(send: Any, task_id: bytes, name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        _running.pop(task_id, None)
-        _sink.reset(token)
-        for s in (sys.stdout, sys.stderr):
+        for s in (sys.stdout, sys.stderr):  # before the sink goes: sends a last partial line
             try:
                 s.flush()
             except Exception:  # noqa: BLE001
                 pass
+        _running.pop(task_id, None)
+        _sink.reset(token)
 
 
 def forward_child(parent_task_id: bytes | None, stream_no: int, text: str) -> bool:

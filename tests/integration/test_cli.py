@@ -12,14 +12,8 @@ that a path-length problem does not mask the other contracts.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
-import subprocess
 import sys
-import tempfile
-import textwrap
-from dataclasses import dataclass
 
 import cloudpickle
 import pytest
@@ -30,79 +24,6 @@ from runtime._testing.sync import wait_for
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@dataclass
-class CliSession:
-    tmpdir: str
-    env: dict
-
-    def run(self, *args: str, timeout: float = 60, check: bool = True):
-        result = subprocess.run(
-            [sys.executable, "-m", "runtime", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check:
-            assert result.returncode == 0, (
-                f"`runtime {' '.join(args)}` exited {result.returncode}\n"
-                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-            )
-        return result
-
-    def driver(self, script: str, timeout: float = 60):
-        result = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(script)],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        assert result.returncode == 0, (
-            f"driver subprocess exited {result.returncode}\n"
-            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-        )
-        return result.stdout
-
-    def start_driver(self, script: str):
-        return subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(script)],
-            env=self.env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-
-def _cli_session(tmpdir, monkeypatch):
-    monkeypatch.setenv("TMPDIR", tmpdir)
-    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches
-    session = CliSession(tmpdir=tmpdir, env=dict(os.environ))
-    try:
-        yield session
-    finally:
-        if runtime.is_initialized():
-            runtime.shutdown()
-        session.run("stop", check=False)
-
-
-@pytest.fixture
-def cli(monkeypatch, orrery_leak_check):
-    tmpdir = tempfile.mkdtemp(prefix="orr-", dir="/tmp")
-    try:
-        yield from _cli_session(tmpdir, monkeypatch)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-@pytest.fixture
-def long_tmpdir_cli(tmp_path, monkeypatch, orrery_leak_check):
-    tmpdir = tmp_path / "a-temporary-directory-with-a-rather-long-name"
-    tmpdir.mkdir()
-    yield from _cli_session(str(tmpdir), monkeypatch)
 
 
 def _free_port():

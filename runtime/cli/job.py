@@ -1,0 +1,112 @@
+"""`runtime job submit|status|logs|stop|list`: the job server's command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _client(args: argparse.Namespace):  # noqa: ANN202
+    from ..jobs.client import JobSubmissionClient
+    return JobSubmissionClient(args.address)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    entry = list(args.entrypoint)
+    if entry and entry[0] == "--":
+        entry = entry[1:]
+    if bool(args.notebook) == bool(entry):
+        print("Give either --notebook NB.ipynb or an entrypoint after `--`, like: "
+              "runtime job submit -- python script.py", file=sys.stderr)
+        return 2
+    if args.parameter and not args.notebook:
+        print("-p NAME VALUE sets notebook parameters; it needs --notebook.", file=sys.stderr)
+        return 2
+    client = _client(args)
+    if args.notebook:
+        path = os.path.abspath(args.notebook)
+        if not os.path.isfile(path):
+            print(f"No notebook at {args.notebook!r}.", file=sys.stderr)
+            return 2
+        with open(path, "rb") as f:
+            data = f.read()
+        name = os.path.basename(path)
+        job_id = client.submit_job(submission_id=args.submission_id, files={name: data}, notebook=name,
+                                   parameters=args.parameter, working_dir=os.path.dirname(path))
+    else:
+        import shlex
+        job_id = client.submit_job(entrypoint=" ".join(shlex.quote(a) for a in entry),
+                                   submission_id=args.submission_id)
+    print(f"Job {job_id} submitted.", flush=True)
+    if args.no_wait:
+        print(f"Follow it with `runtime job logs {job_id} --follow`.")
+        return 0
+    status = client.wait_until_finished(job_id, on_output=lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+    info = client.get_job_info(job_id)
+    if args.notebook and info.get("artifact"):
+        try:
+            name, data = client.get_job_artifact(job_id)
+            out = args.output or os.path.join(os.getcwd(), name)
+            with open(out, "wb") as f:
+                f.write(data)
+            print(f"Executed notebook: {out}")
+        except Exception as e:  # noqa: BLE001 - the job's result stands; say why the copy failed
+            print(f"Could not fetch the executed notebook: {e}", file=sys.stderr)
+    print(f"Job {job_id} {status}: {info.get('message', '')}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    info = _client(args).get_job_info(args.job_id)
+    print(f"{info['job_id']}: {info['status']} {info.get('message', '')}")
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.follow:
+        client.wait_until_finished(args.job_id, on_output=lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+    else:
+        sys.stdout.write(client.get_job_logs(args.job_id))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    stopped = _client(args).stop_job(args.job_id)
+    print(f"Job {args.job_id} {'stopped' if stopped else 'had already ended'}.")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    for j in _client(args).list_jobs():
+        print(f"{j['job_id']:<20} {j.get('type', ''):<11} {j['status']:<10} {j.get('entrypoint') or ''}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    job = sub.add_parser("job", help="submit and follow jobs (scripts or notebooks) on the cluster")
+    jsub = job.add_subparsers(dest="job_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--address", default=None, help="HOST:PORT of the head (default: RUNTIME_ADDRESS, else auto)")
+        return p
+
+    s = common(jsub.add_parser("submit", help="run a notebook or a command as a job"))
+    s.add_argument("--notebook", help="a .ipynb to run top to bottom; the executed copy is kept")
+    s.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="notebook parameter: replaces the cell tagged 'parameters'")
+    s.add_argument("--output", help="where to write the executed notebook (default: ./executed-NAME.ipynb)")
+    s.add_argument("--submission-id", default=None)
+    s.add_argument("--no-wait", action="store_true", help="return once submitted instead of following the log")
+    s.add_argument("entrypoint", nargs=argparse.REMAINDER, help="-- COMMAND ARGS... for a script job")
+    s.set_defaults(fn=_submit)
+    for name, fn, helptext in (("status", _status, "a job's status"), ("stop", _stop, "stop a running job")):
+        p = common(jsub.add_parser(name, help=helptext))
+        p.add_argument("job_id")
+        p.set_defaults(fn=fn)
+    lg = common(jsub.add_parser("logs", help="a job's output"))
+    lg.add_argument("job_id")
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.set_defaults(fn=_logs)
+    common(jsub.add_parser("list", help="jobs on the cluster")).set_defaults(fn=_list)
