@@ -1,9 +1,11 @@
 """Typed ids; `.hex()` is the printable form.
 
-An id is a random per-process prefix followed by a counter. Drawing fresh random bytes for
-every task would be a `getrandom` system call, which releases the GIL in the middle of
-submitting a task and lets the io thread take it. The prefix is drawn again in a forked
-child, so processes never share one.
+An id is a per-process counter, scrambled, followed by a random per-process suffix. Drawing
+fresh random bytes for every task would be a `getrandom` system call, which releases the GIL
+in the middle of submitting a task and lets the io thread take it. The counter goes through
+an odd multiplier (a bijection mod 2**64, so still unique) so that ids differ in their first
+characters, which is what short forms like `Actor 3f9a02c1` show. The random parts are drawn
+again in a forked child, so processes never share them.
 """
 
 from __future__ import annotations
@@ -14,10 +16,15 @@ import os
 _PREFIX_BYTES = 8
 
 
+_MULT = 0x9E3779B97F4A7C15  # odd: n -> n * _MULT mod 2**64 is one-to-one
+_MASK = (1 << 64) - 1
+
+
 def _reseed() -> None:
     global _prefix, _counter
     _prefix = os.urandom(_PREFIX_BYTES)
-    _counter = itertools.count()
+    start = int.from_bytes(os.urandom(8), "little")
+    _counter = itertools.count(start)
 
 
 _reseed()
@@ -31,7 +38,7 @@ class BaseID(bytes):
     @classmethod
     def new(cls):  # noqa: ANN206
         # A put's ObjectID ends in ff ff ff ff, which no task return index (0, 1, ...) can.
-        return cls((_prefix + next(_counter).to_bytes(8, "little")).ljust(cls.SIZE, b"\xff"))
+        return cls((((next(_counter) * _MULT) & _MASK).to_bytes(8, "little") + _prefix).ljust(cls.SIZE, b"\xff"))
 
     @classmethod
     def from_hex(cls, text: str):  # noqa: ANN206

@@ -10,7 +10,7 @@ def _step(title: str) -> None:
     print(f"\n== {title}")
 
 
-def run_demo() -> int:
+def run_demo(notebook: str | None = None) -> int:
     import numpy as np
 
     import runtime as ray
@@ -103,7 +103,30 @@ def run_demo() -> int:
     except ValueError as e:
         print(f"caught as ValueError: {str(e).splitlines()[-1]}")
 
+    status = _run_notebook_job(notebook, ctx) if notebook else "SUCCEEDED"
+
     t = time.perf_counter()
     ray.shutdown()
     print(f"\nShut down in {time.perf_counter() - t:.2f} s; no processes left (pid {os.getpid()} owned them).")
-    return 0
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _run_notebook_job(path: str, ctx: object) -> str:
+    """Run a notebook as a batch job on this cluster, as `runtime job submit --notebook` does."""
+    import sys
+
+    from ..jobs.client import JobSubmissionClient
+
+    _step(f"A notebook as a batch job: {path}")
+    if not os.path.isfile(path):
+        print(f"No notebook at {path!r}; run `make demo` from the repository root.")
+        return "FAILED"
+    client = JobSubmissionClient(ctx.address_info["gcs_address"])  # type: ignore[attr-defined]
+    name = os.path.basename(path)
+    with open(path, "rb") as f:
+        job_id = client.submit_job(files={name: f.read()}, notebook=name, working_dir=os.path.dirname(os.path.abspath(path)))
+    print(f"Submitted as job {job_id}; each cell's output follows.")
+    status = client.wait_until_finished(job_id, on_output=lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+    info = client.get_job_info(job_id)
+    print(f"Job {job_id} {status}: {info.get('message', '')}")
+    return status

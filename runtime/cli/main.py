@@ -139,7 +139,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    return run_demo()
+    return run_demo(args.notebook)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list nodes, actors, objects, jobs or tasks")
     ls.add_argument("what", choices=["nodes", "actors", "objects", "jobs", "tasks"])
     ls.set_defaults(fn=_cmd_list)
-    sub.add_parser("demo", help="a short tour on an embedded cluster").set_defaults(fn=_cmd_demo)
+    d = sub.add_parser("demo", help="a short tour on an embedded cluster")
+    d.add_argument("--notebook", help="then run this notebook as a batch job on the same cluster")
+    d.set_defaults(fn=_cmd_demo)
     from .job import add_parser as add_job_parser
     add_job_parser(sub)
     return p
