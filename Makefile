@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 RAY_VENV := .venv-ray
 RAY_VERSION := 2.60.0
 
-.PHONY: demo test test-fast bench bench-ray clean
+.PHONY: demo lab test test-fast bench bench-ray clean lab-build
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ $(VENV)/.installed: $(VPY) pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VPY) -m runtime demo
+	$(VPY) -m runtime demo --notebook notebooks/01-tour.ipynb
+
+# JupyterLab on notebooks/ with the extension and the lab sidebar installed.
+lab: $(VENV)/.installed
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1
 
 test: $(VENV)/.installed
 	$(VPY) -m pytest -q tests
@@ -28,6 +32,11 @@ test-fast: $(VENV)/.installed
 bench: $(VENV)/.installed
 	mkdir -p benchmarks/results
 	$(VPY) benchmarks/run.py --backend runtime --out benchmarks/results/runtime.json
+
+# Rebuild the committed JupyterLab frontend (labextension/prebuilt/). Needs Node >= 18; not part of `make test`.
+lab-build: $(VENV)/.installed
+	cd labextension && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" jlpm install && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" jlpm build
+	$(VPY) -m pip install --quiet -e '.[test]'  # an editable install copies prebuilt/ into the venv
 
 $(RAY_VENV)/.installed:
 	$(PYTHON) -m venv $(RAY_VENV)
