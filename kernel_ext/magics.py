@@ -108,8 +108,32 @@ class ClusterMagics(Magics):
         return ctx
 
     def _cluster_attach(self, args: Any) -> Any:
-        raise UsageError("%cluster attach (sessions that survive a kernel restart) is not available yet; "
-                         "use %cluster connect to join a running cluster.")
+        """After a kernel restart: join the running cluster and re-bind what a session sent back."""
+        if not args.target:
+            raise UsageError("%cluster attach NAME needs the session's name, like: %cluster attach etl")
+        if not runtime.is_initialized():
+            address = os.environ.get("RUNTIME_ADDRESS") or "auto"
+            try:
+                runtime.init(address=address)
+            except ConnectionError as e:
+                raise UsageError(f"%cluster attach: no running cluster to attach to ({e}). Sessions outlive the "
+                                 "kernel only on a cluster that does: `runtime start --head` or "
+                                 "`%cluster start --detach`.") from None
+        from . import sessions
+        from .remote_magic import _UNSET, DEFAULT_MAX_BYTES, unship
+        actor = sessions.find(args.target)
+        info = runtime.get(actor.info.remote())
+        values = runtime.get(actor.pulled_values.remote(DEFAULT_MAX_BYTES))
+        rebound = []
+        for name, shipped in values.items():
+            value = unship(name, shipped, DEFAULT_MAX_BYTES)
+            if value is not _UNSET:
+                self.shell.user_ns[name] = value
+                rebound.append(name)
+        print(f"Attached to session {args.target!r} ({info['cells']} cell(s) ran in it): "
+              + (f"re-bound {', '.join(rebound)}." if rebound else "no names to re-bind.")
+              + f" Run cells in it with %%remote --session {args.target}.")
+        return None
 
     def _cluster_status(self, args: Any) -> None:
         ensure_cluster()
@@ -165,8 +189,8 @@ class ClusterMagics(Magics):
     @argument("--no-pull", action="store_true", help="Bring no names back.")
     @argument("--async", dest="is_async", action="store_true", help="Return at once with an awaitable ObjectRef.")
     @argument("--as", dest="as_name", default=None, help="Name to bind the --async ObjectRef to.")
-    @argument("--session", default=None, help="Run in a persistent session namespace (not available yet).")
-    @argument("--spread", type=int, default=None, help="Run on N workers (not available yet).")
+    @argument("--session", default=None, help="Run in a persistent session namespace (created on first use).")
+    @argument("--spread", type=int, default=None, help="Run on N workers; the value and names come back as lists.")
     @argument("--pg", default=None, help="Run in a placement group bundle (not available yet).")
     @line_cell_magic
     def remote(self, line: str, cell: str | None = None) -> Any:
@@ -180,9 +204,13 @@ class ClusterMagics(Magics):
         else:
             args = parse_argstring(self.remote, line)
             source, first_line = cell, 2  # the cell's first line is the %%remote line
-        for flag, value in (("--session", args.session), ("--spread", args.spread), ("--pg", args.pg)):
-            if value is not None:
-                raise UsageError(f"{flag} is not available yet in this version; run the cell without it.")
+        if args.pg is not None:
+            raise UsageError("--pg needs placement groups, which this version does not have yet; run the cell "
+                             "without it (resources can be asked for with --num-cpus, --num-gpus, --resources).")
+        if args.spread is not None and (args.spread < 1 or args.session or args.is_async):
+            raise UsageError("--spread N takes N >= 1 and cannot be combined with --session or --async.")
+        if args.session is not None and not args.session.strip():
+            raise UsageError("--session takes a name, like --session etl.")
         if args.as_name and not args.is_async:
             raise UsageError("--as NAME names the handle of an --async cell; add --async.")
         if args.as_name and not args.as_name.isidentifier():
@@ -192,6 +220,8 @@ class ClusterMagics(Magics):
         if args.is_async:
             ref = run_async(run, args.as_name)
             return None if args.as_name else ref
+        if args.spread is not None:
+            return run.run_spread(args.spread)
         return run.run_blocking()
 
     @magic_arguments()

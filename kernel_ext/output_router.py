@@ -39,6 +39,14 @@ class OutputRouter:
     def close(self, ref: Any) -> None:
         self.routes.pop(_task_id(ref), None)
 
+    def open_many(self, refs: list) -> queue.Queue:
+        """One queue for several tasks: it gets (index, message) and (index, DONE) items."""
+        q: queue.Queue = queue.Queue()
+        for i, ref in enumerate(refs):
+            self.routes[_task_id(ref)] = lambda msg, i=i: q.put((i, msg))
+            ref.future().add_done_callback(lambda _f, i=i: q.put((i, DONE)))
+        return q
+
     def follow(self, ref: Any, on_output: Callable[[dict], None], on_done: Callable[[], None]) -> None:
         """Call on_output for each output message, then on_done (both off the main thread)."""
         tid = _task_id(ref)

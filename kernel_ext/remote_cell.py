@@ -30,7 +30,7 @@ def run_cell(source: str, filename: str, first_line: int, namespace: dict, pull:
     last = None
     if last_expr:
         last = ast.Expression(tree.body.pop().value)
-    ns = dict(namespace)
+    ns = namespace  # a fresh dict for a task; a session's own namespace, kept across cells
     ns.setdefault("__name__", "__main__")
     ns["__builtins__"] = builtins
     exec(compile(tree, filename, "exec"), ns)  # noqa: S102 - running the user's cell is the point
@@ -60,3 +60,32 @@ def _short_repr(value: Any) -> str:
     except Exception:  # noqa: BLE001
         text = f"<{type(value).__name__}>"
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+class SessionActor:
+    """`%%remote --session NAME`: a namespace that lives in the cluster across cells (as an
+    ipyparallel engine or a sparkmagic session does), held by a detached named actor so that it
+    outlives the kernel; `%cluster attach NAME` finds it again after a restart."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ns: dict = {"__name__": "__main__"}
+        self.pulled: list[str] = []  # names cells sent back to the notebook, re-bound on attach
+        self.cells = 0
+
+    def run(self, source: str, filename: str, first_line: int, inputs: dict, pull: list[str],
+            last_expr: bool, max_bytes: int) -> dict:
+        self.ns.update(inputs)
+        result = run_cell(source, filename, first_line, self.ns, pull, last_expr, max_bytes)
+        self.cells += 1
+        for name in result["names"]:
+            if name not in self.pulled:
+                self.pulled.append(name)
+        return result
+
+    def pulled_values(self, max_bytes: int) -> dict:
+        return {n: ship_back(self.ns[n], max_bytes) for n in self.pulled if n in self.ns}
+
+    def info(self) -> dict:
+        names = sorted(k for k in self.ns if not k.startswith("_"))
+        return {"name": self.name, "cells": self.cells, "names": names, "pulled": list(self.pulled)}

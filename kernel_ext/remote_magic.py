@@ -146,9 +146,19 @@ class RemoteCell:
         self.options = task_options(args, defaults)
 
     def submit(self) -> runtime.ObjectRef:
+        if self.args.session:  # the session's actor runs it in its own namespace
+            from . import sessions
+            actor = sessions.get_or_create(self.args.session, self.options)
+            return actor.run.options(name=self.label).remote(
+                self.code.source, self.filename, self.first_line, self.namespace, self.pull, self.code.last_expr,
+                self.max_bytes)
         task = _remote_cell_task.options(name=self.label, **self.options)
         return task.remote(self.code.source, self.filename, self.first_line, self.namespace, self.pull,
                            self.code.last_expr, self.max_bytes)
+
+    def run_spread(self, n: int) -> Any:
+        from .spread import run_spread
+        return run_spread(self, n, _remote_cell_task)
 
     # -- blocking -------------------------------------------------------------------------
     def run_blocking(self) -> Any:
@@ -171,8 +181,13 @@ class RemoteCell:
             try:
                 self._drain_until_done(route, time.monotonic() + 30, ref)
             except KeyboardInterrupt:
-                runtime.cancel(ref, force=True, recursive=True)
-                print(f"Killed the worker running {self.label}.", file=sys.stderr)
+                if self.args.session:  # an actor's call cannot be force-cancelled: end the session
+                    from . import sessions
+                    runtime.kill(sessions.find(self.args.session))
+                    print(f"Killed session {self.args.session!r}; its namespace is gone.", file=sys.stderr)
+                else:
+                    runtime.cancel(ref, force=True, recursive=True)
+                    print(f"Killed the worker running {self.label}.", file=sys.stderr)
             raise KeyboardInterrupt(f"{self.label} was interrupted; its tasks were cancelled.") from None
 
     def _drain_until_done(self, route: queue.Queue, deadline: float | None, ref: runtime.ObjectRef) -> None:
@@ -211,17 +226,22 @@ class RemoteCell:
         return None
 
     def _unship(self, name: str, shipped: tuple) -> Any:
-        kind = shipped[0]
-        if kind == "value":
-            return shipped[1]
-        if kind == "ref":
-            print(f"{name} stays in the cluster: {format_size(shipped[2])} is over --max-bytes "
-                  f"{format_size(self.max_bytes)}; it is bound to an ObjectRef (runtime.get({name}) fetches it).",
-                  file=sys.stderr)
-            return shipped[1]
-        print(f"{name} could not come back from the cluster ({shipped[2]}); it is left unchanged here. "
-              f"Value there: {shipped[1]}", file=sys.stderr)
-        return _UNSET
+        return unship(name, shipped, self.max_bytes)
+
+
+def unship(name: str, shipped: tuple, max_bytes: int) -> Any:
+    """A value sent back by `ship_back`: itself, an ObjectRef (with a note), or _UNSET."""
+    kind = shipped[0]
+    if kind == "value":
+        return shipped[1]
+    if kind == "ref":
+        print(f"{name} stays in the cluster: {format_size(shipped[2])} is over --max-bytes "
+              f"{format_size(max_bytes)}; it is bound to an ObjectRef (runtime.get({name}) fetches it).",
+              file=sys.stderr)
+        return shipped[1]
+    print(f"{name} could not come back from the cluster ({shipped[2]}); it is left unchanged here. "
+          f"Value there: {shipped[1]}", file=sys.stderr)
+    return _UNSET
 
 
 _UNSET = object()

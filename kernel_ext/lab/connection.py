@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import runtime
 
@@ -61,7 +62,9 @@ class ClusterConnection:
         except asyncio.TimeoutError:
             raise NotConnected(f"Still connecting to the cluster at {self.address!r} "
                                f"(no answer within {self.connect_timeout:g} s).") from None
-        except Exception as e:  # ConnectionError and friends: say why, retry on the next request
+        # Whatever init raised (ConnectionError, a bad address's ValueError...) is the reason to
+        # show; the next request tries again.
+        except Exception as e:  # noqa: BLE001
             self._connecting = None
             raise NotConnected(f"Could not connect to the cluster at {self.address!r}: {e}") from None
 

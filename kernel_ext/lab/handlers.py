@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
@@ -75,7 +76,8 @@ class CancelTaskHandler(_Base):
     @web.authenticated
     async def post(self, task_id: str) -> None:
         if not _HEX.match(task_id):
-            raise web.HTTPError(400, f"Task id {task_id!r} is not a hex task id (see the task_id of /orrery/api/tasks).")
+            raise web.HTTPError(400, f"Task id {task_id!r} is not a hex task id "
+                                     "(see the task_id column of /orrery/api/tasks).")
         force = self._force()
         try:
             cancelled, task_state = await self.cluster.call(views.cancel_task, task_id, force)

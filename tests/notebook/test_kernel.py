@@ -114,3 +114,32 @@ def test_interrupt_cancels_the_remote_task_and_frees_its_worker(kernel):
         "and time.time() < deadline:\n    time.sleep(0.05)\n"
         "print('free', runtime.available_resources().get('CPU'), runtime.cluster_resources()['CPU'])")
     assert "free 2.0 2.0" in stream_text(messages)
+
+
+def test_session_survives_a_kernel_restart_through_attach(cli, tmp_path):
+    """The session lives in a detached actor on a cluster that outlives the kernel."""
+    cli.run("start", "--head", "--port", "0", "--num-cpus", "2")
+    import json
+    info = json.load(open(os.path.join(cli.tmpdir, "orrery", "current_cluster.json")))
+    env = {**cli.env, "RUNTIME_ADDRESS": info["gcs_address"].removeprefix("tcp:")}
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path), env=env)
+    try:
+        execute(kc, "%load_ext kernel_ext")
+        execute(kc, "%%remote --session nb1\nmodel = {'weights': [1, 2, 3]}\nsteps = 10")
+        _, msgs = execute(kc, "%%remote --session nb1 --no-pull\nsteps += 5\nsteps")
+        assert any(m["msg_type"] == "execute_result" and m["content"]["data"]["text/plain"] == "15" for m in msgs)
+        kc.stop_channels()
+        km.restart_kernel(now=False)
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        execute(kc, "%load_ext kernel_ext")
+        _, msgs = execute(kc, "%cluster attach nb1")
+        assert "re-bound model, steps" in stream_text(msgs)
+        _, msgs = execute(kc, "print(model['weights'], steps)")
+        assert "[1, 2, 3] 15" in stream_text(msgs)
+        _, msgs = execute(kc, "%%remote --session nb1\nsteps + 1")
+        assert any(m["msg_type"] == "execute_result" and m["content"]["data"]["text/plain"] == "16" for m in msgs)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)

@@ -137,3 +137,54 @@ def test_cluster_status_and_gc(ip, capsys):
         run(ip, "%cluster bogus")
     run(ip, "%cluster gc")
     assert "Released" in capsys.readouterr().out
+
+
+# -- --spread and --session --------------------------------------------------------------------
+
+
+def test_spread_runs_n_copies_with_prefixed_output_and_lists(ip, capsys):
+    value = run(ip, "%%remote --spread 3\nimport os\nprint('hello from', worker_index)\nsquare = worker_index ** 2\n"
+                    "(worker_index, num_workers)")
+    assert value == [(0, 3), (1, 3), (2, 3)]
+    assert ip.user_ns["square"] == [0, 1, 4]
+    out = capsys.readouterr().out
+    for i in range(3):
+        assert f"[worker {i}] hello from {i}\n" in out
+
+
+def test_spread_groups_failures(ip):
+    with pytest.raises(Exception) as info:
+        run(ip, "%%remote --spread 4\nif worker_index != 1:\n    raise ValueError('no good')\n1")
+    assert type(info.value).__name__ == "SpreadError"
+    assert "1 of 4 workers succeeded; 3 × ValueError on workers 0, 2, 3: no good" in str(info.value)
+
+
+def test_session_keeps_its_namespace_across_cells_and_attach_rebinds(ip, capsys):
+    from kernel_ext import sessions
+    try:
+        run(ip, "%%remote --session s-test\nimport os\ncounter = 1\nkept_remote = list(range(3))\npid = os.getpid()")
+        first_pid = ip.user_ns["pid"]
+        assert run(ip, "%%remote --session s-test --no-pull\ncounter += 1\ncounter") == 2
+        assert run(ip, "%%remote --session s-test -o pid\npid = os.getpid()") is None  # `os` is still imported there
+        assert ip.user_ns["pid"] == first_pid  # the same actor process
+        assert "s-test" in sessions.list_names()
+        for name in ("counter", "kept_remote", "pid"):
+            ip.user_ns.pop(name)
+        run(ip, "%cluster attach s-test")
+        assert ip.user_ns["counter"] == 2  # the session's current value of a name it once sent back
+        assert ip.user_ns["kept_remote"] == [0, 1, 2]
+        assert "re-bound" in capsys.readouterr().out
+    finally:
+        runtime.kill(runtime.get_actor("session:s-test", namespace="kernel_ext"))
+
+
+def test_attach_unknown_session_says_which_exist(ip):
+    with pytest.raises(UsageError, match="No session named 'nope'.*first `%%remote --session nope`"):
+        run(ip, "%cluster attach nope")
+
+
+def test_spread_and_session_bad_combinations(ip):
+    with pytest.raises(UsageError, match="--spread N takes N >= 1"):
+        run(ip, "%%remote --spread 0\n1")
+    with pytest.raises(UsageError, match="--pg needs placement groups"):
+        run(ip, "%%remote --pg mygroup\n1")

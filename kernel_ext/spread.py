@@ -1,0 +1,106 @@
+"""`%%remote --spread N`: the cell runs as N tasks spread over the cluster's nodes.
+
+Each copy sees `worker_index` (0..N-1) and `num_workers`. Output lines are prefixed
+`[worker i]`. The cell's value is the list of the N values; each name the cell assigns comes
+back as the list of its N values. Failures are grouped by error ("3 × ValueError on workers
+0, 2, 3: ..."), and the cell raises `SpreadError` after every copy has ended.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import sys
+import time
+from typing import Any
+
+import runtime
+from runtime.exceptions import TaskCancelledError, TaskError
+
+from .output_router import DONE, router
+
+
+class SpreadError(Exception):
+    """Some copies of a `--spread` cell failed; the message groups them by error."""
+
+
+def run_spread(cell: Any, n: int, task: Any) -> Any:
+    opts = {**cell.options, "scheduling_strategy": "SPREAD"}
+    refs = [task.options(name=f"{cell.label} [worker {i}]", **opts).remote(
+        cell.code.source, cell.filename, cell.first_line, {**cell.namespace, "worker_index": i, "num_workers": n},
+        cell.pull, cell.code.last_expr, cell.max_bytes) for i in range(n)]
+    q = router().open_many(refs)
+    try:
+        _follow(cell, refs, q)
+    finally:
+        for ref in refs:
+            router().close(ref)
+    return _gather(cell, refs)
+
+
+def _follow(cell: Any, refs: list, q: queue.Queue) -> None:
+    pending = set(range(len(refs)))
+    mid_line: set[tuple] = set()
+    started = time.monotonic()
+    last_progress = 0.0
+    try:
+        while pending:
+            try:
+                i, item = q.get(timeout=0.5)
+            except queue.Empty:
+                now = time.monotonic()
+                if now - started >= 2.0 and now - last_progress >= 5.0:  # a progress line for long cells
+                    last_progress = now
+                    print(f"[{cell.label}] {len(refs) - len(pending)}/{len(refs)} workers done", file=sys.stderr)
+                continue
+            if item is DONE:
+                pending.discard(i)
+                continue
+            stream = sys.stdout if item["s"] == 1 else sys.stderr
+            stream.write(_prefix(i, item, mid_line))
+            stream.flush()
+    except KeyboardInterrupt:
+        for ref in refs:
+            runtime.cancel(ref, recursive=True)
+        raise KeyboardInterrupt(f"{cell.label} was interrupted; its {len(refs)} tasks were cancelled.") from None
+
+
+def _prefix(i: int, msg: dict, mid_line: set) -> str:
+    out = []
+    key = (i, msg["s"])
+    for piece in msg["d"].splitlines(keepends=True):
+        if key not in mid_line:
+            out.append(f"[worker {i}] ")
+        out.append(piece)
+        (mid_line.discard if piece.endswith("\n") else mid_line.add)(key)
+    return "".join(out)
+
+
+def _gather(cell: Any, refs: list) -> Any:
+    results: list[Any] = []
+    failures: dict[tuple, list[int]] = collections.defaultdict(list)
+    for i, ref in enumerate(refs):
+        try:
+            results.append(runtime.get(ref))
+        except TaskCancelledError:
+            failures[("TaskCancelledError", "cancelled")].append(i)
+            results.append(None)
+        except TaskError as e:
+            cause = e.cause if e.cause is not None else e
+            first = (str(cause).strip().splitlines() or [""])[0]
+            failures[(type(cause).__name__, first)].append(i)
+            results.append(None)
+    if failures:
+        groups = [f"{len(idx)} × {kind} on worker{'s' if len(idx) > 1 else ''} {', '.join(map(str, idx))}: {msg}"
+                  for (kind, msg), idx in sorted(failures.items(), key=lambda kv: -len(kv[1]))]
+        ok = len(refs) - sum(len(v) for v in failures.values())
+        raise SpreadError(f"{cell.label}: {ok} of {len(refs)} workers succeeded; " + "; ".join(groups))
+    names: dict[str, list] = {}
+    for r in results:
+        for name, shipped in r["names"].items():
+            names.setdefault(name, []).append(cell._unship(name, shipped))
+    for name, values in names.items():
+        cell.shell.user_ns[name] = values
+    if cell.code.last_expr:
+        return [cell._unship("the result", r["value"]) for r in results]
+    return None
