@@ -146,6 +146,14 @@ class RemoteCell:
         self.options = task_options(args, defaults)
 
     def submit(self) -> runtime.ObjectRef:
+        router().expect(self.label)
+        try:
+            return self._submit()
+        except BaseException:
+            router().expected.discard(self.label)
+            raise
+
+    def _submit(self) -> runtime.ObjectRef:
         if self.args.session:  # the session's actor runs it in its own namespace
             from . import sessions
             actor = sessions.get_or_create(self.args.session, self.options)
@@ -163,7 +171,7 @@ class RemoteCell:
     # -- blocking -------------------------------------------------------------------------
     def run_blocking(self) -> Any:
         ref = self.submit()
-        route = router().open(ref)
+        route = router().open(ref, self.label)
         try:
             self._follow(ref, route)
         finally:
@@ -309,7 +317,7 @@ def run_async(cell: RemoteCell, as_name: str | None) -> runtime.ObjectRef:
             cell.shell.user_ns[n] = result["names"][n][1]
         show(f"done in {elapsed:.1f} s" + (f"; set {', '.join(names)}" if names else "") + "\n")
 
-    router().follow(ref, on_output, on_done)
+    router().follow(ref, on_output, on_done, cell.label)
     if as_name:
         cell.shell.user_ns[as_name] = ref
     return ref

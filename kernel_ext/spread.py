@@ -26,10 +26,13 @@ class SpreadError(Exception):
 
 def run_spread(cell: Any, n: int, task: Any) -> Any:
     opts = {**cell.options, "scheduling_strategy": "SPREAD"}
-    refs = [task.options(name=f"{cell.label} [worker {i}]", **opts).remote(
+    names = [f"{cell.label} [worker {i}]" for i in range(n)]
+    for name in names:
+        router().expect(name)
+    refs = [task.options(name=names[i], **opts).remote(
         cell.code.source, cell.filename, cell.first_line, {**cell.namespace, "worker_index": i, "num_workers": n},
         cell.pull, cell.code.last_expr, cell.max_bytes) for i in range(n)]
-    q = router().open_many(refs)
+    q = router().open_many(refs, names)
     try:
         _follow(cell, refs, q)
     finally:

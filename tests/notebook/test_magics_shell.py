@@ -188,3 +188,25 @@ def test_spread_and_session_bad_combinations(ip):
         run(ip, "%%remote --spread 0\n1")
     with pytest.raises(UsageError, match="--pg needs placement groups"):
         run(ip, "%%remote --pg mygroup\n1")
+
+
+def test_output_that_arrives_before_the_route_is_kept_for_the_cell(shared_runtime):
+    """A task can print before `.remote()` returned its ref: the router holds that output."""
+    from kernel_ext.output_router import DONE, router
+
+    @runtime.remote
+    def noop():
+        return 1
+
+    r = router()
+    r.expect("cell In[99]")
+    ref = noop.remote()
+    tid = bytes(ref._id[:16])
+    early = {"t": tid, "n": "cell In[99]", "pid": 1, "s": 1, "d": "printed at once\n"}
+    assert r.handle(early)  # held, not printed elsewhere
+    assert not r.handle({**early, "n": "another task"} | {"t": b"x" * 16})  # others fall through
+    q = r.open(ref, "cell In[99]")
+    assert q.get(timeout=10) is early
+    assert q.get(timeout=10) is DONE
+    r.close(ref)
+    assert "cell In[99]" not in r.expected
