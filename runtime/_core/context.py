@@ -80,7 +80,24 @@ class ClusterContext:
                 f"namespace={self.namespace!r})")
 
     def _repr_html_(self) -> str:
+        import platform
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            ours = version("orrery")
+        except PackageNotFoundError:
+            ours = "source checkout"
+        try:
+            from .api import cluster_resources, nodes
+            resources = {k: v for k, v in cluster_resources().items() if not k.startswith("node:")}
+            n_nodes = sum(1 for n in nodes() if n["Alive"])
+        except Exception:  # noqa: BLE001 - a display must not raise; show what init() knew
+            resources, n_nodes = self.resources, "?"
         rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
                        for k, v in [("address", self.address_info.get("address")), ("node", self.node_id[:12]),
-                                    ("namespace", self.namespace), ("resources", self.resources)])
-        return f"<table><caption>runtime cluster</caption>{rows}</table>"
+                                    ("nodes", n_nodes), ("namespace", self.namespace), ("resources", resources),
+                                    ("versions", f"orrery {ours}, Python {platform.python_version()}")])
+        # No separate dashboard port: in JupyterLab the Orrery sidebar is served through the
+        # Jupyter server itself, so it works wherever the notebook does (Binder, JupyterHub).
+        note = ("<small>Live view: <code>%cluster</code> in a notebook, or the Orrery sidebar in "
+                "JupyterLab.</small>")
+        return f"<table><caption>runtime cluster</caption>{rows}</table>{note}"
