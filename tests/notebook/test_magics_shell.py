@@ -6,27 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 
 import runtime
+from nbshell import run
 from runtime import ObjectRef
-
-
-@pytest.fixture
-def ip(shared_runtime):
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "kernel_ext")
-    yield shell
-    shell.reset()
-
-
-def run(ip, source):
-    """Run a cell; return its result, re-raising what the cell raised."""
-    result = ip.run_cell(source, store_history=True)
-    error = result.error_before_exec or result.error_in_exec
-    if error is not None:
-        raise error
-    return result.result
 
 
 def test_cell_ships_read_names_and_pulls_assigned_names(ip):

@@ -8,10 +8,9 @@ from __future__ import annotations
 import sys
 
 import cloudpickle
-import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
 import runtime
+from nbshell import run
 from kernel_ext import cluster_view, progress
 from kernel_ext.widgets import ClusterWidget
 from runtime._testing.sync import SignalActor, wait_for
@@ -19,22 +18,6 @@ from runtime._testing.sync import SignalActor, wait_for
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 Signal = runtime.remote(num_cpus=0)(SignalActor)
-
-
-@pytest.fixture
-def ip(shared_runtime):
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "kernel_ext")
-    yield shell
-    shell.reset()
-
-
-def run(ip, source):
-    result = ip.run_cell(source, store_history=True)
-    error = result.error_before_exec or result.error_in_exec
-    if error is not None:
-        raise error
-    return result.result
 
 
 CELL_DEFS = """
