@@ -145,14 +145,19 @@ class ClusterMagics(Magics):
         show_cluster(self.shell.user_ns)
 
     def _cluster_list(self, args: Any) -> None:
-        info = launcher.read_current_cluster()
+        """Clusters running on this machine (this notebook's marked *), and its sessions."""
+        head = launcher.read_current_cluster()
+        here = runtime.get_runtime_context().gcs_address if runtime.is_initialized() else None
         rows = []
+        for info in launcher.live_clusters():
+            kind = "runtime start --head" if head and info["gcs_address"] == head["gcs_address"] else "embedded"
+            mark = "*" if info["gcs_address"] == here else " "
+            rows.append(f"{mark} {info['gcs_address'].removeprefix('tcp:')}  {kind}  (session {info['session_dir']})")
         if runtime.is_initialized():
-            here = runtime._internal_addresses()
-            rows.append(f"* this notebook: {here.get('gcs_address', '?')} "
-                        f"({'started here' if _owns_cluster() else 'joined'})")
-        if info is not None:
-            rows.append(f"  runtime start --head: {info['gcs_address']} (session {info.get('session_dir', '?')})")
+            from . import sessions
+            names = sessions.list_names()
+            if names:
+                rows.append("Sessions in this notebook's cluster: " + ", ".join(names))
         print("\n".join(rows) if rows else "No clusters: run %cluster start, or `runtime start --head` in a shell.")
 
     def _cluster_stop(self, args: Any) -> None:

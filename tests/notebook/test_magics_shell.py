@@ -193,3 +193,15 @@ def test_output_that_arrives_before_the_route_is_kept_for_the_cell(shared_runtim
     assert q.get(timeout=10) is DONE
     r.close(ref)
     assert "cell In[99]" not in r.expected
+
+
+def test_cluster_list_marks_this_notebooks_cluster_and_lists_sessions(ip, capsys):
+    run(ip, "%%remote --session listed\nx = 1")
+    try:
+        run(ip, "%cluster list")
+        out = capsys.readouterr().out
+        here = runtime.get_runtime_context().gcs_address.removeprefix("tcp:")
+        assert f"* {here}  embedded" in out
+        assert "Sessions in this notebook's cluster: listed" in out
+    finally:
+        runtime.kill(runtime.get_actor("session:listed", namespace="kernel_ext"))
