@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=None, help="seconds per cell (default: none)")
     args = p.parse_args(argv)
     os.environ["KERNEL_EXT_NONINTERACTIVE"] = "1"  # the kernel inherits it: widgets print text
+    os.environ["JPY_SESSION_NAME"] = os.path.abspath(args.input)  # as Jupyter sets it: cell tags name the notebook
     nb = nbformat.read(args.input, as_version=4)
     note = inject_parameters(nb, [tuple(x) for x in args.parameter])
     if note:
