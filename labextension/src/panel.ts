@@ -1,0 +1,209 @@
+import { LabIcon } from '@jupyterlab/ui-components';
+import { Message } from '@lumino/messaging';
+import { Widget } from '@lumino/widgets';
+
+import { el, formatBytes, formatResources, shortId, table } from './dom';
+import { OrreryModel } from './model';
+import { ICell, ISnapshot, ITask } from './tokens';
+
+/** The sidebar's id: the command and the tests find the panel by it. */
+export const PANEL_ID = 'orrery-sidebar';
+
+/** States for which a task gets a Cancel button. */
+const CANCELLABLE = new Set(['PENDING', 'RUNNING']);
+
+export const orreryIcon = new LabIcon({
+  name: 'orrery:icon',
+  svgstr:
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24"><g class="jp-icon3" fill="#616161">' +
+    '<circle cx="12" cy="12" r="3"/><circle cx="20" cy="12" r="1.6"/><circle cx="6" cy="6" r="1.6"/>' +
+    '<path fill="none" stroke="#616161" stroke-width="1.2" d="M12 4a8 8 0 1 1 0 16a8 8 0 1 1 0-16"/></g></svg>'
+});
+
+function cellLabel(cell: ICell | null): string {
+  if (!cell) {
+    return '';
+  }
+  return cell.execution_count !== null && cell.execution_count !== undefined
+    ? `In[${cell.execution_count}]`
+    : cell.cell_id;
+}
+
+function taskTitle(t: ITask): string {
+  const parts = [`task ${t.task_id}`, t.type];
+  if (t.node_id) {
+    parts.push(`node ${shortId(t.node_id)}`);
+  }
+  if (t.cell) {
+    parts.push(`cell ${t.cell.cell_id}${t.cell.notebook ? ' of ' + t.cell.notebook : ''}`);
+  }
+  if (t.error_type) {
+    parts.push(`${t.error_type}: ${t.error_message ?? ''}`);
+  }
+  return parts.join('\n');
+}
+
+/**
+ * The "Orrery" sidebar: nodes, tasks (with a cell filter and Cancel buttons), actors,
+ * placement groups and objects of the cluster the Jupyter server is connected to.
+ */
+export class OrreryPanel extends Widget {
+  constructor() {
+    super();
+    this.id = PANEL_ID;
+    this.addClass('orrery-Panel');
+    this.title.icon = orreryIcon;
+    this.title.caption = 'Orrery';
+    this.model = new OrreryModel({ active: () => this.isVisible });
+
+    this._status = this.node.appendChild(el('div', 'orrery-status', 'Connecting…'));
+    this._error = this.node.appendChild(el('div', 'orrery-error'));
+    this._sections = {
+      nodes: this._section('Nodes'),
+      tasks: this._section('Tasks', this._filterBox()),
+      actors: this._section('Actors'),
+      placementGroups: this._section('Placement groups'),
+      objects: this._section('Objects')
+    };
+    this.model.changed.connect((_, snap) => this._render(snap));
+    // One listener for every Cancel button: rows are rebuilt on each refresh.
+    this.node.addEventListener('click', event => this._onClick(event));
+  }
+
+  readonly model: OrreryModel;
+
+  dispose(): void {
+    this.model.dispose();
+    super.dispose();
+  }
+
+  protected onAfterShow(msg: Message): void {
+    this.model.refreshSoon();
+  }
+
+  private _section(title: string, extra?: HTMLElement): HTMLElement {
+    const section = this.node.appendChild(el('section', 'orrery-section'));
+    section.appendChild(el('h3', '', title));
+    if (extra) {
+      section.appendChild(extra);
+    }
+    return section.appendChild(el('div', 'orrery-section-body'));
+  }
+
+  private _filterBox(): HTMLElement {
+    const input = el('input', 'orrery-cell-filter jp-mod-styled');
+    input.type = 'search';
+    input.placeholder = 'Filter by cell id';
+    input.addEventListener('input', () => (this.model.cellFilter = input.value));
+    return input;
+  }
+
+  private async _onClick(event: MouseEvent): Promise<void> {
+    const button = (event.target as HTMLElement).closest('button.orrery-cancel');
+    if (!(button instanceof HTMLButtonElement)) {
+      return;
+    }
+    const taskId = button.dataset.taskId ?? '';
+    button.disabled = true;
+    button.textContent = 'Cancelling…';
+    this._error.textContent = '';
+    try {
+      await this.model.cancelTask(taskId);
+    } catch (error) {
+      this._error.textContent = `Could not cancel task ${shortId(taskId)}: ${(error as Error).message}`;
+      button.disabled = false;
+      button.textContent = 'Cancel';
+    }
+  }
+
+  private _render(snap: ISnapshot): void {
+    this._status.textContent = snap.connected
+      ? `Cluster ${snap.address}: ${snap.nodes.length} node(s)`
+      : `Not connected: ${snap.reason}`;
+    this.toggleClass('orrery-mod-disconnected', !snap.connected);
+    const s = this._sections;
+    s.nodes.replaceChildren(
+      table(
+        ['Node', 'State', 'Resources'],
+        snap.nodes.map(n => ({
+          className: 'orrery-node-row',
+          data: { nodeId: n.node_id },
+          title: `${n.node_id} on ${n.hostname} (${n.node_ip}), memory ${formatBytes(n.resources_total?.memory)}`,
+          cells: [
+            `${shortId(n.node_id)}${n.is_head_node ? ' (head)' : ''}`,
+            n.state,
+            formatResources(n.resources_total)
+          ]
+        })),
+        'No nodes.'
+      )
+    );
+    s.tasks.replaceChildren(
+      table(
+        ['Task', 'State', ''],
+        snap.tasks.map(t => ({
+          className: `orrery-task-row orrery-state-${t.state.toLowerCase()}`,
+          data: { taskId: t.task_id, state: t.state },
+          title: taskTitle(t),
+          cells: [this._taskName(t), t.state, this._cancelButton(t.task_id, t.state)]
+        })),
+        this.model.cellFilter ? `No tasks of cell ${this.model.cellFilter}.` : 'No tasks.'
+      )
+    );
+    s.actors.replaceChildren(
+      table(
+        ['Actor', 'State', 'Name', 'Restarts', 'Cell'],
+        snap.actors.map(a => ({
+          className: 'orrery-actor-row',
+          data: { actorId: a.actor_id },
+          cells: [a.class_name, a.state, a.name ?? '', String(a.num_restarts ?? 0), cellLabel(a.cell)]
+        })),
+        'No actors.'
+      )
+    );
+    s.placementGroups.replaceChildren(
+      table(
+        ['Placement group', 'Strategy', 'State'],
+        snap.placementGroups.map(p => ({
+          className: 'orrery-pg-row',
+          cells: [p.name || shortId(p.placement_group_id), p.strategy ?? '', p.state ?? '']
+        })),
+        'No placement groups.'
+      )
+    );
+    s.objects.replaceChildren(
+      table(
+        ['Object', 'Size', 'Where', 'Cell'],
+        snap.objects.map(o => ({
+          className: 'orrery-object-row',
+          data: { objectId: o.object_id },
+          cells: [shortId(o.object_id), formatBytes(o.size_bytes), o.spilled ? 'spilled' : 'memory', cellLabel(o.cell)]
+        })),
+        'No objects.'
+      )
+    );
+  }
+
+  private _taskName(t: ITask): HTMLElement {
+    const name = el('span', 'orrery-task-name', t.name);
+    const cell = cellLabel(t.cell);
+    if (cell) {
+      name.appendChild(el('span', 'orrery-cell-label', ` ${cell}`));
+    }
+    return name;
+  }
+
+  private _cancelButton(taskId: string, state: string): string | HTMLElement {
+    if (!CANCELLABLE.has(state)) {
+      return '';
+    }
+    const button = el('button', 'orrery-cancel', 'Cancel');
+    button.dataset.taskId = taskId;
+    button.title = 'Cancel this task (through the Jupyter server, so it works while the kernel is busy)';
+    return button;
+  }
+
+  private _status: HTMLElement;
+  private _error: HTMLElement;
+  private _sections: Record<'nodes' | 'tasks' | 'actors' | 'placementGroups' | 'objects', HTMLElement>;
+}

@@ -1,0 +1,151 @@
+"""The JupyterLab frontend in a real headless Chromium against a real cluster.
+
+Opens JupyterLab, opens the Orrery sidebar through the command palette, and checks that
+the node row and a running task appear, that the status bar shows cluster CPU use, and
+that the task's Cancel button cancels it (the driver's `get` raises TaskCancelledError).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+import runtime
+from runtime._testing.sync import wait_for
+from runtime.exceptions import TaskCancelledError
+
+from .jupyter_proc import start_jupyter
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+CHROMIUM = "/usr/bin/chromium"
+# Outside the test's TMPDIR, which is removed after the test.
+FAILURE_SCREENSHOT = "/tmp/orrery-lab-browser-failure.png"
+UI_TIMEOUT_MS = 60_000
+
+
+def _chromium() -> str:
+    """Debian's chromium (playwright cannot download browsers here); installed if we are root."""
+    if os.path.exists(CHROMIUM):
+        return CHROMIUM
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get")):
+        pytest.skip(f"No Chromium at {CHROMIUM}, and not root to `apt-get install chromium`; "
+                    "install it to run the browser test.")
+    install = ["apt-get", "install", "-y", "chromium"]
+    result = subprocess.run(install, check=False, capture_output=True, text=True)
+    if result.returncode != 0:  # the package lists may be missing on a fresh machine
+        subprocess.run(["apt-get", "update"], check=False, capture_output=True)
+        result = subprocess.run(install, check=False, capture_output=True, text=True)
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"`apt-get install -y chromium` failed, so no browser: {result.stderr[-500:]}")
+    return CHROMIUM
+
+
+def _open_command_palette(page, sync_api) -> None:
+    """Open the palette as a user would, retrying until it shows: the shortcut and the menus are
+    live only once JupyterLab has finished starting, which nothing on the page announces, and a
+    key press goes nowhere while nothing has focus. Alternates the View menu and Ctrl+Shift+C."""
+    palette = page.locator(".lm-CommandPalette-input")
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            if attempt % 2:
+                page.click(".lm-MenuBar-itemLabel:text-is('View')", timeout=2000)
+                page.click(".lm-Menu-itemLabel:text-is('Activate Command Palette')", timeout=2000)
+            else:
+                page.click("#jp-main-dock-panel", timeout=2000)  # give the page focus for the shortcut
+                page.keyboard.press("Control+Shift+C")
+            palette.wait_for(state="visible", timeout=2000)
+            return
+        except sync_api.TimeoutError:
+            page.keyboard.press("Escape")  # close a half-open menu before the next try
+            if time.monotonic() > deadline:
+                raise
+
+
+@runtime.remote
+def lab_browser_task(started: str, release: str):
+    # Waits on a file rather than on runtime.get, so it holds its CPU (the status bar shows it).
+    import os
+    import time
+
+    open(started, "w").close()
+    while not os.path.exists(release):
+        time.sleep(0.02)
+    return "released"
+
+
+@pytest.fixture
+def lab_app(head_cluster, lab_tmp: Path):
+    env = dict(head_cluster.env, RUNTIME_ADDRESS=head_cluster.address)
+    server = start_jupyter(lab_tmp, env, app="lab")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_sidebar_shows_cluster_and_cancels_a_running_task(lab_app, lab_tmp: Path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    executable = _chromium()
+
+    started, release = lab_tmp / "started", lab_tmp / "release"
+    ref = lab_browser_task.remote(str(started), str(release))
+    wait_for(started.exists, timeout=60, what="the task running")
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        console: list[str] = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        try:
+            page.goto(f"{lab_app.url}/lab?token={lab_app.token}")
+            # Our plugin has activated once its sidebar tab is there.
+            page.wait_for_selector(".jp-SideBar [data-id='orrery-sidebar']")
+            _open_command_palette(page, sync_api)
+            # The command, through the palette, is how a user opens the dashboard.
+            page.fill(".lm-CommandPalette-input", "Orrery: Open dashboard")
+            page.click(".lm-CommandPalette-item:has-text('Orrery: Open dashboard')")
+
+            sidebar = page.locator("#orrery-sidebar")
+            sidebar.wait_for(state="visible")
+            node_row = sidebar.locator("tr.orrery-node-row")
+            node_row.first.wait_for()
+            assert "(head)" in node_row.first.inner_text() and "ALIVE" in node_row.first.inner_text()
+
+            task_row = sidebar.locator("tr.orrery-task-row[data-state='RUNNING']", has_text="lab_browser_task")
+            task_row.wait_for()
+            if os.environ.get("ORRERY_LAB_SCREENSHOT"):  # to look at the panel by hand
+                page.screenshot(path=os.environ["ORRERY_LAB_SCREENSHOT"])
+
+            status = page.locator(".orrery-StatusItem")
+            sync_api.expect(status).to_contain_text("CPU 1/2", timeout=UI_TIMEOUT_MS)
+            sync_api.expect(status).to_contain_text("store ")
+
+            task_row.locator("button.orrery-cancel").click()
+            with pytest.raises(TaskCancelledError):
+                runtime.get(ref, timeout=60)
+            cancelled = sidebar.locator("tr.orrery-task-row[data-state='CANCELLED']", has_text="lab_browser_task")
+            cancelled.wait_for()
+            assert cancelled.locator("button.orrery-cancel").count() == 0
+            sync_api.expect(status).to_contain_text("CPU 0/2", timeout=UI_TIMEOUT_MS)
+            assert sidebar.locator(".orrery-error").inner_text() == "", console
+        except Exception:
+            page.screenshot(path=FAILURE_SCREENSHOT)
+            print(f"screenshot: {FAILURE_SCREENSHOT}\nbrowser console:\n" + "\n".join(console[-40:]))
+            print(f"server log:\n{lab_app.log()}")
+            raise
+        finally:
+            browser.close()

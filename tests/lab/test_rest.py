@@ -1,0 +1,184 @@
+"""The /orrery/api endpoints of a real Jupyter server against a real cluster.
+
+The test process joins the cluster started by `runtime start --head` and submits work;
+the server (another process, a driver of its own) must see it through the state API.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import cloudpickle
+import pytest
+
+import runtime
+from runtime._testing.sync import SignalActor, wait_for
+from runtime.exceptions import TaskCancelledError
+
+from .jupyter_proc import start_jupyter
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.timeout(180)
+
+API = "/orrery/api"
+
+
+@runtime.remote
+def lab_blocked_task(started: str, release: str):
+    # Waits on a file, not on runtime.get: a task blocked in get gives its CPU back, and the
+    # metrics assertion needs the CPU held.
+    import os
+    import time
+
+    open(started, "w").close()
+    while not os.path.exists(release):
+        time.sleep(0.02)
+    return "released"
+
+
+def _task_rows(server, name: str, query: str = "") -> list[dict]:
+    body = server.get(f"{API}/tasks{query}")
+    assert body["connected"], body
+    return [t for t in body["tasks"] if t["name"].endswith(name)]
+
+
+def _running(server, name: str) -> dict | None:
+    rows = [t for t in _task_rows(server, name) if t["state"] == "RUNNING"]
+    return rows[0] if rows else None
+
+
+def test_endpoints_show_cluster_state_and_cancel_a_running_task(lab_server, lab_tmp):
+    server = lab_server
+    signal = runtime.remote(SignalActor).options(num_cpus=0).remote()
+    assert runtime.get(signal.is_set.remote(), timeout=60) is False  # the actor is up
+    started, release = lab_tmp / "started", lab_tmp / "release"
+    blocked = lab_blocked_task.remote(str(started), str(release))
+    kept = runtime.put(b"x" * (1024 * 1024))
+    wait_for(started.exists, timeout=60, what="the blocked task running")
+
+    clusters = server.get(f"{API}/clusters")
+    assert clusters["connected"] is True, clusters
+    assert clusters["nodes"] == 1 and clusters["alive_nodes"] == 1
+    assert clusters["resources_total"]["CPU"] == 2
+
+    nodes = server.get(f"{API}/nodes")["nodes"]
+    assert len(nodes) == 1
+    assert nodes[0]["state"] == "ALIVE" and nodes[0]["is_head_node"] is True
+    assert nodes[0]["resources_total"]["CPU"] == 2
+
+    metrics = server.get(f"{API}/metrics")
+    assert metrics["cpu"] == {"used": 1.0, "total": 2.0}, metrics  # the blocked task holds one CPU
+    assert metrics["object_store"]["capacity_bytes"] == 64 * 1024 * 1024
+    assert metrics["object_store"]["used_bytes"] >= 1024 * 1024, metrics
+
+    actors = server.get(f"{API}/actors")["actors"]
+    assert [a["state"] for a in actors if a["class_name"] == "SignalActor"] == ["ALIVE"], actors
+
+    objects = server.get(f"{API}/objects")["objects"]
+    assert kept.hex() in {o["object_id"] for o in objects}, objects
+
+    assert server.get(f"{API}/placement_groups")["placement_groups"] == []
+
+    row = wait_for(lambda: _running(server, "lab_blocked_task"), timeout=30,
+                   what="the blocked task listed as RUNNING by /orrery/api/tasks")
+    assert row["cell_id"] is None and row["cell"] is None  # submitted outside a notebook
+    # The cell filter is applied by the server: no task of ours belongs to this cell.
+    assert _task_rows(server, "lab_blocked_task", "?cell=no-such-cell") == []
+
+    status, body = server.request(f"{API}/tasks/{row['task_id']}/cancel", method="POST",
+                                  body=json.dumps({"force": False}).encode())
+    assert status == 200, (status, body)
+    assert body["cancelled"] is True
+    with pytest.raises(TaskCancelledError):
+        runtime.get(blocked, timeout=30)
+    wait_for(lambda: [t["state"] for t in _task_rows(server, "lab_blocked_task")] == ["CANCELLED"],
+             timeout=30, what="the task listed as CANCELLED")
+
+    # Cancelling it again is a conflict, not a success.
+    status, body = server.request(f"{API}/tasks/{row['task_id']}/cancel", method="POST", body=b"{}")
+    assert status == 409 and "no longer running" in body["message"], (status, body)
+    del kept
+
+
+def test_cell_filter_selects_the_tasks_of_one_cell(lab_server):
+    server = lab_server
+    from runtime._core import api_state, worker_state
+
+    @runtime.remote
+    def lab_tagged_task():
+        return 1
+
+    # What kernel_ext's cell tagger does before each cell runs (kernel_ext/cell_tags.py).
+    cell = {"notebook": "demo.ipynb", "cell_id": "cell-abc", "execution_count": 7}
+    api_state.current_cell = worker_state.current().current_cell = cell
+    try:
+        tagged = lab_tagged_task.remote()
+    finally:
+        api_state.current_cell = worker_state.current().current_cell = None
+    untagged = lab_tagged_task.remote()
+    assert runtime.get([tagged, untagged], timeout=30) == [1, 1]
+
+    rows = wait_for(lambda: _task_rows(server, "lab_tagged_task", "?cell=cell-abc"), timeout=30,
+                    what="the tagged task listed under ?cell=cell-abc")
+    assert len(rows) == 1 and rows[0]["cell"] == cell, rows
+    assert len(_task_rows(server, "lab_tagged_task")) == 2
+
+
+def test_bad_input_answers_4xx_with_a_message(lab_server):
+    server = lab_server
+    status, body = server.request(f"{API}/tasks/{'ab' * 12}/cancel", method="POST", body=b"")
+    assert status == 404 and "No task with id" in body["message"], (status, body)
+    status, body = server.request(f"{API}/tasks/not-hex/cancel", method="POST", body=b"")
+    assert status == 400 and "not a hex task id" in body["message"], (status, body)
+    status, body = server.request(f"{API}/tasks/{'ab' * 12}/cancel", method="POST", body=b"{force")
+    assert status == 400 and "not JSON" in body["message"], (status, body)
+    status, body = server.request(f"{API}/tasks/{'ab' * 12}/cancel", method="POST", body=b'{"force": "yes"}')
+    assert status == 400 and '"force" must be true or false' in body["message"], (status, body)
+    status, body = server.request(f"{API}/tasks?limit=zero")
+    assert status == 400 and "limit must be a positive integer" in body["message"], (status, body)
+
+
+def test_endpoints_need_the_token(lab_server):
+    for path in ("clusters", "nodes", "tasks", "actors", "placement_groups", "objects", "metrics"):
+        status, _ = lab_server.request(f"{API}/{path}", token="")
+        assert status == 403, (path, status)
+    status, _ = lab_server.request(f"{API}/tasks/{'ab' * 12}/cancel", method="POST", body=b"", token="wrong")
+    assert status == 403
+
+
+def test_no_cluster_answers_not_connected_quickly(lab_tmp, orrery_leak_check):
+    # No cluster was started in this TMPDIR, so "auto" finds none.
+    import os
+
+    env = dict(os.environ)
+    env.pop("RUNTIME_ADDRESS", None)
+    env.pop("RAY_ADDRESS", None)
+    server = start_jupyter(lab_tmp, env, app="server")
+    try:
+        for path in ("clusters", "nodes", "tasks", "metrics"):
+            t0 = time.monotonic()
+            body = server.get(f"{API}/{path}", timeout=15)
+            assert time.monotonic() - t0 < 5, f"{path} took {time.monotonic() - t0:.1f} s"
+            assert body["connected"] is False, body
+            assert "'auto'" in body["reason"], body  # it says where it looked
+    finally:
+        server.stop()
+
+
+def test_unreachable_address_answers_not_connected_quickly(lab_tmp, orrery_leak_check):
+    import os
+
+    from .jupyter_proc import free_port
+
+    env = dict(os.environ, RUNTIME_ADDRESS=f"127.0.0.1:{free_port()}")
+    server = start_jupyter(lab_tmp, env, app="server")
+    try:
+        t0 = time.monotonic()
+        body = server.get(f"{API}/clusters", timeout=15)
+        assert time.monotonic() - t0 < 5
+        assert body["connected"] is False and env["RUNTIME_ADDRESS"] in body["reason"], body
+    finally:
+        server.stop()
