@@ -9,7 +9,7 @@ import cloudpickle
 
 from . import api_state, worker_state
 from .ids import ActorID, TaskID
-from .options import ACTOR_OPTIONS, METHOD_OPTIONS, demand_of, env_of, validate
+from .options import ACTOR_OPTIONS, METHOD_OPTIONS, demand_of, env_of, resolve_placement, validate
 from .task_spec import TaskSpec
 
 
@@ -71,6 +71,7 @@ class ActorClass:
         spec = {"nb": len(so.buffers), "a": so.meta, "d": [["r", r._id, r._owner, None, 0] for r in deps],
                 "is_async": self._meta["is_async"], "max_concurrency": options.get("max_concurrency"),
                 "demand": demand_of(options, 0)}
+        spec["demand"], spec["pg"] = resolve_placement(options, spec["demand"], cw)
         bufs = [self._blob, *so.buffers]
         if so.total_bytes >= cw.config.max_inline_bytes and so.buffers:
             args_ref = cw.put_args(so)

@@ -25,6 +25,7 @@ from ..exceptions import (
     GetTimeoutError,
     ObjectLostError,
     OwnerDiedError,
+    PlacementGroupError,
     TaskCancelledError,
     TaskError,
     WorkerCrashedError,
@@ -163,6 +164,7 @@ class CoreWorker:
         # submits now belongs to: set by the notebook extension in a driver, and from the
         # task being run in a worker, so child tasks carry their parent's cell.
         self.current_cell: dict | None = None
+        self.current_pg: list | None = None  # placement group the running task captures children into
         self.object_cells: dict[bytes, dict] = {}  # owned object -> the cell that created it
         self.task_events = te.TaskEventBuffer(self.address)
         self._events_armed = False
@@ -762,6 +764,8 @@ class CoreWorker:
             msg["ar"] = [spec.nested[0]._id, self.address]
         if spec.cell is not None:
             msg["cl"] = spec.cell
+        if spec.pg is not None:
+            msg["pg"] = spec.pg
         if spec.actor_id:
             msg["m"] = spec.method
         else:
@@ -935,6 +939,30 @@ class CoreWorker:
         for oid, spec in list(self.tasks.items()):
             if getattr(spec, "parent", None) == parent_task_id:
                 self._cancel_on_loop(oid, False, True)
+
+    # -- placement groups ------------------------------------------------------------------------
+    def placement_group_ready(self, pg: Any) -> ObjectRef:
+        """An owned ref that the control store resolves when the group is created."""
+        oid = ObjectID.new()
+        self.store.create_pending(oid)
+        ref = ObjectRef(oid, self.address)
+
+        async def wait() -> None:
+            try:
+                reply, _ = await self.gcs_request({"op": "wait_pg", "pg_id": pg.id, "timeout": None},
+                                                  timeout=10 ** 9)
+                if reply["ready"]:
+                    so = serialize(pg)
+                    self.store.set_inline(oid, so.meta, [bytes(b) for b in so.buffers], [])
+                else:
+                    self.store.set_error(oid, PlacementGroupError(f"placement group {pg.id[:12]} was removed "
+                                                                  "before it was ready"))
+            except Exception as e:  # noqa: BLE001 - the control store went away: say so on get()
+                self.store.set_error(oid, PlacementGroupError(f"could not learn whether placement group "
+                                                              f"{pg.id[:12]} is ready: {e}"))
+
+        self.on_loop(lambda: self.spawn(wait()))
+        return ref
 
     # -- task events -------------------------------------------------------------------------
     def task_event(self, spec: TaskSpec, state: str, extra: Any = None) -> None:

@@ -98,3 +98,34 @@ def env_of(options: dict, job_env: dict | None) -> dict[str, str]:
 
 def sched_key(demand: dict, env: dict) -> str:
     return json.dumps([sorted(demand.items()), sorted(env.items())])
+
+
+def resolve_placement(options: dict, demand: dict[str, float], cw: Any) -> tuple[dict[str, float], list | None]:
+    """A task or actor placed in a placement group asks for the group's resources instead of
+    plain ones (see runtime/node/resources.py). Returns (demand, what its children inherit):
+    with capture_child_tasks, the tasks it submits go into the same group."""
+    from ..node.resources import demand_in_group
+    ss = options.get("scheduling_strategy")
+    pg = options.get("placement_group")
+    index = options.get("placement_group_bundle_index", -1)
+    capture = options.get("placement_group_capture_child_tasks")
+    if getattr(ss, "_strategy_kind", "") == "placement_group":
+        pg, index, capture = ss.placement_group, ss.placement_group_bundle_index, ss.placement_group_capture_child_tasks
+    elif pg == "default":
+        pg = None
+    if pg is None and ss is None and cw.mode == "worker" and getattr(cw, "current_pg", None):
+        from ..util.placement_group import PlacementGroup
+        pg_id, bundles, strategy, name = cw.current_pg
+        pg, index, capture = PlacementGroup(pg_id, bundles, strategy, name), -1, True
+    if pg is None:
+        return demand, None
+    bundles = pg.bundle_specs
+    if not isinstance(index, int) or not -1 <= index < len(bundles):
+        raise ValueError(f"placement_group_bundle_index must be -1 (any bundle) or 0..{len(bundles) - 1}, got {index!r}.")
+    candidates = bundles if index < 0 else [bundles[index]]
+    if not any(all(b.get(k, 0.0) + 1e-9 >= v for k, v in demand.items()) for b in candidates):
+        where = "any bundle" if index < 0 else f"bundle {index} ({bundles[index]})"
+        raise ValueError(f"This task or actor asks for {demand}, more than {where} of placement group "
+                         f"{pg.id[:12]} holds (bundles: {bundles}); ask for less or make the bundles bigger.")
+    inherit = [pg.id, bundles, pg.strategy, pg.name] if capture else None
+    return demand_in_group(demand, pg.id, index), inherit

@@ -9,7 +9,7 @@ import cloudpickle
 
 from . import api_state
 from .ids import TaskID
-from .options import TASK_OPTIONS, demand_of, env_of, sched_key, validate
+from .options import TASK_OPTIONS, demand_of, env_of, resolve_placement, sched_key, validate
 from .task_spec import TaskSpec
 
 
@@ -52,7 +52,7 @@ class RemoteFunction:
         num_returns = options.get("num_returns", 1)
         so, deps = cw.prepare_args(args, kwargs, f"`{self.__name__}`")
         task_id = TaskID.new()
-        demand = demand_of(options, 1)
+        demand, pg_inherit = resolve_placement(options, demand_of(options, 1), cw)
         env = env_of(options, api_state.job_runtime_env)
         max_retries = options.get("max_retries")
         spec = TaskSpec(task_id=task_id, name=self.__qualname__, fid=fid, fn_blob=blob,
@@ -60,6 +60,7 @@ class RemoteFunction:
                         demand=demand, env=env, max_retries=3 if max_retries is None else max_retries,
                         retry_exceptions=options.get("retry_exceptions") or False, sched_key=sched_key(demand, env))
         spec.parent = cw.current_task_id if cw.mode == "worker" else None
+        spec.pg = pg_inherit
         refs = cw.submit_task(spec, so, deps)
         if num_returns == 1:
             return refs[0]

@@ -28,6 +28,7 @@ from typing import Any
 from .. import owner_pipe
 from ..config import SystemConfig
 from ..jobs.manager import JobManager
+from .placement import PlacementGroupManager
 from ..rpc.connection import Connection, connect, serve
 
 logger = logging.getLogger("runtime.gcs")
@@ -85,6 +86,7 @@ class ControlStore:
         # so the oldest finished tasks are dropped first when it is full).
         self.tasks: collections.OrderedDict[str, dict] = collections.OrderedDict()
         self.task_owner_conns: dict[str, Connection] = {}
+        self.placement_groups = PlacementGroupManager(self)
         self.job_counter = itertools.count(1)
         self.handlers = {
             "register_node": self.on_register_node, "heartbeat": self.on_heartbeat,
@@ -96,7 +98,9 @@ class ControlStore:
             "task_events": self.on_task_events, "list_tasks": self.on_list_tasks,
             "cancel_task": self.on_cancel_task, "kv_put": self.on_kv_put,
             "submit_job": self.on_submit_job, "job_status": self.on_job_status, "job_logs": self.on_job_logs,
-            "job_artifact": self.on_job_artifact, "stop_job": self.on_stop_job, "kv_get": self.on_kv_get, "kv_del": self.on_kv_del,
+            "job_artifact": self.on_job_artifact, "stop_job": self.on_stop_job,
+            "create_pg": self.on_create_pg, "wait_pg": self.on_wait_pg, "remove_pg": self.on_remove_pg,
+            "get_pg": self.on_get_pg, "list_pgs": self.on_list_pgs, "kv_get": self.on_kv_get, "kv_del": self.on_kv_del,
             "shutdown_cluster": self.on_shutdown_cluster,
         }
 
@@ -126,10 +130,12 @@ class ControlStore:
                 for rec in self.actors.values():
                     if rec.node_id == node["node_id"] and rec.state in (ALIVE, PENDING, RESTARTING):
                         self._actor_failed(rec, "its node died")
+                self.placement_groups.node_died(node["node_id"])
         job_id = info.get("job_id")
         if info.get("kind") == "driver" and job_id in self.jobs:
             job = self.jobs[job_id]
             job["status"], job["end_time"] = "FINISHED", time.time()
+            self.placement_groups.owner_gone(job_id)
             for rec in list(self.actors.values()):
                 if rec.job_id == job_id and not rec.detached and rec.state != DEAD:
                     self._kill(rec, no_restart=True, reason="its owner (the driver of job "
@@ -169,6 +175,25 @@ class ControlStore:
     def on_list_jobs(self, conn: Connection, msg: dict, bufs: list) -> dict:
         drivers = [{**j, "type": "DRIVER"} for j in self.jobs.values()]
         return {"jobs": drivers + self.job_manager.list()}
+
+    # -- placement groups (placement.py) ----------------------------------------------------
+    def on_create_pg(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return self.placement_groups.create(msg, conn.peer_info.get("job_id") or msg.get("job_id", ""))
+
+    async def on_wait_pg(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return {"ready": await self.placement_groups.wait(msg["pg_id"], msg.get("timeout"))}
+
+    async def on_remove_pg(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        await self.placement_groups.remove(msg["pg_id"])
+        return {}
+
+    def on_get_pg(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        if msg.get("name"):
+            return self.placement_groups.by_name(msg["name"], msg.get("namespace", ""))
+        return self.placement_groups.get(msg["pg_id"]).public()
+
+    def on_list_pgs(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return {"placement_groups": self.placement_groups.list()}
 
     # -- submitted jobs (runtime/jobs/manager.py) ------------------------------------------
     async def on_submit_job(self, conn: Connection, msg: dict, bufs: list) -> dict:

@@ -26,7 +26,8 @@ from .. import config as config_mod
 from .. import owner_pipe
 from ..rpc.connection import Connection, connect, serve
 from .object_store import ObjectStoreManager
-from .resources import LeaseQueue, LeaseRequest, ResourcePool, normalize
+from .resources import (LeaseQueue, LeaseRequest, ResourcePool, bundle_resources, is_group_resource,
+                        normalize)
 from .zygote import become_subreaper, request_worker, start_zygote
 
 logger = logging.getLogger("runtime.node")
@@ -79,6 +80,7 @@ class NodeDaemon:
         self.gcs: Connection | None = None
         self.stopping = False
         self.infeasible_warned: set[str] = set()
+        self.bundles: dict[str, dict] = {}  # placement group id -> its bundles reserved here
         self.exit_codes: dict[int, int] = {}
         self.handlers = {
             "hello": self.on_hello, "lease": self.on_lease, "return_lease": self.on_return_lease,
@@ -88,6 +90,8 @@ class NodeDaemon:
             "free_objects": self.on_free_objects, "restore_object": self.on_restore_object,
             "get_resources": self.on_get_resources, "list_objects": self.on_list_objects,
             "node_info": self.on_node_info, "shutdown": self.on_shutdown,
+            "prepare_bundles": self.on_prepare_bundles, "commit_bundles": self.on_commit_bundles,
+            "cancel_bundles": self.on_cancel_bundles,
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -229,7 +233,53 @@ class NodeDaemon:
         self._schedule()
         return fut
 
+    # -- placement group bundles (two-phase: the control store prepares on every node, then commits)
+    def on_prepare_bundles(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        pg_id = msg["pg_id"]
+        if pg_id in self.bundles:
+            return {"ok": True}
+        base: dict[str, float] = {}
+        for _index, bundle in msg["bundles"]:
+            for k, v in normalize(bundle).items():
+                base[k] = base.get(k, 0.0) + v
+        if not self.pool.fits(base):
+            return {"ok": False, "reason": f"node {self.node_id[:8]} has {self.pool.available} free, "
+                                          f"the bundles need {base}"}
+        gpus = self.pool.acquire(base)
+        self.bundles[pg_id] = {"bundles": msg["bundles"], "base": base, "gpus": gpus, "extra": {}}
+        return {"ok": True}
+
+    def on_commit_bundles(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        rec = self.bundles.get(msg["pg_id"])
+        if rec is None:
+            raise ValueError(f"placement group {msg['pg_id']} was not prepared on node {self.node_id[:8]}")
+        if not rec["extra"]:
+            extra: dict[str, float] = {}
+            for index, bundle in rec["bundles"]:
+                for k, v in bundle_resources(msg["pg_id"], index, normalize(bundle)).items():
+                    extra[k] = extra.get(k, 0.0) + v
+            rec["extra"] = extra
+            self.pool.add_resources(extra)
+            self._schedule()
+        return {"ok": True}
+
+    def on_cancel_bundles(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        """Undo a prepare, or remove a committed group: its tasks' and actors' workers are killed."""
+        pg_id = msg["pg_id"]
+        rec = self.bundles.pop(pg_id, None)
+        if rec is None:
+            return {"ok": True}
+        for worker in list(self.workers.values()):
+            if any(pg_id in k for k in worker.demand):
+                self._kill(worker)
+        self.pool.remove_resources(rec["extra"])
+        self.pool.release(rec["base"], rec["gpus"])
+        self._schedule()
+        return {"ok": True}
+
     def _warn_infeasible(self, conn: Connection, demand: dict) -> None:
+        if any(is_group_resource(k) for k in demand):
+            return  # waits for its placement group, whose own state says why it is pending
         text = (f"A task or actor requires {demand}, but this node has only {self.pool.total}; it will wait "
                 "until a node with enough resources joins. Lower the request or add resources.")
         key = json.dumps(demand, sort_keys=True)

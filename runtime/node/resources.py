@@ -54,8 +54,25 @@ class ResourcePool:
 
     def release(self, demand: dict[str, float], gpu_ids: list[int] = ()) -> None:
         for k, v in demand.items():
+            if k not in self.total:  # a placement group's resource, gone with its group
+                continue
             self.available[k] = min(self.total.get(k, 0.0), self.available.get(k, 0.0) + v)
         self.free_gpu_ids = sorted(set(self.free_gpu_ids) | set(gpu_ids))
+
+    def add_resources(self, extra: dict[str, float]) -> None:
+        """New named resources (a committed placement-group bundle's), available at once."""
+        for k, v in extra.items():
+            self.total[k] = self.total.get(k, 0.0) + v
+            self.available[k] = self.available.get(k, 0.0) + v
+
+    def remove_resources(self, extra: dict[str, float]) -> None:
+        """Take back what add_resources gave; names left with nothing disappear."""
+        for k, v in extra.items():
+            self.total[k] = self.total.get(k, 0.0) - v
+            self.available[k] = self.available.get(k, 0.0) - v
+            if self.total[k] <= EPS:
+                self.total.pop(k, None)
+                self.available.pop(k, None)
 
     def lend_cpu(self, cpus: float) -> None:
         self.available["CPU"] = self.available.get("CPU", 0.0) + cpus
@@ -103,3 +120,34 @@ class LeaseQueue:
 
     def demand_summary(self) -> list[dict[str, float]]:
         return [r.demand for r in self.waiting.values()]
+
+
+# -- placement groups -------------------------------------------------------------------------
+# As in Ray, a committed bundle turns its share of the node into resources named after the
+# group: `CPU_group_<i>_<pg>` (bundle i) and `CPU_group_<pg>` (any bundle of the group), plus
+# `bundle_group_...` so that tasks asking for nothing can still be placed in a bundle. A task
+# scheduled into a group asks for those names instead of plain CPU, so only the group's
+# reservation can serve it, and the rest of the node cannot.
+BUNDLE_UNIT = 1000.0  # bundle_group_* per bundle; a task in a bundle asks for 0.001 of it
+
+
+def bundle_resources(pg_id: str, index: int, bundle: dict[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in bundle.items():
+        out[f"{k}_group_{index}_{pg_id}"] = v
+        out[f"{k}_group_{pg_id}"] = v
+    out[f"bundle_group_{index}_{pg_id}"] = BUNDLE_UNIT
+    out[f"bundle_group_{pg_id}"] = BUNDLE_UNIT
+    return out
+
+
+def demand_in_group(demand: dict[str, float], pg_id: str, index: int) -> dict[str, float]:
+    """What a task asking for `demand` must ask for to run in bundle `index` (-1: any bundle)."""
+    suffix = f"_group_{pg_id}" if index < 0 else f"_group_{index}_{pg_id}"
+    out = {k + suffix: v for k, v in demand.items()}
+    out["bundle" + suffix] = BUNDLE_UNIT / 1_000_000
+    return out
+
+
+def is_group_resource(name: str) -> bool:
+    return "_group_" in name

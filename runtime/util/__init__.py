@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from . import state
+from . import scheduling_strategies, state
 from .actor_pool import ActorPool
+from .placement_group import (
+    PlacementGroup,
+    get_current_placement_group,
+    get_placement_group,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
 from .serialization import deregister_serializer, inspect_serializability, register_serializer
 
-__all__ = ["ActorPool", "deregister_serializer", "inspect_serializability", "register_serializer", "state"]
+__all__ = ["ActorPool", "PlacementGroup", "deregister_serializer", "get_current_placement_group",
+           "get_placement_group", "inspect_serializability", "placement_group", "placement_group_table",
+           "register_serializer", "remove_placement_group", "scheduling_strategies", "state"]

@@ -100,5 +100,6 @@ def cancel_task(task_id: str, force: bool = False) -> bool:
 
 
 def list_placement_groups(filters: list | None = None, limit: int | None = None) -> list[dict]:
-    """Placement groups (none until placement groups are built; kept so callers need no special case)."""
-    return _filter([], filters, limit)
+    """Placement groups: placement_group_id, name, strategy, state, bundles, bundle_nodes (the node
+    of each bundle), pending_reason (why it is not placed yet), is_detached, cell."""
+    return _filter(_gcs({"op": "list_pgs"})["placement_groups"], filters, limit)

@@ -42,6 +42,7 @@ class Executor:
         self.main_ident = threading.get_ident()
         self.instance: Any = None
         self.actor_mode = ""
+        self.actor_pg: list | None = None  # placement group an actor captures its children into
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.actor_loop: asyncio.AbstractEventLoop | None = None
         self.actor_sem: asyncio.Semaphore | None = None
@@ -142,6 +143,7 @@ class Executor:
         cw.current_task_id = msg["t"]
         cw.current_task_name = msg["n"]
         cw.current_cell = msg.get("cl")
+        cw.current_pg = msg.get("pg", self.actor_pg)
         cw.job_id, cw.namespace = msg["job"], msg["ns"]
         gpus = msg.get("gpu")
         if gpus is not None:
@@ -227,6 +229,7 @@ class Executor:
         if gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
         cw.assigned_resources = spec.get("demand") or {}
+        cw.current_pg = self.actor_pg = spec.get("pg")
         try:
             cls = cloudpickle.loads(bufs[0])
             call = {"nb": spec["nb"], "a": spec["a"], "d": spec["d"], "ar": spec.get("ar")}
