@@ -279,6 +279,25 @@ def actor_create(bench: Bench) -> float:
             ray.kill(a)
 
 
+@workload("pg_create_remove_per_s")
+def pg_create_remove(bench: Bench) -> float:
+    """Create a [{"CPU": 1}] placement group, wait until it is ready, remove it; repeated."""
+    import importlib
+    util = importlib.import_module(f"{bench.backend}.util")
+    n = 20
+    warm = util.placement_group([{"CPU": 1}])
+    bench.ray.get(warm.ready())
+    util.remove_placement_group(warm)
+
+    def run():
+        for _ in range(n):
+            pg = util.placement_group([{"CPU": 1}])
+            bench.ray.get(pg.ready())
+            util.remove_placement_group(pg)
+
+    return n / _elapsed(run)
+
+
 # --------------------------------------------------------------------------- small objects
 
 

@@ -196,7 +196,7 @@ class ClusterMagics(Magics):
     @argument("--as", dest="as_name", default=None, help="Name to bind the --async ObjectRef to.")
     @argument("--session", default=None, help="Run in a persistent session namespace (created on first use).")
     @argument("--spread", type=int, default=None, help="Run on N workers; the value and names come back as lists.")
-    @argument("--pg", default=None, help="Run in a placement group bundle (not available yet).")
+    @argument("--pg", default=None, help="Run in placement group NAME (any bundle) or NAME:BUNDLE.")
     @line_cell_magic
     def remote(self, line: str, cell: str | None = None) -> Any:
         """Run this cell (or, as %remote EXPR, one expression) as a task in the cluster."""
@@ -209,9 +209,6 @@ class ClusterMagics(Magics):
         else:
             args = parse_argstring(self.remote, line)
             source, first_line = cell, 2  # the cell's first line is the %%remote line
-        if args.pg is not None:
-            raise UsageError("--pg needs placement groups, which this version does not have yet; run the cell "
-                             "without it (resources can be asked for with --num-cpus, --num-gpus, --resources).")
         if args.spread is not None and (args.spread < 1 or args.session or args.is_async):
             raise UsageError("--spread N takes N >= 1 and cannot be combined with --session or --async.")
         if args.session is not None and not args.session.strip():

@@ -84,7 +84,26 @@ def task_options(args: Any, defaults: dict) -> dict:
         opts["runtime_env"] = {"env_vars": env_vars}
     if pick("retries") is not None:
         opts["max_retries"] = pick("retries")
+    if getattr(args, "pg", None):
+        opts["scheduling_strategy"] = _pg_strategy(args.pg)
     return opts
+
+
+def _pg_strategy(text: str) -> Any:
+    """--pg NAME or NAME:BUNDLE -> a PlacementGroupSchedulingStrategy for the named group."""
+    from runtime.util import get_placement_group
+    from runtime.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    name, _, index = text.partition(":")
+    try:
+        bundle = int(index) if index else -1
+    except ValueError:
+        raise UsageError(f"--pg takes NAME or NAME:BUNDLE with a bundle number, not {text!r}.") from None
+    try:
+        pg = get_placement_group(name)
+        return PlacementGroupSchedulingStrategy(pg, bundle, placement_group_capture_child_tasks=True)
+    except ValueError as e:
+        raise UsageError(f"--pg {text}: {e} Create it first with runtime.util.placement_group(..., name={name!r}).") \
+            from None
 
 
 def _json_arg(flag: str, text: str) -> dict:

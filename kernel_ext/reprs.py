@@ -13,6 +13,8 @@ def register_formatters(ipython: Any) -> None:
     formatter = ipython.display_formatter.formatters["text/html"]
     formatter.for_type(ObjectRef, _object_ref_html)
     formatter.for_type(ActorHandle, _actor_html)
+    from runtime.util.placement_group import PlacementGroup
+    formatter.for_type(PlacementGroup, _placement_group_html)
 
 
 def _object_ref_html(ref: Any) -> str:
@@ -28,3 +30,19 @@ def _object_ref_html(ref: Any) -> str:
 
 def _actor_html(handle: Any) -> str:
     return f"<code>{html.escape(repr(handle))}</code>"
+
+
+def _placement_group_html(pg: Any) -> str:
+    from runtime.util import placement_group_table
+    try:
+        row = placement_group_table(pg)
+    except Exception:  # noqa: BLE001 - a display must never raise
+        row = {"state": "unknown", "bundle_nodes": [], "pending_reason": ""}
+    nodes = row.get("bundle_nodes") or []
+    bundles = "".join(f"<li>{i}: {html.escape(str(b))}"
+                      + (f" on node <code>{html.escape(nodes[i][:8])}</code>" if i < len(nodes) else "") + "</li>"
+                      for i, b in enumerate(pg.bundle_specs))
+    why = f"<br><small>{html.escape(row['pending_reason'])}</small>" if row.get("pending_reason") else ""
+    name = f" <b>{html.escape(pg.name)}</b>" if pg.name else ""
+    return (f"<code>PlacementGroup({html.escape(pg.id[:12])})</code>{name} {html.escape(pg.strategy)}, "
+            f"{html.escape(row['state'])}{why}<ul>{bundles}</ul>")

@@ -127,7 +127,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     import runtime
     from ..util import state
     fn = {"nodes": state.list_nodes, "actors": state.list_actors, "objects": state.list_objects,
-          "jobs": state.list_jobs, "tasks": state.list_tasks}[args.what]
+          "jobs": state.list_jobs, "tasks": state.list_tasks,
+          "placement-groups": state.list_placement_groups}[args.what]
     try:
         rows = fn()
     finally:
@@ -159,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("stop", help="stop the cluster started by `runtime start`").set_defaults(fn=_cmd_stop)
     sub.add_parser("status", help="nodes, resources and object-store use").set_defaults(fn=_cmd_status)
     sub.add_parser("memory", help="objects: size, owner, reference kinds, spilled").set_defaults(fn=_cmd_memory)
-    ls = sub.add_parser("list", help="list nodes, actors, objects, jobs or tasks")
-    ls.add_argument("what", choices=["nodes", "actors", "objects", "jobs", "tasks"])
+    ls = sub.add_parser("list", help="list nodes, actors, objects, jobs, tasks or placement groups")
+    ls.add_argument("what", choices=["nodes", "actors", "objects", "jobs", "tasks", "placement-groups"])
     ls.set_defaults(fn=_cmd_list)
     d = sub.add_parser("demo", help="a short tour on an embedded cluster")
     d.add_argument("--notebook", help="then run this notebook as a batch job on the same cluster")

@@ -169,8 +169,21 @@ def test_attach_unknown_session_says_which_exist(ip):
 def test_spread_and_session_bad_combinations(ip):
     with pytest.raises(UsageError, match="--spread N takes N >= 1"):
         run(ip, "%%remote --spread 0\n1")
-    with pytest.raises(UsageError, match="--pg needs placement groups"):
-        run(ip, "%%remote --pg mygroup\n1")
+    with pytest.raises(UsageError, match="--pg nogroup: No placement group named 'nogroup'"):
+        run(ip, "%%remote --pg nogroup\n1")
+
+
+def test_pg_runs_the_cell_in_a_bundle_of_a_named_group(ip):
+    from runtime.util import placement_group, remove_placement_group
+    pg = placement_group([{"CPU": 1}, {"CPU": 1}], name="cellgroup")
+    try:
+        runtime.get(pg.ready(), timeout=20)
+        got = run(ip, "%%remote --pg cellgroup:1\nimport runtime\nruntime.get_runtime_context().get_assigned_resources()")
+        assert got[f"CPU_group_1_{pg.id}"] == 1.0
+        html = ip.display_formatter.formatters["text/html"](pg)
+        assert "cellgroup" in html and "CREATED" in html and "on node" in html
+    finally:
+        remove_placement_group(pg)
 
 
 def test_output_that_arrives_before_the_route_is_kept_for_the_cell(shared_runtime):

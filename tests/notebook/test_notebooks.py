@@ -74,3 +74,5 @@ def test_resources_notebook_runs(tmp_path):
     out = "\n".join(text_of(c) for c in nb.cells if c.cell_type == "code")
     assert "still pending: 1" in out and "cancelled" in out
     assert "hello from a half-CPU cell" in out and "{'CPU': 0.5}" in out
+    assert "CREATED - CPUs left outside the group: 0" in out and "CPU_group_1_" in out  # placement groups
+    assert "in bundle 0 of pair" in out and "STRICT_SPREAD needs 2 nodes" in out and "CPUs free again: 2.0" in out

@@ -123,3 +123,19 @@ def test_progress_returns_values_and_prints_text_lines_when_slow(shared_runtime,
                      daemon=True).start()
     assert progress(refs, desc="gated", show_after=0.0) == [0, 1, 2, 3]
     runtime.kill(signal)
+
+
+def test_placement_groups_tab_shows_strategy_state_and_nodes(ip):
+    from runtime.util import placement_group, remove_placement_group
+    pg = placement_group([{"CPU": 0.5}], strategy="SPREAD", name="shown")
+    widget = ClusterWidget(ip.user_ns)
+    try:
+        runtime.get(pg.ready(), timeout=20)
+        widget.refresh()
+        pane = widget.panes["Placement groups"].value
+        assert "shown" in pane and "SPREAD" in pane and "CREATED" in pane
+        node = runtime.get_runtime_context().get_node_id()
+        assert node[:8] in pane
+    finally:
+        widget.close()
+        remove_placement_group(pg)
