@@ -21,7 +21,7 @@ demo: $(VENV)/.installed
 
 # JupyterLab on notebooks/ with the extension and the lab sidebar installed.
 lab: $(VENV)/.installed
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: $(VENV)/.installed
 	$(VPY) -m pytest -q tests
