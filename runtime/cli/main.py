@@ -79,6 +79,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         nodes = runtime.nodes()
         total, avail = runtime.cluster_resources(), runtime.available_resources()
         stores = state.object_store_stats()
+        groups = state.list_placement_groups()
+        demand = [d for n in state.node_stats() for d in (n.get("pending_demand") or [])]
     finally:
         runtime.shutdown()
     print(f"Nodes: {sum(1 for n in nodes if n['Alive'])} alive, {sum(1 for n in nodes if not n['Alive'])} dead")
@@ -97,6 +99,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for s in stores:
         print(f"Object store: {s['used_bytes'] / 2**20:.1f} MiB used of {s['capacity_bytes'] / 2**20:.0f} MiB, "
               f"{s['num_objects']} objects, {s['spilled_objects']} spilled")
+    live = [g for g in groups if g["state"] != "REMOVED"]
+    print(f"Placement groups: {len(live) or 'none'}")
+    for g in live:
+        where = ", ".join(f"{i}:{n[:8]}" for i, n in enumerate(g["bundle_nodes"])) or g["pending_reason"]
+        print(f"  {g['placement_group_id'][:12]} {g['name'] or '-'} {g['strategy']} {g['state']}  {where}")
+    shown = [{k: v for k, v in d.items() if "_group_" not in k} for d in demand]
+    print("Pending demand: " + (", ".join(json.dumps(d) for d in shown if d) or "none"))
     return 0
 
 

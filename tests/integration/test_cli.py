@@ -190,3 +190,23 @@ def test_named_actors_isolated_by_namespace_between_drivers(cli):
         holder.stdin.close()
         holder.wait(timeout=30)
     assert holder.returncode == 0, holder.stderr.read()
+
+
+def test_status_shows_placement_groups_with_their_nodes_and_pending_ones(cli):
+    cli.run("start", "--head", "--port", str(_free_port()), "--num-cpus", "2")
+    out = cli.driver("""
+        import runtime
+        from runtime.util import placement_group
+        runtime.init(address="auto")
+        pg = placement_group([{"CPU": 1}], name="placed", lifetime="detached")
+        pending = placement_group([{"CPU": 8}], name="toobig", lifetime="detached")
+        assert pg.wait(20)
+        print(runtime.get_runtime_context().get_node_id()[:8])
+        runtime.shutdown()
+    """)
+    node = out.strip().splitlines()[-1]
+    status = cli.run("status").stdout
+    assert "Placement groups: 2" in status
+    assert f"placed PACK CREATED  0:{node}" in status
+    assert "toobig PACK PENDING  infeasible" in status
+    assert "Pending demand: none" in status
