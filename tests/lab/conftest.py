@@ -54,12 +54,22 @@ def head_cluster(cli: Any) -> Iterator[HeadCluster]:
     yield HeadCluster(cli, ctx.address_info["address"])
 
 
-@pytest.fixture
-def lab_server(head_cluster: HeadCluster, lab_tmp: Path) -> Iterator[JupyterServer]:
-    """`jupyter server` with the extension enabled and RUNTIME_ADDRESS set to the cluster."""
+def _jupyter(head_cluster: HeadCluster, lab_tmp: Path, app: str) -> Iterator[JupyterServer]:
     env = dict(head_cluster.env, RUNTIME_ADDRESS=head_cluster.address)
-    server = start_jupyter(lab_tmp, env, app="server")
+    server = start_jupyter(lab_tmp, env, app=app)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def lab_server(head_cluster: HeadCluster, lab_tmp: Path) -> Iterator[JupyterServer]:
+    """`jupyter server` with the extension enabled and RUNTIME_ADDRESS set to the cluster."""
+    yield from _jupyter(head_cluster, lab_tmp, "server")
+
+
+@pytest.fixture
+def lab_app(head_cluster: HeadCluster, lab_tmp: Path) -> Iterator[JupyterServer]:
+    """`jupyter lab` (the frontend too), likewise."""
+    yield from _jupyter(head_cluster, lab_tmp, "lab")

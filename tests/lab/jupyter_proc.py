@@ -109,3 +109,15 @@ def start_jupyter(tmp: Path, env: dict, app: str = "server") -> JupyterServer:
         server.stop()
         raise
     return server
+
+
+def hold_cpu_until(started: str, release: str) -> str:
+    """Body of the tests' blocked task: it waits on a file, not on runtime.get, because a task
+    blocked in get gives its CPU back and the tests check the CPU is held."""
+    import os
+    import time
+
+    open(started, "w").close()
+    while not os.path.exists(release):
+        time.sleep(0.02)  # polls the test's release file; the test itself never sleeps
+    return "released"

@@ -21,9 +21,11 @@ import runtime
 from runtime._testing.sync import wait_for
 from runtime.exceptions import TaskCancelledError
 
-from .jupyter_proc import start_jupyter
+from . import jupyter_proc
+from .jupyter_proc import hold_cpu_until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
+cloudpickle.register_pickle_by_value(jupyter_proc)  # workers cannot import the tests' modules
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -74,26 +76,7 @@ def _open_command_palette(page, sync_api) -> None:
                 raise
 
 
-@runtime.remote
-def lab_browser_task(started: str, release: str):
-    # Waits on a file rather than on runtime.get, so it holds its CPU (the status bar shows it).
-    import os
-    import time
-
-    open(started, "w").close()
-    while not os.path.exists(release):
-        time.sleep(0.02)
-    return "released"
-
-
-@pytest.fixture
-def lab_app(head_cluster, lab_tmp: Path):
-    env = dict(head_cluster.env, RUNTIME_ADDRESS=head_cluster.address)
-    server = start_jupyter(lab_tmp, env, app="lab")
-    try:
-        yield server
-    finally:
-        server.stop()
+lab_browser_task = runtime.remote(hold_cpu_until)
 
 
 def test_sidebar_shows_cluster_and_cancels_a_running_task(lab_app, lab_tmp: Path):
@@ -125,7 +108,7 @@ def test_sidebar_shows_cluster_and_cancels_a_running_task(lab_app, lab_tmp: Path
             node_row.first.wait_for()
             assert "(head)" in node_row.first.inner_text() and "ALIVE" in node_row.first.inner_text()
 
-            task_row = sidebar.locator("tr.orrery-task-row[data-state='RUNNING']", has_text="lab_browser_task")
+            task_row = sidebar.locator("tr.orrery-task-row[data-state='RUNNING']", has_text="hold_cpu_until")
             task_row.wait_for()
             if os.environ.get("ORRERY_LAB_SCREENSHOT"):  # to look at the panel by hand
                 page.screenshot(path=os.environ["ORRERY_LAB_SCREENSHOT"])
@@ -137,7 +120,7 @@ def test_sidebar_shows_cluster_and_cancels_a_running_task(lab_app, lab_tmp: Path
             task_row.locator("button.orrery-cancel").click()
             with pytest.raises(TaskCancelledError):
                 runtime.get(ref, timeout=60)
-            cancelled = sidebar.locator("tr.orrery-task-row[data-state='CANCELLED']", has_text="lab_browser_task")
+            cancelled = sidebar.locator("tr.orrery-task-row[data-state='CANCELLED']", has_text="hold_cpu_until")
             cancelled.wait_for()
             assert cancelled.locator("button.orrery-cancel").count() == 0
             sync_api.expect(status).to_contain_text("CPU 0/2", timeout=UI_TIMEOUT_MS)

@@ -17,26 +17,18 @@ import runtime
 from runtime._testing.sync import SignalActor, wait_for
 from runtime.exceptions import TaskCancelledError
 
-from .jupyter_proc import start_jupyter
+from . import jupyter_proc
+from .jupyter_proc import hold_cpu_until, start_jupyter
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
+cloudpickle.register_pickle_by_value(jupyter_proc)  # workers cannot import the tests' modules
 
 pytestmark = pytest.mark.timeout(180)
 
 API = "/orrery/api"
 
 
-@runtime.remote
-def lab_blocked_task(started: str, release: str):
-    # Waits on a file, not on runtime.get: a task blocked in get gives its CPU back, and the
-    # metrics assertion needs the CPU held.
-    import os
-    import time
-
-    open(started, "w").close()
-    while not os.path.exists(release):
-        time.sleep(0.02)
-    return "released"
+lab_blocked_task = runtime.remote(hold_cpu_until)
 
 
 def _task_rows(server, name: str, query: str = "") -> list[dict]:
@@ -82,11 +74,11 @@ def test_endpoints_show_cluster_state_and_cancel_a_running_task(lab_server, lab_
 
     assert server.get(f"{API}/placement_groups")["placement_groups"] == []
 
-    row = wait_for(lambda: _running(server, "lab_blocked_task"), timeout=30,
+    row = wait_for(lambda: _running(server, "hold_cpu_until"), timeout=30,
                    what="the blocked task listed as RUNNING by /orrery/api/tasks")
     assert row["cell_id"] is None and row["cell"] is None  # submitted outside a notebook
     # The cell filter is applied by the server: no task of ours belongs to this cell.
-    assert _task_rows(server, "lab_blocked_task", "?cell=no-such-cell") == []
+    assert _task_rows(server, "hold_cpu_until", "?cell=no-such-cell") == []
 
     status, body = server.request(f"{API}/tasks/{row['task_id']}/cancel", method="POST",
                                   body=json.dumps({"force": False}).encode())
@@ -94,7 +86,7 @@ def test_endpoints_show_cluster_state_and_cancel_a_running_task(lab_server, lab_
     assert body["cancelled"] is True
     with pytest.raises(TaskCancelledError):
         runtime.get(blocked, timeout=30)
-    wait_for(lambda: [t["state"] for t in _task_rows(server, "lab_blocked_task")] == ["CANCELLED"],
+    wait_for(lambda: [t["state"] for t in _task_rows(server, "hold_cpu_until")] == ["CANCELLED"],
              timeout=30, what="the task listed as CANCELLED")
 
     # Cancelling it again is a conflict, not a success.
