@@ -28,6 +28,12 @@ def execute(name: str, tmp_path) -> nbformat.NotebookNode:
     return nb
 
 
+def executed_text(name: str, tmp_path) -> str:
+    """Run the notebook; the text of all its code cells' outputs."""
+    nb = execute(name, tmp_path)
+    return "\n".join(text_of(c) for c in nb.cells if c.cell_type == "code")
+
+
 def text_of(cell) -> str:
     parts = []
     for out in cell.get("outputs", []):
@@ -49,8 +55,7 @@ def test_notebook_is_stored_without_outputs(name):
 
 @pytest.mark.slow
 def test_tour_runs_with_the_books_results(tmp_path):
-    nb = execute("01-tour.ipynb", tmp_path)
-    out = "\n".join(text_of(c) for c in nb.cells if c.cell_type == "code")
+    out = executed_text("01-tour.ipynb", tmp_path)
     assert "[3, 3, 3, 3]" in out  # the Counter actors
     assert "[1, 2]\n[1]" in out  # stored objects are immutable
     assert "[1000, 1000, 1000]" in out and "[0, 1, 2, 3, 4, 5]" in out  # put, and the flaky function's retries
@@ -62,16 +67,14 @@ def test_tour_runs_with_the_books_results(tmp_path):
 
 @pytest.mark.slow
 def test_actors_notebook_runs(tmp_path):
-    nb = execute("02-actors-and-state.ipynb", tmp_path)
-    out = "\n".join(text_of(c) for c in nb.cells if c.cell_type == "code")
+    out = executed_text("02-actors-and-state.ipynb", tmp_path)
     assert "1\n2\n3" in out and "21" in out
     assert "after restart: 1" in out and "ActorDiedError - Actor" in out
 
 
 @pytest.mark.slow
 def test_resources_notebook_runs(tmp_path):
-    nb = execute("03-resources-and-placement.ipynb", tmp_path)
-    out = "\n".join(text_of(c) for c in nb.cells if c.cell_type == "code")
+    out = executed_text("03-resources-and-placement.ipynb", tmp_path)
     assert "still pending: 1" in out and "cancelled" in out
     assert "hello from a half-CPU cell" in out and "{'CPU': 0.5}" in out
     assert "CREATED - CPUs left outside the group: 0" in out and "CPU_group_1_" in out  # placement groups
