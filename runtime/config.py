@@ -31,6 +31,9 @@ class SystemConfig:
     startup_timeout_s: float = 30.0
     # Node heartbeat period towards the control store.
     heartbeat_interval_s: float = 1.0
+    # A node whose heartbeats stop for this long is declared dead (its connection is dropped, its
+    # actors fail over, its placement-group bundles are placed again), even if its socket stays open.
+    node_death_timeout_s: float = 10.0
     # How often a process sends its tasks' state changes to the control store (0 = never).
     task_events_interval_s: float = 0.5
     # Tasks the control store keeps for the state API; the oldest finished ones go first.

@@ -114,9 +114,27 @@ class ControlStore:
         host, port = sock.getsockname()[:2]
         self.job_manager = JobManager(self.args["session_dir"], f"{host}:{port}")
         server = await serve(sock, self.handlers, self.token, on_close=self.on_conn_closed, name="gcs")
+        watchdog = loop.create_task(self._watch_heartbeats())
         await self.done.wait()
+        watchdog.cancel()
         self.job_manager.stop_all()
         server.close()
+
+    async def _watch_heartbeats(self) -> None:
+        """A node that is stopped, hung or cut off keeps its socket open but stops sending
+        heartbeats: declare it dead once node_death_timeout_s passed without one."""
+        timeout = self.config.node_death_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))  # the watchdog's period, not a synchronisation
+            now = time.monotonic()
+            for node_id, conn in list(self.node_conns.items()):
+                node = self.nodes[node_id]
+                silent = now - node["last_heartbeat"]
+                if node["alive"] and silent > timeout:
+                    node["death_reason"] = (f"no heartbeat for {silent:.1f} s (node_death_timeout_s={timeout:g}); "
+                                            "the node manager is hung, stopped or unreachable")
+                    logger.warning("node %s declared dead: %s", node_id[:8], node["death_reason"])
+                    conn.abort(node["death_reason"])  # on_conn_closed fails its actors over
 
     def on_conn_closed(self, conn: Connection) -> None:
         info = conn.peer_info
@@ -126,6 +144,7 @@ class ControlStore:
             if node is not None:
                 node["alive"] = False
                 node["end_time"] = time.time()
+                node.setdefault("death_reason", "its node manager's connection closed (it exited or crashed)")
                 self.node_conns.pop(node["node_id"], None)
                 for rec in self.actors.values():
                     if rec.node_id == node["node_id"] and rec.state in (ALIVE, PENDING, RESTARTING):
