@@ -223,13 +223,7 @@ def actor_calls_sync(bench: Bench) -> float:
 def actor_calls_async(bench: Bench) -> float:
     ray = bench.ray
     n = 5_000
-    actor = _sync_actor_class(ray).remote()
-    try:
-        ray.get([actor.m.remote() for _ in range(200)])
-        dt = _elapsed(lambda: ray.get([actor.m.remote() for _ in range(n)]))
-        return n / dt
-    finally:
-        ray.kill(actor)
+    return _calls_per_s(ray, _sync_actor_class(ray).remote(), n)
 
 
 @workload("actor_calls_concurrent_per_s")
@@ -242,11 +236,14 @@ def actor_calls_concurrent(bench: Bench) -> float:
         async def m(self):
             return None
 
-    actor = Async.remote()
+    return _calls_per_s(ray, Async.remote(), n)
+
+
+def _calls_per_s(ray: Any, actor: Any, n: int) -> float:
+    """n calls of `actor.m` submitted, then gathered with one get (after 200 to warm up); kills the actor."""
     try:
         ray.get([actor.m.remote() for _ in range(200)])
-        dt = _elapsed(lambda: ray.get([actor.m.remote() for _ in range(n)]))
-        return n / dt
+        return n / _elapsed(lambda: ray.get([actor.m.remote() for _ in range(n)]))
     finally:
         ray.kill(actor)
 

@@ -10,7 +10,7 @@ import cloudpickle
 from . import api_state, worker_state
 from .ids import ActorID, TaskID
 from .options import ACTOR_OPTIONS, METHOD_OPTIONS, demand_of, env_of, resolve_placement, validate
-from .task_spec import TaskSpec
+from .task_spec import TaskSpec, return_ids, unpack_refs
 
 
 def method(*, num_returns: int = 1, **other: Any) -> Any:
@@ -171,15 +171,11 @@ class ActorMethod:
         so, deps = cw.prepare_args(args, kwargs, f"`{h._meta['class_name']}.{self._name}`")
         task_id = TaskID.new()
         spec = TaskSpec(task_id=task_id, name=f"{h._meta['class_name']}.{self._name}",
-                        return_ids=[task_id + i.to_bytes(4, "little") for i in range(max(num_returns, 1))],
+                        return_ids=return_ids(task_id, num_returns),
                         actor_id=h._actor_id, method=self._name,
                         parent=cw.current_task_id if cw.mode == "worker" else None)
         refs = cw.submit_actor_task(spec, so, deps, h._meta.get("max_task_retries", 0))
-        if num_returns == 1:
-            return refs[0]
-        if num_returns == 0:
-            return None
-        return refs
+        return unpack_refs(refs, num_returns)
 
 
 class _BoundMethodOptions:

@@ -10,7 +10,7 @@ import cloudpickle
 from . import api_state
 from .ids import TaskID
 from .options import TASK_OPTIONS, demand_of, env_of, resolve_placement, sched_key, validate
-from .task_spec import TaskSpec
+from .task_spec import TaskSpec, return_ids, unpack_refs
 
 
 class RemoteFunction:
@@ -56,17 +56,13 @@ class RemoteFunction:
         env = env_of(options, api_state.job_runtime_env)
         max_retries = options.get("max_retries")
         spec = TaskSpec(task_id=task_id, name=self.__qualname__, fid=fid, fn_blob=blob,
-                        return_ids=[task_id + i.to_bytes(4, "little") for i in range(max(num_returns, 1))],
+                        return_ids=return_ids(task_id, num_returns),
                         demand=demand, env=env, max_retries=3 if max_retries is None else max_retries,
                         retry_exceptions=options.get("retry_exceptions") or False, sched_key=sched_key(demand, env))
         spec.parent = cw.current_task_id if cw.mode == "worker" else None
         spec.pg = pg_inherit
         refs = cw.submit_task(spec, so, deps)
-        if num_returns == 1:
-            return refs[0]
-        if num_returns == 0:
-            return None
-        return refs
+        return unpack_refs(refs, num_returns)
 
 
 class _BoundOptions:

@@ -45,3 +45,15 @@ class TaskSpec:
         self.pg = None  # [pg id, bundles, strategy, name]: its child tasks go into this placement group
         for k, v in kw.items():
             setattr(self, k, v)
+
+
+def return_ids(task_id: bytes, num_returns: int) -> list[bytes]:
+    """The object ids of a task's results: its id plus the result's index."""
+    return [task_id + i.to_bytes(4, "little") for i in range(max(num_returns, 1))]
+
+
+def unpack_refs(refs: list, num_returns: int) -> Any:
+    """What `.remote()` returns: one ref, None (num_returns=0) or the list."""
+    if num_returns == 1:
+        return refs[0]
+    return None if num_returns == 0 else refs

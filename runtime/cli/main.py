@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from typing import Any, Callable
 
 from .._core import launcher
 
@@ -63,26 +64,33 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def _join() -> object:
+def _read_cluster(read: Callable[[], Any]) -> Any:
+    """Join the `runtime start --head` cluster, return read(), leave. None (said why) if none runs."""
+    if launcher.read_current_cluster() is None:
+        print("No running cluster was found on this machine. Start one with `runtime start --head`.")
+        return None
     import runtime
     runtime.init(address="auto")
-    return runtime
+    try:
+        return read()
+    finally:
+        runtime.shutdown()
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    if launcher.read_current_cluster() is None:
-        print("No running cluster was found on this machine. Start one with `runtime start --head`.")
-        return 1
-    runtime = _join()
+    import runtime
+
     from ..util import state
-    try:
-        nodes = runtime.nodes()
-        total, avail = runtime.cluster_resources(), runtime.available_resources()
-        stores = state.object_store_stats()
-        groups = state.list_placement_groups()
-        demand = [d for n in state.node_stats() for d in (n.get("pending_demand") or [])]
-    finally:
-        runtime.shutdown()
+
+    def read() -> tuple:
+        return (runtime.nodes(), runtime.cluster_resources(), runtime.available_resources(),
+                state.object_store_stats(), state.list_placement_groups(),
+                [d for n in state.node_stats() for d in (n.get("pending_demand") or [])])
+
+    snapshot = _read_cluster(read)
+    if snapshot is None:
+        return 1
+    nodes, total, avail, stores, groups, demand = snapshot
     print(f"Nodes: {sum(1 for n in nodes if n['Alive'])} alive, {sum(1 for n in nodes if not n['Alive'])} dead")
     for n in nodes:
         print(f"  {n['NodeID'][:12]}  {n['NodeManagerAddress']}  {'ALIVE' if n['Alive'] else 'DEAD'}"
@@ -110,16 +118,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_memory(args: argparse.Namespace) -> int:
-    if launcher.read_current_cluster() is None:
-        print("No running cluster was found on this machine.")
-        return 1
-    _join()
-    import runtime
     from ..util import state
-    try:
-        objects = state.list_objects()
-    finally:
-        runtime.shutdown()
+    objects = _read_cluster(state.list_objects)
+    if objects is None:
+        return 1
     print(f"{'OBJECT ID':<42} {'SIZE':>12}  {'SPILLED':<7}  {'OWNER PID':>9}  REFERENCE KINDS")
     for o in objects:
         print(f"{o['object_id']:<42} {o['size_bytes']:>12}  {str(o['spilled']):<7}  {o['owner_pid']:>9}  "
@@ -129,19 +131,13 @@ def _cmd_memory(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    if launcher.read_current_cluster() is None:
-        print("No running cluster was found on this machine.")
-        return 1
-    _join()
-    import runtime
     from ..util import state
     fn = {"nodes": state.list_nodes, "actors": state.list_actors, "objects": state.list_objects,
           "jobs": state.list_jobs, "tasks": state.list_tasks,
           "placement-groups": state.list_placement_groups}[args.what]
-    try:
-        rows = fn()
-    finally:
-        runtime.shutdown()
+    rows = _read_cluster(fn)
+    if rows is None:
+        return 1
     for r in rows:
         print(json.dumps(r, default=str))
     return 0

@@ -13,8 +13,7 @@ import time
 from typing import Any
 
 from ..rpc.connection import connect
-
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+from .manager import TERMINAL
 
 
 class JobStatus:

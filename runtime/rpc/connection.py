@@ -152,10 +152,7 @@ class Connection(asyncio.Protocol):
         try:
             result = handler(self, msg, bufs)
         except Exception as e:
-            if call_id is not None:
-                self._reply_error(call_id, e)
-            else:
-                logger.exception("%s: handler for %r failed", self.name, op)
+            self._handler_failed(call_id, op, e)
             return
         if inspect.isawaitable(result):
             task = self._loop.create_task(self._finish(call_id, op, result))
@@ -168,13 +165,17 @@ class Connection(asyncio.Protocol):
         try:
             result = await awaitable
         except Exception as e:
-            if call_id is not None:
-                self._reply_error(call_id, e)
-            else:
-                logger.exception("%s: handler for %r failed", self.name, op)
+            self._handler_failed(call_id, op, e)
             return
         if call_id is not None:
             self._reply(call_id, result)
+
+    def _handler_failed(self, call_id: int | None, op: str, e: Exception) -> None:
+        """A request's error goes back to the caller; a one-way message's is logged (it has no caller)."""
+        if call_id is not None:
+            self._reply_error(call_id, e)
+        else:
+            logger.exception("%s: handler for %r failed", self.name, op, exc_info=e)
 
     def reply_threadsafe(self, call_id: int, result: Any) -> None:
         """Send the reply of a DEFERRED request from any thread."""
