@@ -40,7 +40,7 @@ from .memory_store import ERROR, INLINE, PENDING, SHM, MemoryStore
 from .object_ref import ObjectRef
 from .reference_table import RefEntry, ReferenceTable
 from . import task_events as te
-from .task_spec import TaskSpec
+from .task_spec import TaskSpec, return_ids
 
 logger = logging.getLogger("runtime")
 
@@ -889,7 +889,7 @@ class CoreWorker:
             return
         text = self._prefix_output(msg)
         if self.mode == "worker":  # up to whoever submitted the task that submitted this one
-            spec = self.tasks.get(msg["t"] + b"\0\0\0\0")
+            spec = self.tasks.get(return_ids(msg["t"], 1)[0])
             if output.forward_child(spec.parent if spec is not None else None, msg["s"], text):
                 return
         stream = sys.stdout if msg["s"] == 1 else sys.stderr
@@ -928,7 +928,7 @@ class CoreWorker:
 
     def on_cancel_task(self, conn: Connection, msg: dict, bufs: list) -> dict:
         """Cancel asked for by task id through the control store (state API, lab extension)."""
-        spec = self.tasks.get(msg["t"] + b"\0\0\0\0")
+        spec = self.tasks.get(return_ids(msg["t"], 1)[0])
         if spec is None or spec.finished:
             return {"cancelled": False}
         self._cancel_on_loop(spec.return_ids[0], bool(msg.get("force")), True)
