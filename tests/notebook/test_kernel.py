@@ -28,11 +28,21 @@ def kernel(orrery_leak_check, tmp_path):
 def execute(kc, code, timeout=60):
     """Run a cell to completion; return (reply content, iopub messages of that cell)."""
     msg_id = kc.execute(code)
-    reply = kc.get_shell_msg(timeout=timeout)
-    assert reply["parent_header"]["msg_id"] == msg_id
+    reply = shell_reply(kc, msg_id, timeout)
     messages = collect_until_idle(kc, msg_id, timeout)
     assert reply["content"]["status"] == "ok", reply["content"]
     return reply["content"], messages
+
+
+def shell_reply(kc, msg_id, timeout):
+    """The reply to `msg_id`. Earlier replies are skipped: on a slow machine
+    `wait_for_ready` sends kernel_info more than once, and a late answer to one of those
+    can still be queued on the shell channel. Raises queue.Empty after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply
 
 
 def collect_until_idle(kc, msg_id, timeout):
@@ -76,9 +86,9 @@ def test_output_streams_into_the_cell_before_it_ends(kernel, tmp_path):
         "print('second')")
     wait_for_stream(kc, msg_id, "first")
     with pytest.raises(queue.Empty):  # the cell is still running
-        kc.get_shell_msg(timeout=0.2)
+        shell_reply(kc, msg_id, 0.2)
     go.write_text("go")
-    reply = kc.get_shell_msg(timeout=60)
+    reply = shell_reply(kc, msg_id, 60)
     assert reply["content"]["status"] == "ok", reply["content"]
     assert "second" in stream_text(collect_until_idle(kc, msg_id, 30))
 
@@ -86,7 +96,7 @@ def test_output_streams_into_the_cell_before_it_ends(kernel, tmp_path):
 def test_remote_traceback_in_error_reply_names_cell_line(kernel):
     _, kc = kernel
     msg_id = kc.execute("%%remote\nx = 1\nraise ValueError('bad value')")
-    reply = kc.get_shell_msg(timeout=60)
+    reply = shell_reply(kc, msg_id, 60)
     collect_until_idle(kc, msg_id, 30)
     content = reply["content"]
     assert content["status"] == "error" and content["ename"].endswith("ValueError)")
@@ -100,7 +110,7 @@ def test_interrupt_cancels_the_remote_task_and_frees_its_worker(kernel):
     msg_id = kc.execute("%%remote\nimport time\nprint('started', flush=True)\ntime.sleep(300)")
     wait_for_stream(kc, msg_id, "started")
     km.interrupt_kernel()
-    reply = kc.get_shell_msg(timeout=60)
+    reply = shell_reply(kc, msg_id, 60)
     messages = collect_until_idle(kc, msg_id, 30)
     assert reply["content"]["status"] == "error"
     assert reply["content"]["ename"] == "KeyboardInterrupt"
