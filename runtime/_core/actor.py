@@ -9,7 +9,7 @@ import cloudpickle
 
 from . import api_state, worker_state
 from .ids import ActorID, TaskID
-from .options import ACTOR_OPTIONS, METHOD_OPTIONS, demand_of, env_of, resolve_placement, validate
+from .options import ACTOR_OPTIONS, METHOD_OPTIONS, demand_of, env_of, resolve_placement, strategy_of, validate
 from .task_spec import TaskSpec, return_ids, unpack_refs
 
 
@@ -87,7 +87,7 @@ class ActorClass:
                "class_name": self.__qualname__, "meta": meta, "spec": spec, "demand": spec["demand"],
                "env": env_of(options, api_state.job_runtime_env), "max_restarts": options.get("max_restarts") or 0,
                "detached": detached, "get_if_exists": bool(options.get("get_if_exists")), "job_id": cw.job_id,
-               "cell": cw.current_cell}
+               "cell": cw.current_cell, "strategy": strategy_of(options)}
         reply, _ = cw.run_sync(cw.gcs_request(msg, bufs))
         meta = reply.get("meta") or meta
         owned = not reply.get("existing") and not name and not detached

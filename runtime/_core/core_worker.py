@@ -47,13 +47,16 @@ logger = logging.getLogger("runtime")
 
 
 class Lease:
-    __slots__ = ("lease_id", "worker_id", "address", "conn", "gpus", "busy", "idle_handle", "sq", "dead")
+    __slots__ = ("lease_id", "worker_id", "address", "conn", "gpus", "busy", "idle_handle", "sq", "dead", "nm",
+                 "node_id")
 
-    def __init__(self, reply: dict, conn: Connection, sq: SchedulingQueue) -> None:
+    def __init__(self, reply: dict, conn: Connection, sq: SchedulingQueue, nm: Connection) -> None:
         self.lease_id = reply["lease_id"]
         self.worker_id = reply["worker_id"]
         self.address = reply["address"]
         self.gpus = reply["gpus"]
+        self.node_id = reply["node_id"]
+        self.nm = nm  # the node manager that granted it: the lease goes back there
         self.conn = conn
         self.busy: TaskSpec | None = None
         self.idle_handle: asyncio.TimerHandle | None = None
@@ -64,10 +67,10 @@ class Lease:
 class SchedulingQueue:
     """Tasks with the same resource demand and environment share leased workers."""
 
-    __slots__ = ("key", "demand", "env", "queue", "leases", "requesting")
+    __slots__ = ("key", "demand", "env", "queue", "leases", "requesting", "strategy")
 
-    def __init__(self, key: str, demand: dict, env: dict) -> None:
-        self.key, self.demand, self.env = key, demand, env
+    def __init__(self, key: str, demand: dict, env: dict, strategy: Any = None) -> None:
+        self.key, self.demand, self.env, self.strategy = key, demand, env, strategy
         self.queue: collections.deque[TaskSpec] = collections.deque()
         self.leases: list[Lease] = []
         self.requesting = 0
@@ -77,12 +80,14 @@ class ActorChannel:
     """Caller-side state of one actor: where it is, and calls not yet answered."""
 
     __slots__ = ("actor_id", "state", "address", "conn", "connecting", "queue", "inflight", "reason",
-                 "subscribed", "handle_gone", "max_task_retries", "num_restarts", "version", "lock", "posted")
+                 "subscribed", "handle_gone", "max_task_retries", "num_restarts", "version", "lock", "posted",
+                 "node_id")
 
     def __init__(self, actor_id: str, max_task_retries: int) -> None:
         self.actor_id = actor_id
         self.state = "PENDING_CREATION"
         self.address = ""
+        self.node_id = ""
         self.conn: Connection | None = None
         self.connecting = False
         self.queue: collections.deque[TaskSpec] = collections.deque()
@@ -322,13 +327,19 @@ class CoreWorker:
         entry = self.store.pop(oid)
         if e.owned:
             if entry is not None:
-                if entry.state == SHM and self.nm is not None and not self.nm.closed:
-                    self.nm.send({"op": "free_objects", "object_ids": [oid]})
+                if entry.state == SHM:
+                    self.free_shm(oid, entry.node_id)
                 self._release_nested(oid, entry.nested)
             self.tasks.pop(oid, None)
             self.object_cells.pop(oid, None)
         else:
             self._send_owner(e.owner, {"op": "remove_borrower", "o": oid, "a": self.address})
+
+    def free_shm(self, oid: bytes, node_id: str) -> None:
+        """Free an object's shared-memory copy on the node that holds it (through our own node
+        manager, which forwards; the holder frees the copies other nodes pulled)."""
+        if self.nm is not None and not self.nm.closed:
+            self.nm.send({"op": "free_objects", "object_ids": [oid], "node_id": node_id})
 
     def _release_nested(self, outer: bytes, nested: list) -> None:
         for oid, owner, holder in nested:
@@ -539,7 +550,7 @@ class CoreWorker:
             return deserialize(e.meta, e.bufs)
         if e.state == SHM:
             if e.mapped is None:
-                e.mapped = self._map_shm(ref._id)
+                e.mapped = self._map_shm(ref._id, e.node_id)
             meta, bufs = e.mapped
             return deserialize(meta, bufs)
         err = e.error
@@ -547,13 +558,18 @@ class CoreWorker:
             raise err.as_instanceof_cause()
         raise err
 
-    def _map_shm(self, oid: bytes) -> tuple:
+    def _map_shm(self, oid: bytes, node_id: str) -> tuple:
         mapped = shm.map_object(self.shm_dir, oid)
-        if mapped is None:  # spilled: ask the node manager to bring it back
-            reply, _ = self.run_sync(self.nm.request({"op": "restore_object", "object_id": oid}))
+        if mapped is None:
+            if node_id and node_id != self.node_id:  # on another node: our node manager pulls a copy
+                reply, _ = self.run_sync(self.nm.request({"op": "pull_object", "object_id": oid, "node_id": node_id},
+                                                         timeout=None))
+            else:  # spilled: ask the node manager to bring it back
+                reply, _ = self.run_sync(self.nm.request({"op": "restore_object", "object_id": oid}))
             mapped = shm.map_object(self.shm_dir, oid) if reply.get("found") else None
             if mapped is None:
-                raise ObjectLostError(oid.hex(), "its shared-memory copy is gone (the node freed or lost it)")
+                where = reply.get("why") or "the node freed or lost it"
+                raise ObjectLostError(oid.hex(), f"its shared-memory copy is gone ({where})")
         return mapped
 
     def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None) -> tuple[list, list]:
@@ -679,7 +695,7 @@ class CoreWorker:
             return
         sq = self.queues.get(spec.sched_key)
         if sq is None:
-            sq = self.queues[spec.sched_key] = SchedulingQueue(spec.sched_key, spec.demand, spec.env)
+            sq = self.queues[spec.sched_key] = SchedulingQueue(spec.sched_key, spec.demand, spec.env, spec.strategy)
         sq.queue.append(spec)
         self._dispatch(sq)
 
@@ -695,29 +711,43 @@ class CoreWorker:
             self.spawn(self._request_lease(sq))
 
     async def _request_lease(self, sq: SchedulingQueue) -> None:
+        """Ask our node manager for a worker; follow its spillback to another node's manager."""
+        nm, msg = self.nm, {"op": "lease", "demand": sq.demand, "env": sq.env, "strategy": sq.strategy}
         try:
-            reply, _ = await self.nm.request({"op": "lease", "demand": sq.demand, "env": sq.env}, timeout=None)
-        except ConnectionError:
+            while True:
+                reply, _ = await nm.request(msg, timeout=None)
+                if "spillback" not in reply:
+                    break
+                nm = await self.get_conn(reply["spillback"])
+                msg["spilled"] = True
+        except (ConnectionError, OSError):
             sq.requesting -= 1
+            if sq.queue and not self.closed:  # that node died: ask again (our own node decides anew)
+                self.loop.call_later(0.1, self._dispatch, sq)
+            return
+        except Exception as e:  # noqa: BLE001 - the request itself is wrong (e.g. affinity to a dead node)
+            sq.requesting -= 1
+            while sq.queue:
+                self._finish_task(sq.queue.popleft(), error=e)
             return
         sq.requesting -= 1
         try:
             conn = await self.get_conn(reply["address"])
         except Exception:
             logger.warning("could not reach leased worker %s", reply["address"])
-            self._return_lease_msg(reply, kill=True)
+            self._return_lease_msg(nm, reply, kill=True)
             self._dispatch(sq)
             return
-        lease = Lease(reply, conn, sq)
+        lease = Lease(reply, conn, sq, nm)
         sq.leases.append(lease)
         if sq.queue:
             self._push(lease, sq.queue.popleft())
         else:
             self._return_lease(lease)
 
-    def _return_lease_msg(self, reply: dict, kill: bool = False) -> None:
-        if self.nm is not None and not self.nm.closed:
-            self.nm.send({"op": "return_lease", "worker_id": reply["worker_id"], "lease_id": reply["lease_id"],
+    def _return_lease_msg(self, nm: Connection, reply: dict, kill: bool = False) -> None:
+        if nm is not None and not nm.closed:
+            nm.send({"op": "return_lease", "worker_id": reply["worker_id"], "lease_id": reply["lease_id"],
                           "kill": kill})
 
     def _return_lease(self, lease: Lease) -> None:
@@ -727,7 +757,7 @@ class CoreWorker:
         lease.dead = True
         if lease in lease.sq.leases:
             lease.sq.leases.remove(lease)
-        self._return_lease_msg({"worker_id": lease.worker_id, "lease_id": lease.lease_id})
+        self._return_lease_msg(lease.nm, {"worker_id": lease.worker_id, "lease_id": lease.lease_id})
 
     def _push(self, lease: Lease, spec: TaskSpec) -> None:
         if lease.idle_handle is not None:
@@ -735,8 +765,8 @@ class CoreWorker:
             lease.idle_handle = None
         lease.busy = spec
         spec.lease = lease
-        self.task_event(spec, te.RUNNING, (lease.worker_id, self.node_id))
-        msg, bufs = self._task_message(spec, lease.conn)
+        self.task_event(spec, te.RUNNING, (lease.worker_id, lease.node_id))
+        msg, bufs = self._task_message(spec, lease.conn, lease.node_id)
         msg["gpu"] = lease.gpus
         msg["res"] = spec.demand
         try:
@@ -745,7 +775,9 @@ class CoreWorker:
         except ConnectionClosed as e:
             self._on_task_done(lease, spec, None, e)
 
-    def _task_message(self, spec: TaskSpec, conn: Connection) -> tuple[dict, list]:
+    def _task_message(self, spec: TaskSpec, conn: Connection, node_id: str) -> tuple[dict, list]:
+        """The push message; a dependency in shared memory on the worker's own node (`node_id`)
+        is mapped there directly, others the worker fetches (and pulls) itself."""
         bufs = list(spec.args_bufs)
         deps = []
         for r in spec.deps:
@@ -753,7 +785,7 @@ class CoreWorker:
             if r._owner == self.address and e is not None and e.state == INLINE:
                 deps.append(["i", r._id, r._owner, e.meta, len(e.bufs)])
                 bufs.extend(e.bufs)
-            elif e is not None and e.state == SHM and e.node_id == self.node_id:
+            elif e is not None and e.state == SHM and e.node_id == node_id:
                 deps.append(["s", r._id, r._owner, None, 0])
             else:
                 deps.append(["r", r._id, r._owner, None, 0])
@@ -823,8 +855,8 @@ class CoreWorker:
         pos = 0
         for oid, (kind, meta, nbufs, nested) in zip(spec.return_ids, reply["res"]):
             if not self.refs.holds(oid):  # nobody wants this result any more
-                if kind == "s" and self.nm is not None:
-                    self.nm.send({"op": "free_objects", "object_ids": [oid]})
+                if kind == "s":
+                    self.free_shm(oid, reply.get("node", self.node_id))
                 pos += nbufs
                 for noid, _owner, holder in nested or ():
                     self._send_owner(holder, {"op": "release_contained", "o": noid, "x": oid})
@@ -922,7 +954,8 @@ class CoreWorker:
             return
         lease = spec.lease
         if force:
-            self.nm.send({"op": "kill_worker", "worker_id": lease.worker_id})
+            if not lease.nm.closed:
+                lease.nm.send({"op": "kill_worker", "worker_id": lease.worker_id})
         else:
             lease.conn.send({"op": "cancel", "t": spec.task_id, "recursive": recursive})
 
@@ -1015,8 +1048,8 @@ class CoreWorker:
         return refs
 
     def _send_actor_call(self, ch: ActorChannel, spec: TaskSpec, conn: Connection, threadsafe: bool) -> bool:
-        msg, bufs = self._task_message(spec, conn)
-        self.task_event(spec, te.RUNNING, ("", ""))
+        msg, bufs = self._task_message(spec, conn, ch.node_id)
+        self.task_event(spec, te.RUNNING, ("", ch.node_id))
 
         def on_reply(reply: Any, rbufs: Any, err: BaseException | None) -> None:
             self._on_actor_reply(ch, spec, reply, rbufs, err)
@@ -1071,6 +1104,7 @@ class CoreWorker:
             ch.state, ch.reason = msg["state"], msg.get("reason", "")
             if msg.get("address") and msg["address"] != ch.address:
                 ch.address, ch.conn = msg["address"], None
+            ch.node_id = msg.get("node_id", "")
             self._flush_actor(ch)
 
     def _flush_actor(self, ch: ActorChannel) -> None:

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 
@@ -46,12 +47,17 @@ class ClusterProcesses:
     procs: dict = field(default_factory=dict)  # name -> Popen (embedded) or pid (persistent)
     owner_fd: int | None = None
     sock_dir: str = ""
+    # The read end of the owner pipe, kept so that nodes added later watch the same pipe.
+    owner_read_fd: int | None = None
+    config: SystemConfig = field(default_factory=SystemConfig)
+    nodes: list = field(default_factory=list)  # add_node() descriptions, the head's first
 
     def info(self) -> dict:
         return {"session_dir": self.session_dir, "session_name": self.session_name, "token": self.token,
                 "gcs_address": self.gcs_address, "node_address": self.node_address,
                 "node_tcp_address": self.node_tcp_address, "shm_dir": self.shm_dir, "sock_dir": self.sock_dir,
-                "pids": {k: (p.pid if hasattr(p, "pid") else p) for k, p in self.procs.items()}}
+                "pids": {k: (p.pid if hasattr(p, "pid") else p) for k, p in self.procs.items()},
+                "node_dirs": [{"shm_dir": n["shm_dir"], "sock_dir": n["sock_dir"]} for n in self.nodes]}
 
 
 def default_resources(num_cpus: float | None, num_gpus: float | None, object_store_memory: int | None) -> dict:
@@ -79,66 +85,84 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
                   port: int = 0) -> ClusterProcesses:
     if object_store_memory is not None and (not isinstance(object_store_memory, int) or object_store_memory <= 0):
         raise ValueError(f"object_store_memory must be a positive number of bytes, got {object_store_memory!r}.")
-    res = default_resources(num_cpus, num_gpus, object_store_memory)
     session_name = f"session_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{secrets.token_hex(3)}"
     session_dir = os.path.join(cluster_root(), session_name)
     os.makedirs(os.path.join(session_dir, "logs"), exist_ok=True)
-    # Unix socket paths are limited to ~107 bytes: fall back to a short directory when needed.
-    sock_dir = os.path.join(session_dir, "sockets")
-    if len(sock_dir) > 60:
-        sock_dir = tempfile.mkdtemp(prefix="orrery-", dir="/tmp")
-    os.makedirs(sock_dir, exist_ok=True)
     token = secrets.token_hex(16)
     token_file = os.path.join(session_dir, "token")
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.write(fd, token.encode())
     os.close(fd)
-    node_id = secrets.token_hex(16)
-    shm_root = "/dev/shm" if os.path.isdir("/dev/shm") else session_dir
-    shm_dir = os.path.join(shm_root, f"orrery-{session_name[-6:]}-{node_id[:8]}")
-
     gcs_sock = bind_socket(f"tcp:127.0.0.1:{port}")
-    nm_unix = bind_socket("unix:" + os.path.join(sock_dir, "node.sock"))
-    nm_tcp = bind_socket("tcp:127.0.0.1:0")
-    gcs_address = socket_address(gcs_sock)
     owner_r = owner_w = None
     if not persistent:
         owner_r, owner_w = os.pipe()
         os.set_inheritable(owner_r, True)
-    env = dict(os.environ)
-    env["ORRERY_SESSION"] = session_name
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    sys_config = config.to_json()
+    cluster = ClusterProcesses(session_dir=session_dir, session_name=session_name, token=token,
+                               gcs_address=socket_address(gcs_sock), node_address="", node_tcp_address="",
+                               shm_dir="", owner_fd=owner_w, owner_read_fd=owner_r, config=config)
     gcs_args = {"tcp_fd": gcs_sock.fileno(), "token_file": token_file, "owner_fd": owner_r,
-                "session_dir": session_dir, "system_config": sys_config}
-    nm_args = {"unix_fd": nm_unix.fileno(), "tcp_fd": nm_tcp.fileno(), "owner_fd": owner_r, "token_file": token_file,
-               "node_id": node_id, "session_dir": session_dir, "gcs_address": gcs_address,
+                "session_dir": session_dir, "system_config": config.to_json()}
+    cluster.procs["gcs"] = _spawn(cluster, "gcs", "runtime.gcs", gcs_args, [gcs_sock.fileno()])
+    gcs_sock.close()
+    head = add_node(cluster, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                    object_store_memory=object_store_memory)
+    cluster.node_address, cluster.node_tcp_address = head["node_address"], head["node_tcp_address"]
+    cluster.shm_dir, cluster.sock_dir = head["shm_dir"], head["sock_dir"]
+    _write_private_json(os.path.join(session_dir, "cluster.json"), {**cluster.info(), "started": time.time()})
+    return cluster
+
+
+def add_node(cluster: ClusterProcesses, *, num_cpus: float | None = None, num_gpus: float | None = None,
+             resources: dict | None = None, object_store_memory: int | None = None) -> dict:
+    """Start one more node manager on this machine, joined to `cluster`'s control store: its own
+    resources, worker pool, sockets and shared-memory object store. Returns its description
+    (node_id, pid, addresses); it dies with the cluster (or its owner, when embedded)."""
+    res = default_resources(num_cpus, num_gpus, object_store_memory)
+    node_id = secrets.token_hex(16)
+    first = not any(name.startswith("node") for name in cluster.procs)
+    # Unix socket paths are limited to ~107 bytes: fall back to a short directory when needed.
+    sock_dir = os.path.join(cluster.session_dir, "sockets" if first else f"sockets-{node_id[:8]}")
+    if len(sock_dir) > 60:
+        sock_dir = tempfile.mkdtemp(prefix="orrery-", dir="/tmp")
+    os.makedirs(sock_dir, exist_ok=True)
+    shm_root = "/dev/shm" if os.path.isdir("/dev/shm") else cluster.session_dir
+    shm_dir = os.path.join(shm_root, f"orrery-{cluster.session_name[-6:]}-{node_id[:8]}")
+    nm_unix = bind_socket("unix:" + os.path.join(sock_dir, "node.sock"))
+    nm_tcp = bind_socket("tcp:127.0.0.1:0")
+    nm_args = {"unix_fd": nm_unix.fileno(), "tcp_fd": nm_tcp.fileno(), "owner_fd": cluster.owner_read_fd,
+               "token_file": os.path.join(cluster.session_dir, "token"), "node_id": node_id,
+               "session_dir": cluster.session_dir, "gcs_address": cluster.gcs_address,
                "unix_address": socket_address(nm_unix), "tcp_address": socket_address(nm_tcp),
                "num_cpus": res["num_cpus"], "num_gpus": res["num_gpus"], "memory": res["memory"],
                "object_store_memory": res["object_store_memory"], "resources": resources or {},
-               "shm_dir": shm_dir, "system_config": sys_config, "node_ip": "127.0.0.1"}
-    procs = {}
-    for name, module, args, keep in (("gcs", "runtime.gcs", gcs_args, [gcs_sock.fileno()]),
-                                     ("node", "runtime.node", nm_args, [nm_unix.fileno(), nm_tcp.fileno()])):
-        log = open(os.path.join(session_dir, "logs", f"{name}.log"), "ab")
-        pass_fds = keep + ([owner_r] if owner_r is not None else [])
-        procs[name] = subprocess.Popen([sys.executable, "-m", module, json.dumps(args)], stdin=subprocess.DEVNULL,
-                                       stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds, env=env,
-                                       # Own session even when embedded: an interrupt sent to the
-                                       # driver's process group (Ctrl-C, a Jupyter kernel interrupt)
-                                       # must reach the driver only, not kill its cluster.
-                                       start_new_session=True, close_fds=True)
+               "shm_dir": shm_dir, "system_config": cluster.config.to_json(), "node_ip": "127.0.0.1"}
+    name = "node" if first else f"node-{node_id[:8]}"
+    proc = _spawn(cluster, name, "runtime.node", nm_args, [nm_unix.fileno(), nm_tcp.fileno()])
+    cluster.procs[name] = proc
+    nm_unix.close()
+    nm_tcp.close()
+    node = {"node_id": node_id, "pid": proc.pid if hasattr(proc, "pid") else proc, "name": name,
+            "node_address": nm_args["unix_address"], "node_tcp_address": nm_args["tcp_address"],
+            "shm_dir": shm_dir, "sock_dir": sock_dir, "resources": res}
+    cluster.nodes.append(node)
+    return node
+
+
+def _spawn(cluster: ClusterProcesses, name: str, module: str, args: dict, keep_fds: list[int]) -> Any:
+    env = dict(os.environ)
+    env["ORRERY_SESSION"] = cluster.session_name
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    log = open(os.path.join(cluster.session_dir, "logs", f"{name}.log"), "ab")
+    pass_fds = keep_fds + ([cluster.owner_read_fd] if cluster.owner_read_fd is not None else [])
+    try:
+        # Own session even when embedded: an interrupt sent to the driver's process group (Ctrl-C,
+        # a Jupyter kernel interrupt) must reach the driver only, not kill its cluster.
+        return subprocess.Popen([sys.executable, "-m", module, json.dumps(args)], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds, env=env,
+                                start_new_session=True, close_fds=True)
+    finally:
         log.close()
-    for s in (gcs_sock, nm_unix, nm_tcp):
-        s.close()
-    if owner_r is not None:
-        os.close(owner_r)
-    cluster = ClusterProcesses(session_dir=session_dir, session_name=session_name, token=token,
-                               gcs_address=gcs_address, node_address=socket_address_unix(sock_dir),
-                               node_tcp_address=nm_args["tcp_address"], shm_dir=shm_dir, procs=procs,
-                               owner_fd=owner_w, sock_dir=sock_dir)
-    _write_private_json(os.path.join(session_dir, "cluster.json"), {**cluster.info(), "started": time.time()})
-    return cluster
 
 
 def _write_private_json(path: str, data: dict) -> None:
@@ -187,6 +211,9 @@ def stop_cluster(cluster: ClusterProcesses, timeout: float = 10.0) -> None:
     if cluster.owner_fd is not None:
         os.close(cluster.owner_fd)
         cluster.owner_fd = None
+    if cluster.owner_read_fd is not None:
+        os.close(cluster.owner_read_fd)
+        cluster.owner_read_fd = None
     deadline = time.monotonic() + timeout
     for proc in cluster.procs.values():
         try:
@@ -198,9 +225,16 @@ def stop_cluster(cluster: ClusterProcesses, timeout: float = 10.0) -> None:
 
 
 def _cleanup_dirs(info: dict) -> None:
+    for d in info.get("node_dirs") or [info]:
+        cleanup_node_dirs(d)
+
+
+def cleanup_node_dirs(node: dict) -> None:
+    """What a node manager leaves behind when it was killed (a clean exit removes it itself)."""
     import shutil
-    shutil.rmtree(info.get("shm_dir", ""), ignore_errors=True) if info.get("shm_dir") else None
-    sock_dir = info.get("sock_dir", "")
+    if node.get("shm_dir"):
+        shutil.rmtree(node["shm_dir"], ignore_errors=True)
+    sock_dir = node.get("sock_dir", "")
     if sock_dir.startswith("/tmp/orrery-"):
         shutil.rmtree(sock_dir, ignore_errors=True)
 

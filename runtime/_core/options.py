@@ -96,8 +96,19 @@ def env_of(options: dict, job_env: dict | None) -> dict[str, str]:
     return env
 
 
-def sched_key(demand: dict, env: dict) -> str:
-    return json.dumps([sorted(demand.items()), sorted(env.items())])
+def sched_key(demand: dict, env: dict, strategy: Any = None) -> str:
+    return json.dumps([sorted(demand.items()), sorted(env.items()), strategy])
+
+
+def strategy_of(options: dict) -> Any:
+    """The scheduling strategy as node managers and the control store read it: None (DEFAULT),
+    "SPREAD" or ["node", node_id, soft]. Placement groups are handled by resolve_placement."""
+    ss = options.get("scheduling_strategy")
+    if ss == "SPREAD":
+        return "SPREAD"
+    if getattr(ss, "_strategy_kind", "") == "node_affinity":
+        return ["node", ss.node_id, bool(ss.soft)]
+    return None
 
 
 def resolve_placement(options: dict, demand: dict[str, float], cw: Any) -> tuple[dict[str, float], list | None]:

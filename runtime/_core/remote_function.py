@@ -9,7 +9,7 @@ import cloudpickle
 
 from . import api_state
 from .ids import TaskID
-from .options import TASK_OPTIONS, demand_of, env_of, resolve_placement, sched_key, validate
+from .options import TASK_OPTIONS, demand_of, env_of, resolve_placement, sched_key, strategy_of, validate
 from .task_spec import TaskSpec, return_ids, unpack_refs
 
 
@@ -58,7 +58,8 @@ class RemoteFunction:
         spec = TaskSpec(task_id=task_id, name=self.__qualname__, fid=fid, fn_blob=blob,
                         return_ids=return_ids(task_id, num_returns),
                         demand=demand, env=env, max_retries=3 if max_retries is None else max_retries,
-                        retry_exceptions=options.get("retry_exceptions") or False, sched_key=sched_key(demand, env))
+                        retry_exceptions=options.get("retry_exceptions") or False,
+                        strategy=strategy_of(options), sched_key=sched_key(demand, env, strategy_of(options)))
         spec.parent = cw.current_task_id if cw.mode == "worker" else None
         spec.pg = pg_inherit
         refs = cw.submit_task(spec, so, deps)

@@ -21,7 +21,7 @@ class TaskSpec:
     __slots__ = (
         "task_id", "parent", "name", "fid", "fn_blob", "args_meta", "args_bufs", "deps", "nested", "return_ids",
         "demand", "env", "max_retries", "retry_exceptions", "sched_key", "actor_id", "method",
-        "cancelled", "lease", "finished", "is_actor_creation", "owner_gone", "cell", "pg",
+        "cancelled", "lease", "finished", "is_actor_creation", "owner_gone", "cell", "pg", "strategy",
     )
 
     def __init__(self, **kw: Any) -> None:
@@ -43,6 +43,7 @@ class TaskSpec:
         self.parent = None
         self.cell = None  # the notebook cell that submitted it (dict), if any
         self.pg = None  # [pg id, bundles, strategy, name]: its child tasks go into this placement group
+        self.strategy = None  # None (DEFAULT), "SPREAD" or ["node", node id, soft]
         for k, v in kw.items():
             setattr(self, k, v)
 

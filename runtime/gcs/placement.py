@@ -121,7 +121,7 @@ class PlacementGroupManager:
         self.groups[rec.pg_id] = rec
         if name:
             self.named[(ns, name)] = rec.pg_id
-        self._kick()
+        self.kick()
         return {"pg_id": rec.pg_id}
 
     def get(self, pg_id: str) -> PlacementGroupRecord:
@@ -157,7 +157,7 @@ class PlacementGroupManager:
             await self._cancel_on(rec, set(rec.bundle_nodes))
             rec.state, rec.reason, rec.bundle_nodes = "REMOVED", "removed", []
             self._notify(rec, False)
-        self._kick()  # what it held may let a waiting group in
+        self.kick()  # what it held may let a waiting group in
 
     def list(self) -> list[dict]:
         return [rec.public() for rec in self.groups.values()]
@@ -172,16 +172,16 @@ class PlacementGroupManager:
             if rec.state == "CREATED" and node_id in rec.bundle_nodes:
                 rec.state, rec.reason = "RESCHEDULING", f"node {node_id[:8]} died; its bundles are placed again"
                 self.store._spawn(self._release_survivors(rec, node_id))
-        self._kick()
+        self.kick()
 
     async def _release_survivors(self, rec: PlacementGroupRecord, dead: str) -> None:
         async with self._lock:
             await self._cancel_on(rec, set(rec.bundle_nodes) - {dead})
             rec.bundle_nodes = []
-        self._kick()
+        self.kick()
 
     # -- scheduling -------------------------------------------------------------------------
-    def _kick(self) -> None:
+    def kick(self) -> None:
         """Try waiting groups now (a group was created or removed, a node came or went)."""
         if self._wake is None:
             self._wake = asyncio.Event()

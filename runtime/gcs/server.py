@@ -51,6 +51,8 @@ class ActorRecord:
     max_restarts: int
     detached: bool
     cell: dict | None = None  # the notebook cell that created it
+    strategy: Any = None  # None, "SPREAD" or ["node", node_id, soft]
+    waiting_for_node: bool = False  # queued where it cannot fit: placed again when a node joins
     state: str = PENDING
     address: str = ""
     worker_id: str = ""
@@ -101,8 +103,10 @@ class ControlStore:
             "job_artifact": self.on_job_artifact, "stop_job": self.on_stop_job,
             "create_pg": self.on_create_pg, "wait_pg": self.on_wait_pg, "remove_pg": self.on_remove_pg,
             "get_pg": self.on_get_pg, "list_pgs": self.on_list_pgs, "kv_get": self.on_kv_get, "kv_del": self.on_kv_del,
-            "shutdown_cluster": self.on_shutdown_cluster,
+            "shutdown_cluster": self.on_shutdown_cluster, "resource_report": self.on_resource_report,
+            "pick_node": self.on_pick_node,
         }
+        self._spread_next = 0
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -146,6 +150,7 @@ class ControlStore:
                 node["end_time"] = time.time()
                 node.setdefault("death_reason", "its node manager's connection closed (it exited or crashed)")
                 self.node_conns.pop(node["node_id"], None)
+                self._broadcast_nodes()
                 for rec in self.actors.values():
                     if rec.node_id == node["node_id"] and rec.state in (ALIVE, PENDING, RESTARTING):
                         self._actor_failed(rec, "its node died")
@@ -166,11 +171,69 @@ class ControlStore:
     def on_register_node(self, conn: Connection, msg: dict, bufs: list) -> dict:
         node = {k: msg[k] for k in ("node_id", "resources", "address", "unix_address", "shm_dir", "pid",
                                     "hostname", "node_ip", "session_dir")}
-        node.update(alive=True, start_time=time.time(), last_heartbeat=time.monotonic(), is_head=not self.nodes)
+        node.update(alive=True, start_time=time.time(), last_heartbeat=time.monotonic(), is_head=not self.nodes,
+                    available=dict(msg["resources"]))
         self.nodes[msg["node_id"]] = node
         self.node_conns[msg["node_id"]] = conn
         logger.info("node %s registered with %s", msg["node_id"][:8], msg["resources"])
-        return {}
+        self._broadcast_nodes(but=conn)
+        self.placement_groups.kick()  # groups waiting for room may fit now
+        for rec in self.actors.values():  # actors that waited for a node with room may fit here
+            if rec.state in (PENDING, RESTARTING) and rec.waiting_for_node:
+                rec.waiting_for_node = False
+                self._spawn(self._schedule(rec))
+        return {"nodes": self._peer_list()}
+
+    def _peer_list(self) -> list[dict]:
+        return [{"node_id": n["node_id"], "address": n["address"]} for n in self.nodes.values()
+                if n["alive"] and n["node_id"] in self.node_conns]
+
+    def _broadcast_nodes(self, but: Connection | None = None) -> None:
+        """Every node manager learns the live nodes, to spill work and pull objects from them."""
+        msg = {"op": "nodes_changed", "nodes": self._peer_list()}
+        for c in self.node_conns.values():
+            if c is not but and not c.closed:
+                c.send(dict(msg))
+
+    def on_resource_report(self, conn: Connection, msg: dict, bufs: list) -> None:
+        node = self.nodes.get(msg["node_id"])
+        if node is not None:
+            node["resources"], node["available"], node["pending"] = msg["total"], msg["available"], msg["pending"]
+
+    def pick_node(self, demand: dict, *, strategy: str = "", fits_now: bool = True, exclude: str = "",
+                  only: str = "") -> str | None:
+        """A node for `demand` from the resource view the nodes report. DEFAULT: the least used
+        node where it fits now (or, with fits_now=False, could ever fit). SPREAD: the next node in
+        turn where it fits now, else where it could. The view is debited at once, so a burst of
+        requests spreads before the next reports arrive."""
+        alive = [n for nid, n in sorted(self.nodes.items()) if n["alive"] and nid in self.node_conns
+                 and (not only or nid == only)]
+
+        def fits(n: dict, key: str) -> bool:
+            return all(n[key].get(k, 0.0) + 1e-9 >= v for k, v in demand.items())
+
+        if strategy == "SPREAD":
+            if not alive:
+                return None
+            start = self._spread_next % len(alive)
+            order = alive[start:] + alive[:start]
+            chosen = next((n for n in order if fits(n, "available")), None) or \
+                next((n for n in order if fits(n, "resources")), None)
+            if chosen is not None:
+                self._spread_next = alive.index(chosen) + 1
+        else:
+            candidates = [n for n in alive if n["node_id"] != exclude and fits(n, "available" if fits_now else "resources")]
+            chosen = min(candidates, key=_utilisation, default=None)
+        if chosen is None:
+            return None
+        for k, v in demand.items():
+            chosen["available"][k] = chosen["available"].get(k, 0.0) - v
+        return chosen["node_id"]
+
+    def on_pick_node(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        node_id = self.pick_node(msg["demand"], strategy=msg.get("strategy") or "", fits_now=msg.get("fits_now", True),
+                                 exclude=msg.get("exclude", ""))
+        return {"node_id": node_id, "address": self.nodes[node_id]["address"]} if node_id else {}
 
     def on_heartbeat(self, conn: Connection, msg: dict, bufs: list) -> None:
         node = self.nodes.get(msg["node_id"])
@@ -186,7 +249,8 @@ class ControlStore:
         return {"job_id": job_id, "nodes": [n for n in self.nodes.values() if n["alive"]]}
 
     def _public_nodes(self) -> list[dict]:
-        return [{k: v for k, v in n.items() if k != "last_heartbeat"} for n in self.nodes.values()]
+        return [{k: v for k, v in n.items() if k not in ("last_heartbeat", "available", "pending")}
+                for n in self.nodes.values()]
 
     def on_list_nodes(self, conn: Connection, msg: dict, bufs: list) -> dict:
         return {"nodes": self._public_nodes()}
@@ -315,7 +379,8 @@ class ControlStore:
         rec = ActorRecord(actor_id=msg["actor_id"], job_id=conn.peer_info.get("job_id") or msg.get("job_id", ""),
                           name=name, namespace=ns, class_name=msg["class_name"], meta=msg["meta"], spec=msg["spec"],
                           spec_bufs=[bytes(b) for b in bufs], demand=msg["demand"], env=msg.get("env") or {},
-                          max_restarts=msg["max_restarts"], detached=msg["detached"], cell=msg.get("cell"))
+                          max_restarts=msg["max_restarts"], detached=msg["detached"], cell=msg.get("cell"),
+                          strategy=msg.get("strategy"))
         rec.subscribers.add(conn)
         self.actors[rec.actor_id] = rec
         if name:
@@ -329,18 +394,29 @@ class ControlStore:
         task.add_done_callback(_TASKS.discard)
 
     def _pick_node(self, rec: ActorRecord) -> tuple[str, Connection] | None:
-        for node_id, c in self.node_conns.items():
-            node = self.nodes[node_id]
-            if node["alive"] and all(node["resources"].get(k, 0) >= v for k, v in rec.demand.items()):
-                return node_id, c
-        for node_id, c in self.node_conns.items():  # nothing fits: queue on any node (it reports infeasible)
-            return node_id, c
-        return None
+        """Where the actor goes: as its scheduling strategy says (see pick_node), else the least
+        used node where it fits now, else one where it fits at all, else (infeasible) the head,
+        which tells the owner why it waits."""
+        strategy, only = rec.strategy, ""
+        if isinstance(strategy, list) and strategy[0] == "node":
+            _, node_id, soft = strategy
+            if node_id in self.node_conns:
+                only = node_id
+            elif not soft:
+                return None
+            strategy = None
+        node_id = self.pick_node(rec.demand, strategy=strategy or "", only=only) or \
+            self.pick_node(rec.demand, strategy=strategy or "", fits_now=False, only=only)
+        if node_id is None:
+            rec.waiting_for_node = True
+            node_id = only or next(iter(self.node_conns), None)
+        return (node_id, self.node_conns[node_id]) if node_id else None
 
     async def _schedule(self, rec: ActorRecord) -> None:
         picked = self._pick_node(rec)
         if picked is None:
-            self._bury(rec, "no node is alive to run it")
+            self._bury(rec, "no node is alive to run it" if not rec.strategy else
+                       f"its scheduling strategy {rec.strategy} names a node that is not alive")
             return
         node_id, node_conn = picked
         try:
@@ -400,7 +476,8 @@ class ControlStore:
     def _publish(self, rec: ActorRecord) -> None:
         rec.version += 1
         msg = {"op": "actor_update", "actor_id": rec.actor_id, "state": rec.state, "address": rec.address,
-               "num_restarts": rec.num_restarts, "reason": rec.death_reason, "version": rec.version}
+               "num_restarts": rec.num_restarts, "reason": rec.death_reason, "version": rec.version,
+               "node_id": rec.node_id}
         for c in list(rec.subscribers):
             if c.closed:
                 rec.subscribers.discard(c)
@@ -414,7 +491,7 @@ class ControlStore:
                     "num_restarts": 0, "version": 1 << 30}
         rec.subscribers.add(conn)
         return {"state": rec.state, "address": rec.address, "num_restarts": rec.num_restarts,
-                "reason": rec.death_reason, "version": rec.version}
+                "reason": rec.death_reason, "version": rec.version, "node_id": rec.node_id}
 
     def on_get_actor(self, conn: Connection, msg: dict, bufs: list) -> dict:
         aid = self.named.get((msg["namespace"], msg["name"]))
@@ -466,6 +543,13 @@ class ControlStore:
 
 
 _TASKS: set = set()
+
+
+def _utilisation(node: dict) -> float:
+    """The busiest resource's used fraction, by the node's last report."""
+    used = [1.0 - node["available"].get(k, 0.0) / v for k, v in node["resources"].items()
+            if v > 0 and k in ("CPU", "GPU", "memory")]
+    return max(used, default=0.0)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import sys
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 
@@ -26,6 +27,7 @@ from .. import config as config_mod
 from .. import owner_pipe
 from ..rpc.connection import Connection, connect, serve
 from .object_store import ObjectStoreManager
+from .transfer import ObjectTransfer
 from .resources import (LeaseQueue, LeaseRequest, ResourcePool, bundle_resources, is_group_resource,
                         normalize)
 from .zygote import become_subreaper, request_worker, start_zygote
@@ -82,6 +84,12 @@ class NodeDaemon:
         self.infeasible_warned: set[str] = set()
         self.bundles: dict[str, dict] = {}  # placement group id -> its bundles reserved here
         self.exit_codes: dict[int, int] = {}
+        # Other nodes (from the control store's node table), and connections to their managers.
+        self.peers: dict[str, dict] = {}
+        self.peer_conns: dict[str, Connection] = {}
+        self._peer_connecting: dict[str, asyncio.Future] = {}
+        self.transfer = ObjectTransfer(self.node_id, self.store, self._peer_conn)
+        self._report_scheduled = False
         self.handlers = {
             "hello": self.on_hello, "lease": self.on_lease, "return_lease": self.on_return_lease,
             "lease_actor": self.on_lease_actor, "kill_worker": self.on_kill_worker,
@@ -91,7 +99,8 @@ class NodeDaemon:
             "get_resources": self.on_get_resources, "list_objects": self.on_list_objects,
             "node_info": self.on_node_info, "shutdown": self.on_shutdown,
             "prepare_bundles": self.on_prepare_bundles, "commit_bundles": self.on_commit_bundles,
-            "cancel_bundles": self.on_cancel_bundles,
+            "cancel_bundles": self.on_cancel_bundles, "nodes_changed": self.on_nodes_changed,
+            "pull_object": self.on_pull_object, "object_info": self.on_object_info, "read_chunk": self.on_read_chunk,
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -106,10 +115,12 @@ class NodeDaemon:
         self.gcs = await connect(self.args["gcs_address"], self.handlers, self.token,
                                  info={"kind": "node", "node_id": self.node_id}, on_close=self._gcs_lost,
                                  timeout=self.config.startup_timeout_s, name="node->gcs")
-        await self.gcs.request({"op": "register_node", "node_id": self.node_id, "resources": self.pool.total,
-                                "address": self.args["tcp_address"], "unix_address": self.args["unix_address"],
-                                "shm_dir": self.shm_dir, "pid": os.getpid(), "hostname": socket.gethostname(),
-                                "node_ip": self.args["node_ip"], "session_dir": self.session_dir})
+        reply, _ = await self.gcs.request({"op": "register_node", "node_id": self.node_id, "resources": self.pool.total,
+                                           "address": self.args["tcp_address"], "unix_address": self.args["unix_address"],
+                                           "shm_dir": self.shm_dir, "pid": os.getpid(),
+                                           "hostname": socket.gethostname(), "node_ip": self.args["node_ip"],
+                                           "session_dir": self.session_dir})
+        self.on_nodes_changed(self.gcs, reply, [])
         servers = []
         for fd in (self.args["unix_fd"], self.args["tcp_fd"]):
             sock = socket.socket(fileno=fd)
@@ -137,6 +148,72 @@ class NodeDaemon:
             await asyncio.sleep(self.config.heartbeat_interval_s)
             if self.gcs is not None and not self.gcs.closed:
                 self.gcs.send({"op": "heartbeat", "node_id": self.node_id})
+            if self.peers and self.leases.waiting:
+                _spawn(self._respill())
+
+    # -- the other nodes ---------------------------------------------------------------
+    def on_nodes_changed(self, conn: Connection, msg: dict, bufs: list) -> None:
+        """The control store's list of live nodes (on registration, and whenever one joins or dies)."""
+        self.peers = {n["node_id"]: n for n in msg.get("nodes", ()) if n["node_id"] != self.node_id}
+        for node_id in list(self.peer_conns):
+            if node_id not in self.peers:
+                self.peer_conns.pop(node_id).close()
+        if self.peers:
+            self._report_resources()
+            if self.leases.waiting:
+                _spawn(self._respill())
+
+    async def _peer_conn(self, node_id: str) -> Connection:
+        conn = self.peer_conns.get(node_id)
+        if conn is not None and not conn.closed:
+            return conn
+        fut = self._peer_connecting.get(node_id)
+        if fut is None:
+            peer = self.peers.get(node_id)
+            if peer is None:
+                raise ConnectionError(f"node {node_id[:8]} is not alive (it died or left the cluster)")
+            fut = self._peer_connecting[node_id] = asyncio.ensure_future(connect(
+                peer["address"], self.handlers, self.token, info={"kind": "node-peer", "node_id": self.node_id},
+                timeout=10, name=f"node->{node_id[:8]}"))
+            fut.add_done_callback(lambda _f: self._peer_connecting.pop(node_id, None))
+        conn = await asyncio.shield(fut)
+        self.peer_conns[node_id] = conn
+        return conn
+
+    def _report_resources(self) -> None:
+        """Tell the control store what is free here (at most every 50 ms), so that other nodes
+        can spill work to this one. Only in clusters of more than one node."""
+        if self._report_scheduled or not self.peers:
+            return
+        self._report_scheduled = True
+
+        def send() -> None:
+            self._report_scheduled = False
+            if self.gcs is not None and not self.gcs.closed:
+                self.gcs.send({"op": "resource_report", "node_id": self.node_id, "total": self.pool.total,
+                               "available": self.pool.available, "pending": len(self.leases.waiting)})
+
+        asyncio.get_running_loop().call_later(0.05, send)
+
+    async def _pick_node(self, demand: dict, strategy: str = "", fits_now: bool = True) -> dict | None:
+        """Ask the control store for another node for `demand` (None: none suits, or no answer)."""
+        try:
+            reply, _ = await self.gcs.request({"op": "pick_node", "demand": demand, "exclude": self.node_id,
+                                               "strategy": strategy, "fits_now": fits_now}, timeout=10)
+        except Exception as e:  # noqa: BLE001 - scheduling goes on locally without the view
+            logger.warning("could not ask the control store for a node: %s", e)
+            return None
+        return reply if reply.get("node_id") and reply["node_id"] in self.peers else None
+
+    async def _respill(self) -> None:
+        """Requests waiting here that another node could serve now go there (spillback)."""
+        for req in list(self.leases.waiting.values())[:16]:
+            fut, _conn, _env, _kind = req.payload
+            if req.pinned or fut.done() or self.pool.fits(req.demand):
+                continue
+            target = await self._pick_node(req.demand)
+            if target is not None and self.leases.cancel(req.request_id) is not None and not fut.done():
+                fut.set_result({"spillback": target["address"], "node_id": target["node_id"]})
 
     async def _idle_reaper(self) -> None:
         # Periodic housekeeping, not synchronisation: stop extra idle workers.
@@ -181,15 +258,15 @@ class NodeDaemon:
     def on_hello(self, conn: Connection, msg: dict, bufs: list) -> None:
         info = conn.peer_info
         kind = info.get("kind")
-        if kind == "worker":
-            rec = self.workers.get(info.get("worker_id", ""))
-            if rec is None or rec.state != "starting":
+        if kind == "worker" and info.get("worker_id", "") in self.workers:
+            rec = self.workers[info["worker_id"]]
+            if rec.state != "starting":
                 conn.abort("unexpected worker registration")
                 return
             rec.conn, rec.pid, rec.address = conn, info["pid"], info["address"]
             self.core_workers[rec.worker_id] = conn
             self._worker_ready(rec)
-        elif kind == "driver":
+        elif kind in ("driver", "worker"):  # a driver, or another node's worker leasing here
             self.core_workers[info["worker_id"]] = conn
 
     def on_conn_closed(self, conn: Connection) -> None:
@@ -212,26 +289,58 @@ class NodeDaemon:
         self._schedule()
 
     # -- leases ------------------------------------------------------------------------
-    def on_lease(self, conn: Connection, msg: dict, bufs: list) -> asyncio.Future:
-        fut = asyncio.get_running_loop().create_future()
-        env = msg.get("env") or {}
+    def on_lease(self, conn: Connection, msg: dict, bufs: list) -> Any:
+        """A worker for a task: granted here, or answered with `spillback` (another node's
+        address) when this node cannot run it now and another can (see _place)."""
         demand = normalize(msg.get("demand"))
-        req = LeaseRequest(next(self.request_ids), demand, _env_key(env), payload=(fut, conn, env, "task"))
+        strategy = msg.get("strategy")
+        if not self.peers or (strategy is None and self.pool.fits(demand) and not self.leases.waiting):
+            return self._queue_lease(conn, demand, msg.get("env") or {}, "task", pinned=False)
+        return self._place(conn, msg, demand, "task")
+
+    async def _place(self, conn: Connection, msg: dict, demand: dict, kind: str) -> dict:
+        """Scheduling across nodes. DEFAULT: here while it fits (pack), else on the least used
+        node where it fits now, else queue here if it can ever run here, else on a node where
+        it can. SPREAD: the control store rotates over the nodes. A node id (affinity): there;
+        with soft=True, DEFAULT when that node is gone. A request already spilled once stays."""
+        strategy = msg.get("strategy")
+        pinned = bool(msg.get("spilled"))
+        if isinstance(strategy, list) and strategy[0] == "node":
+            _, node_id, soft = strategy
+            if node_id == self.node_id:
+                pinned = True
+            elif node_id in self.peers:
+                return {"spillback": self.peers[node_id]["address"], "node_id": node_id}
+            elif not soft:
+                raise ValueError(f"NodeAffinitySchedulingStrategy(node_id={node_id!r}, soft=False): that node is not "
+                                 "alive. List nodes with runtime.nodes(), or pass soft=True to run elsewhere.")
+            strategy = None
+        if not pinned and self.peers:
+            if strategy == "SPREAD":
+                target = await self._pick_node(demand, "SPREAD", fits_now=False)
+                if target is not None and target["node_id"] != self.node_id:
+                    return {"spillback": target["address"], "node_id": target["node_id"]}
+            elif not self.pool.fits(demand) or self.leases.waiting:
+                target = await self._pick_node(demand)
+                if target is None and not self.pool.feasible(demand):
+                    target = await self._pick_node(demand, fits_now=False)
+                if target is not None:
+                    return {"spillback": target["address"], "node_id": target["node_id"]}
+        return await self._queue_lease(conn, demand, msg.get("env") or {}, kind, pinned=pinned)
+
+    def _queue_lease(self, conn: Connection, demand: dict, env: dict, kind: str, pinned: bool) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        req = LeaseRequest(next(self.request_ids), demand, _env_key(env), payload=(fut, conn, env, kind),
+                           pinned=pinned)
         if not self.leases.add(req):
             self._warn_infeasible(conn, demand)
         self._schedule()
         return fut
 
     def on_lease_actor(self, conn: Connection, msg: dict, bufs: list) -> asyncio.Future:
-        fut = asyncio.get_running_loop().create_future()
-        env = msg.get("env") or {}
+        # The control store chose this node for the actor: it waits here.
         demand = normalize(msg.get("demand"))
-        req = LeaseRequest(next(self.request_ids), demand, _env_key(env),
-                           payload=(fut, conn, env, "actor:" + msg["actor_id"]))
-        if not self.leases.add(req):
-            self._warn_infeasible(conn, demand)
-        self._schedule()
-        return fut
+        return self._queue_lease(conn, demand, msg.get("env") or {}, "actor:" + msg["actor_id"], pinned=True)
 
     # -- placement group bundles (two-phase: the control store prepares on every node, then commits)
     def on_prepare_bundles(self, conn: Connection, msg: dict, bufs: list) -> dict:
@@ -280,7 +389,8 @@ class NodeDaemon:
     def _warn_infeasible(self, conn: Connection, demand: dict) -> None:
         if any(is_group_resource(k) for k in demand):
             return  # waits for its placement group, whose own state says why it is pending
-        text = (f"A task or actor requires {demand}, but this node has only {self.pool.total}; it will wait "
+        where = "no node of the cluster has that much" if self.peers else f"this node has only {self.pool.total}"
+        text = (f"A task or actor requires {demand}, but {where}; it will wait "
                 "until a node with enough resources joins. Lower the request or add resources.")
         key = json.dumps(demand, sort_keys=True)
         if key not in self.infeasible_warned:
@@ -290,6 +400,7 @@ class NodeDaemon:
             conn.send({"op": "infeasible", "text": text})
 
     def _schedule(self) -> None:
+        self._report_resources()
         for req, gpus in self.leases.grantable():
             fut = req.payload[0]
             if fut.done():  # requester went away
@@ -408,8 +519,36 @@ class NodeDaemon:
         self.store.seal(msg["object_id"])
 
     def on_free_objects(self, conn: Connection, msg: dict, bufs: list) -> None:
+        """Free objects here, or on `node_id` when they live there (an owner frees through its
+        own node); freeing a primary copy frees the copies other nodes pulled of it."""
+        node_id = msg.get("node_id")
+        if node_id and node_id != self.node_id:
+            _spawn(self._forward_free(node_id, msg["object_ids"]))
+            return
         for oid in msg["object_ids"]:
             self.store.free(oid)
+            for holder in self.transfer.forget(oid):
+                if holder != self.node_id:
+                    _spawn(self._forward_free(holder, [oid]))
+
+    async def _forward_free(self, node_id: str, object_ids: list) -> None:
+        try:
+            (await self._peer_conn(node_id)).send({"op": "free_objects", "object_ids": object_ids})
+        except (ConnectionError, OSError):
+            pass  # that node is gone, and its copies with it
+
+    async def on_pull_object(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        """A reader here needs an object stored on `node_id`: copy it into this node's store."""
+        try:
+            return {"found": await self.transfer.pull(msg["object_id"], msg["node_id"])}
+        except (ConnectionError, OSError, asyncio.TimeoutError) as e:
+            return {"found": False, "why": f"node {msg['node_id'][:8]} that holds it is unreachable ({e})"}
+
+    def on_object_info(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return self.transfer.object_info(msg["object_id"], msg["node_id"])
+
+    def on_read_chunk(self, conn: Connection, msg: dict, bufs: list) -> tuple:
+        return self.transfer.read_chunk(msg["object_id"], msg["offset"], msg["length"])
 
     def on_restore_object(self, conn: Connection, msg: dict, bufs: list) -> dict:
         return {"found": self.store.restore(msg["object_id"])}
@@ -448,6 +587,15 @@ class NodeDaemon:
     def on_shutdown(self, conn: Connection, msg: dict, bufs: list) -> dict:
         self.done.set()
         return {}
+
+
+_TASKS: set = set()
+
+
+def _spawn(coro: Any) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
 
 
 def _env_key(env: dict) -> str:

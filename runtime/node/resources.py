@@ -87,6 +87,7 @@ class LeaseRequest:
     demand: dict[str, float]
     env_key: str
     payload: object = None  # opaque to the policy (the I/O shell's reply handle)
+    pinned: bool = False  # must run on this node (spilled here once, an actor placed here, affinity)
 
 
 class LeaseQueue:
