@@ -96,3 +96,28 @@ def long_tmpdir_cli(tmp_path, monkeypatch, orrery_leak_check):
     yield from _cli_session(str(tmpdir), monkeypatch)
 
 
+
+
+@pytest.fixture
+def make_cluster(orrery_leak_check):
+    """make_cluster(head={"num_cpus": 1}, workers=[{"num_cpus": 2}, ...], **system_config): a
+    multi-node cluster on this machine (runtime.cluster_utils.Cluster) with this process
+    connected as its driver; shut down after the test."""
+    import runtime
+    from runtime.cluster_utils import Cluster
+
+    made = []
+
+    def make(head=None, workers=(), **system_config):
+        c = Cluster(initialize_head=True, head_node_args=head or {"num_cpus": 1},
+                    _system_config=system_config or None, shutdown_at_exit=False)
+        made.append(c)
+        for args in workers:
+            c.add_node(**args)
+        runtime.init(address=c.address)
+        return c
+
+    yield make
+    runtime.shutdown()
+    for c in made:
+        c.shutdown()

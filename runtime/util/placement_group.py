@@ -102,8 +102,14 @@ def get_placement_group(placement_group_name: str) -> PlacementGroup:
 def placement_group_table(placement_group: PlacementGroup | None = None) -> dict:
     """One group's state (strategy, bundles, node of each bundle, pending_reason), or all, by id."""
     if placement_group is not None:
-        return _gcs({"op": "get_pg", "pg_id": placement_group.id})
-    return {row["placement_group_id"]: row for row in _gcs({"op": "list_pgs"})["placement_groups"]}
+        return _with_bundle_map(_gcs({"op": "get_pg", "pg_id": placement_group.id}))
+    return {row["placement_group_id"]: _with_bundle_map(row) for row in _gcs({"op": "list_pgs"})["placement_groups"]}
+
+
+def _with_bundle_map(row: dict) -> dict:
+    # Ray's table names each bundle's node by index (int keys, which our wire format avoids).
+    row["bundles_to_node_id"] = dict(enumerate(row.get("bundle_nodes") or []))
+    return row
 
 
 def get_current_placement_group() -> PlacementGroup | None:
