@@ -24,6 +24,7 @@ from ..exceptions import (
     ActorDiedError,
     GetTimeoutError,
     ObjectLostError,
+    ObjectReconstructionFailedError,
     OwnerDiedError,
     PlacementGroupError,
     TaskCancelledError,
@@ -135,6 +136,7 @@ class CoreWorker:
             "remove_borrower": self.on_remove_borrower, "release_contained": self.on_release_contained,
             "list_refs": self.on_list_refs, "actor_update": self.on_actor_update, "infeasible": self.on_infeasible,
             "task_output": self.on_task_output, "cancel_task": self.on_cancel_task,
+            "recover_object": self.on_recover_object,
         }
         # Called (on the io thread) with each output message of a task this process submitted;
         # returns True if it took it. The notebook extension routes output into cells with it.
@@ -171,6 +173,7 @@ class CoreWorker:
         self.current_cell: dict | None = None
         self.current_pg: list | None = None  # placement group the running task captures children into
         self.object_cells: dict[bytes, dict] = {}  # owned object -> the cell that created it
+        self.lineage: dict[bytes, TaskSpec] = {}  # owned result in shared memory -> the task that made it
         self.task_events = te.TaskEventBuffer(self.address)
         self._events_armed = False
 
@@ -332,6 +335,7 @@ class CoreWorker:
                 self._release_nested(oid, entry.nested)
             self.tasks.pop(oid, None)
             self.object_cells.pop(oid, None)
+            self._drop_lineage(oid)
         else:
             self._send_owner(e.owner, {"op": "remove_borrower", "o": oid, "a": self.address})
 
@@ -550,7 +554,14 @@ class CoreWorker:
             return deserialize(e.meta, e.bufs)
         if e.state == SHM:
             if e.mapped is None:
-                e.mapped = self._map_shm(ref._id, e.node_id)
+                try:
+                    e.mapped = self._map_shm(ref._id, e.node_id)
+                except ObjectLostError:
+                    if e.node_id == self.node_id:
+                        raise
+                    # Its node is gone: rebuild it from lineage (owner) or have the owner do so.
+                    self.run_sync(self._recover(ref, e.node_id))
+                    return self.materialize(ref)
             meta, bufs = e.mapped
             return deserialize(meta, bufs)
         err = e.error
@@ -898,16 +909,87 @@ class CoreWorker:
         for oid in spec.return_ids:
             if self.tasks.get(oid) is spec:
                 del self.tasks[oid]
-        for r in spec.deps:
-            self.refs.remove_submitted(r._id)
-        for r in spec.nested:
-            self.refs.remove_submitted(r._id)
-        spec.deps, spec.nested = [], []
+        if not self._keep_lineage(spec, error):
+            self._release_task_args(spec)
         if spec.actor_id:
             ch = self.actors.get(spec.actor_id)
             if ch is not None:
                 ch.inflight.pop(spec.task_id, None)
                 self._maybe_kill_out_of_scope(ch)
+
+    def _release_task_args(self, spec: TaskSpec) -> None:
+        for r in spec.deps:
+            self.refs.remove_submitted(r._id)
+        for r in spec.nested:
+            self.refs.remove_submitted(r._id)
+        spec.deps, spec.nested = [], []
+
+    # -- lineage: rebuilding results lost with a node ----------------------------------------
+    # A task's results in shared memory live on one node; if it dies they are gone. As in Ray,
+    # the owner keeps the task (and its arguments pinned) while such a result is referenced and
+    # the task has retries left, and runs it again when a reader finds the copy gone.
+    def _keep_lineage(self, spec: TaskSpec, error: BaseException | None) -> bool:
+        if error is not None or spec.actor_id or spec.max_retries == 0:
+            return False
+        kept = False
+        for oid in spec.return_ids:
+            e = self.store.entries.get(oid)
+            if e is not None and e.state == SHM:
+                self.lineage[oid] = spec
+                kept = True
+        return kept
+
+    def _drop_lineage(self, oid: bytes) -> None:
+        spec = self.lineage.pop(oid, None)
+        if spec is not None and not any(self.lineage.get(o) is spec for o in spec.return_ids):
+            self._release_task_args(spec)
+
+    async def reconstruct(self, oid: bytes, lost_node: str) -> None:
+        """Make `oid` (owned, its copy lost with `lost_node`) available again, or store why not."""
+        e = self.store.entries.get(oid)
+        if e is None or (e.state == SHM and e.node_id != lost_node) or e.state in (INLINE, ERROR):
+            return  # freed, or already rebuilt elsewhere
+        if e.state == SHM:
+            spec = self.lineage.get(oid)
+            if spec is None or spec.max_retries == 0:
+                why = ("its task has no retries left (max_retries); raise max_retries to let lost results be rebuilt"
+                       if spec is not None else
+                       "no lineage is kept for it (put() objects, actor results and tasks with max_retries=0 "
+                       "cannot be rebuilt; raise max_retries)")
+                self.store.set_error(oid, ObjectReconstructionFailedError(
+                    oid.hex(), f"its only copy was on node {lost_node[:8]}, which is gone, and {why}"))
+                return
+            if spec.max_retries > 0:
+                spec.max_retries -= 1
+            logger.warning("Rebuilding the results of task `%s`: their only copy was on node %s, which is gone.",
+                           spec.name, lost_node[:8])
+            for o in spec.return_ids:
+                self.lineage.pop(o, None)
+                self.store.reset_pending(o)
+            spec.finished, spec.lease = False, None
+            self.task_event(spec, te.PENDING)
+            self._submit_on_loop(spec)
+        fut = self.loop.create_future()
+        if self.store.add_waiter(oid, lambda: self.on_loop(lambda: fut.done() or fut.set_result(None))):
+            await fut
+
+    async def _recover(self, ref: ObjectRef, lost_node: str) -> None:
+        if ref._owner == self.address:
+            await self.reconstruct(ref._id, lost_node)
+            return
+        try:
+            conn = await self.get_conn(ref._owner)
+            reply, bufs = await conn.request({"op": "recover_object", "o": ref._id, "node": lost_node}, timeout=None)
+        except (ConnectionError, OSError) as e:
+            self.store.set_error(ref._id, OwnerDiedError(ref.hex(), f"its copy was lost with node {lost_node[:8]} "
+                                                         f"and its owner {ref._owner} is unreachable ({e})"))
+            return
+        self.store.reset_pending(ref._id)
+        self._apply_object_reply(ref._id, reply, bufs)
+
+    async def on_recover_object(self, conn: Connection, msg: dict, bufs: list) -> Any:
+        await self.reconstruct(msg["o"], msg["node"])
+        return self._object_reply(msg["o"])
 
     def on_infeasible(self, conn: Connection, msg: dict, bufs: list) -> None:
         if msg["text"] not in self._infeasible_warned:

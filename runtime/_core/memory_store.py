@@ -63,6 +63,12 @@ class MemoryStore:
             e.state, e.error = ERROR, error
         self._fire(e)
 
+    def reset_pending(self, oid: bytes) -> None:
+        """The value is being made again (its copy was lost): readers wait for the new one."""
+        with self.lock:
+            e = self.entries.get(oid) or self.create_pending(oid)
+            e.state, e.mapped, e.node_id, e.error = PENDING, None, "", None
+
     def add_waiter(self, oid: bytes, callback: Callable[[], None]) -> bool:
         """Register `callback` for when `oid` is ready. False (not registered) if ready now."""
         with self.lock:
