@@ -14,7 +14,6 @@ processes belong to the process that made the Cluster: they exit with it even if
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import time
@@ -105,17 +104,7 @@ class Cluster:
 
     # -- observing -------------------------------------------------------------------------
     def _gcs(self, msg: dict) -> dict:
-        from .rpc.connection import connect
-
-        async def ask() -> dict:
-            conn = await connect(self._procs.gcs_address, {}, self._procs.token, info={"kind": "tool"}, timeout=10)
-            try:
-                reply, _ = await conn.request(msg, timeout=10)
-                return reply
-            finally:
-                conn.close()
-
-        return asyncio.run(ask())
+        return launcher.gcs_request(self._procs.gcs_address, self._procs.token, msg)
 
     def alive_node_ids(self) -> set[str]:
         return {n["node_id"] for n in self._gcs({"op": "list_nodes"})["nodes"] if n["alive"]}

@@ -106,7 +106,7 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
     cluster.procs["gcs"] = _spawn(cluster, "gcs", "runtime.gcs", gcs_args, [gcs_sock.fileno()])
     gcs_sock.close()
     head = add_node(cluster, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                    object_store_memory=object_store_memory)
+                    object_store_memory=object_store_memory, head=True)
     cluster.node_address, cluster.node_tcp_address = head["node_address"], head["node_tcp_address"]
     cluster.shm_dir, cluster.sock_dir = head["shm_dir"], head["sock_dir"]
     _write_private_json(os.path.join(session_dir, "cluster.json"), {**cluster.info(), "started": time.time()})
@@ -114,13 +114,13 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
 
 
 def add_node(cluster: ClusterProcesses, *, num_cpus: float | None = None, num_gpus: float | None = None,
-             resources: dict | None = None, object_store_memory: int | None = None) -> dict:
+             resources: dict | None = None, object_store_memory: int | None = None, head: bool = False) -> dict:
     """Start one more node manager on this machine, joined to `cluster`'s control store: its own
     resources, worker pool, sockets and shared-memory object store. Returns its description
     (node_id, pid, addresses); it dies with the cluster (or its owner, when embedded)."""
     res = default_resources(num_cpus, num_gpus, object_store_memory)
     node_id = secrets.token_hex(16)
-    first = not any(name.startswith("node") for name in cluster.procs)
+    first = head
     # Unix socket paths are limited to ~107 bytes: fall back to a short directory when needed.
     sock_dir = os.path.join(cluster.session_dir, "sockets" if first else f"sockets-{node_id[:8]}")
     if len(sock_dir) > 60:
@@ -163,6 +163,32 @@ def _spawn(cluster: ClusterProcesses, name: str, module: str, args: dict, keep_f
                                 start_new_session=True, close_fds=True)
     finally:
         log.close()
+
+
+def attach(info: dict, config: SystemConfig) -> ClusterProcesses:
+    """A running cluster (its cluster.json), to add nodes to it from this process. Nodes added so
+    are persistent: they stop with the cluster (`runtime stop`), not with this process."""
+    return ClusterProcesses(session_dir=info["session_dir"], session_name=info["session_name"], token=info["token"],
+                            gcs_address=info["gcs_address"], node_address=info["node_address"],
+                            node_tcp_address=info.get("node_tcp_address", ""), shm_dir=info.get("shm_dir", ""),
+                            config=config)
+
+
+def gcs_request(gcs_address: str, token: str, msg: dict, timeout: float = 10) -> dict:
+    """One request to a control store from outside a driver (tools, the CLI, the test harness)."""
+    import asyncio
+
+    from ..rpc.connection import connect
+
+    async def ask() -> dict:
+        conn = await connect(gcs_address, {}, token, info={"kind": "tool"}, timeout=timeout)
+        try:
+            reply, _ = await conn.request(msg, timeout=timeout)
+            return reply
+        finally:
+            conn.close()
+
+    return asyncio.run(ask())
 
 
 def _write_private_json(path: str, data: dict) -> None:
@@ -257,6 +283,13 @@ def read_current_cluster() -> dict | None:
 
 def stop_persistent(info: dict, timeout: float = 10.0) -> list[int]:
     pids = [p for p in info.get("pids", {}).values() if p]
+    try:  # nodes that joined later (`runtime start --address`) are known to the control store only
+        joined = [n for n in gcs_request(info["gcs_address"], info["token"], {"op": "list_nodes"}, timeout=5)["nodes"]
+                  if n["alive"] and n["pid"] not in pids]
+    except Exception:  # noqa: BLE001 - the control store is already gone: its nodes exit by themselves
+        joined = []
+    pids = [n["pid"] for n in joined] + pids  # nodes first: they shut their workers down cleanly
+    info = {**info, "node_dirs": (info.get("node_dirs") or [info]) + [{"shm_dir": n["shm_dir"]} for n in joined]}
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             try:

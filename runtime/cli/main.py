@@ -14,17 +14,11 @@ from .._core import launcher
 def _cmd_start(args: argparse.Namespace) -> int:
     from ..config import SystemConfig
     if not args.head:
-        print("Only `runtime start --head` is supported in this release (multi-node joins come later).",
-              file=sys.stderr)
-        return 2
+        return _join(args)
     if launcher.read_current_cluster() is not None:
         print("A cluster is already running on this machine; `runtime stop` it first.", file=sys.stderr)
         return 1
-    try:
-        resources = json.loads(args.resources) if args.resources else None
-    except json.JSONDecodeError as e:
-        print(f"--resources must be JSON like '{{\"custom\": 1}}': {e}", file=sys.stderr)
-        return 2
+    resources = _parse_resources(args.resources)
     overrides = json.loads(args.system_config) if args.system_config else {}
     if args.object_spill_dir:
         overrides["object_spilling_directory"] = args.object_spill_dir
@@ -51,6 +45,43 @@ def _cmd_start(args: argparse.Namespace) -> int:
     print(f"Started a cluster at {addr} (session {cluster.session_dir}).")
     print(f"Resources: {json.dumps(res)}")
     print("Join it from Python with runtime.init(address='auto'); stop it with `runtime stop`.")
+    return 0
+
+
+def _parse_resources(text: str | None) -> dict | None:
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--resources must be JSON like '{{\"custom\": 1}}': {e}") from None
+
+
+def _join(args: argparse.Namespace) -> int:
+    """`runtime start --address HOST:PORT`: one more node manager for a running head."""
+    from ..config import SystemConfig
+    from .._core.api import _find_cluster
+    if not args.address:
+        print("Give --head to start a head node, or --address HOST:PORT to join a running one.", file=sys.stderr)
+        return 2
+    try:
+        info = _find_cluster(args.address)
+    except ConnectionError as e:
+        print(f"{e} Joining a head on another machine is not supported yet: nodes join heads on this machine.",
+              file=sys.stderr)
+        return 1
+    config = SystemConfig.resolve(json.loads(args.system_config) if args.system_config else {})
+    cluster = launcher.attach(info, config)
+    node = launcher.add_node(cluster, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                             resources=_parse_resources(args.resources), object_store_memory=args.object_store_memory)
+    deadline = time.monotonic() + config.startup_timeout_s
+    while not any(n["node_id"] == node["node_id"] and n["alive"] for n in
+                  launcher.gcs_request(info["gcs_address"], info["token"], {"op": "list_nodes"})["nodes"]):
+        if time.monotonic() > deadline or cluster.procs[node["name"]].poll() is not None:
+            print(f"The node did not join; see {info['session_dir']}/logs/{node['name']}.log", file=sys.stderr)
+            return 1
+        time.sleep(0.05)  # polling a condition with a deadline
+    print(f"Node {node['node_id'][:12]} joined the cluster at {args.address} with "
+          f"{json.dumps({k: v for k, v in node['resources'].items() if k != 'memory'})}"
+          + (f" and {args.resources}" if args.resources else "") + ". It stops with `runtime stop`.")
     return 0
 
 
@@ -153,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("start", help="start a cluster in the background")
     s.add_argument("--head", action="store_true", help="start the head node (control store + node manager)")
-    s.add_argument("--address", help="join an existing head (multi-node: later release)")
+    s.add_argument("--address", help="HOST:PORT of a running head to join as one more node")
     s.add_argument("--port", type=int, default=6379, help="control store port (default 6379; 0 picks a free one)")
     s.add_argument("--num-cpus", type=float)
     s.add_argument("--num-gpus", type=float)

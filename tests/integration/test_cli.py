@@ -210,3 +210,29 @@ def test_status_shows_placement_groups_with_their_nodes_and_pending_ones(cli):
     assert f"placed PACK CREATED  0:{node}" in status
     assert "toobig PACK PENDING  infeasible" in status
     assert "Pending demand: none" in status
+
+
+def test_start_address_joins_a_node_with_custom_resources_and_stop_ends_it(cli):
+    """As in the book: `ray start --address ... --resources '{"x86": 1}'` on another node."""
+    port = _free_port()
+    cli.run("start", "--head", "--port", str(port), "--num-cpus", "1")
+    joined = cli.run("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "2",
+                     "--resources", json.dumps({"x86": 1}))
+    assert "joined the cluster" in joined.stdout, joined.stdout
+    out = cli.driver("""
+        import runtime
+        runtime.init(address="auto")
+        @runtime.remote(resources={"x86": 1})
+        def on_x86():
+            return runtime.get_runtime_context().get_node_id()
+        nodes = {n["NodeID"]: n for n in runtime.nodes() if n["Alive"]}
+        where = runtime.get(on_x86.remote())
+        print(len(nodes), runtime.cluster_resources()["CPU"], nodes[where]["IsHead"])
+    """)
+    assert out.split() == ["2", "3.0", "False"], out
+    status = cli.run("status")
+    assert "Nodes: 2 alive" in status.stdout and "x86: 0 / 1" in status.stdout, status.stdout
+    bad = cli.run("start", "--address", "127.0.0.1:1", check=False)
+    assert bad.returncode == 1 and "No cluster started on this machine listens" in bad.stderr, bad.stderr
+    cli.run("stop")
+    wait_for(lambda: not _port_open(port), timeout=10, what=f"port {port} closed after stop")
