@@ -68,13 +68,20 @@ class ClusterMagics(Magics):
     def _cluster_start(self, args: Any) -> Any:
         if runtime.is_initialized():
             raise UsageError("This notebook is already connected to a cluster. Run `%cluster stop` first.")
-        if args.nodes not in (None, 1):
-            raise UsageError("--nodes K (several node managers on this machine) needs multi-node support, "
-                             "which this version does not have yet; start without --nodes.")
+        nodes = 1 if args.nodes is None else args.nodes
+        if nodes < 1:
+            raise UsageError(f"--nodes must be at least 1, got {nodes}.")
         try:
             store = parse_size(args.object_store_memory) if args.object_store_memory else None
         except ValueError as e:
             raise UsageError(f"--object-store-memory: {e}") from None
+        if nodes > 1:
+            # K node managers share this machine: each gets its share unless told otherwise.
+            from runtime._core import launcher, machine
+            if args.num_cpus is None:
+                args.num_cpus = max(1.0, machine.cpu_limit() / nodes)
+            if store is None:
+                store = launcher.default_resources(None, 0, None)["object_store_memory"] // nodes
         if args.detach:
             cmd = [sys.executable, "-m", "runtime", "start", "--head"]
             if args.num_cpus is not None:
@@ -88,8 +95,16 @@ class ClusterMagics(Magics):
             if done.returncode != 0:
                 raise UsageError(f"`runtime start --head` failed: {done.stderr.strip() or done.stdout.strip()}")
             ctx = runtime.init(address="auto")
+            join = [sys.executable, "-m", "runtime", "start", "--address", ctx.address_info["address"]] + cmd[5:]
+            for _ in range(nodes - 1):
+                done = subprocess.run(join, capture_output=True, text=True, timeout=120)
+                if done.returncode != 0:
+                    raise UsageError(f"`runtime start --address` failed: {done.stderr.strip() or done.stdout.strip()}")
         else:
             ctx = runtime.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus, object_store_memory=store)
+            if nodes > 1:
+                from runtime._core.api import add_local_nodes
+                add_local_nodes(nodes - 1, num_cpus=args.num_cpus, object_store_memory=store)
         print(cluster_text.summary())
         return ctx
 

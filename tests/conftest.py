@@ -99,7 +99,7 @@ def long_tmpdir_cli(tmp_path, monkeypatch, orrery_leak_check):
 
 
 @pytest.fixture
-def make_cluster(orrery_leak_check):
+def make_cluster(own_cluster):
     """make_cluster(head={"num_cpus": 1}, workers=[{"num_cpus": 2}, ...], **system_config): a
     multi-node cluster on this machine (runtime.cluster_utils.Cluster) with this process
     connected as its driver; shut down after the test."""

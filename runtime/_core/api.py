@@ -6,6 +6,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -123,6 +124,24 @@ def _find_cluster(address: str) -> dict:
             return candidate
     raise ConnectionError(f"No cluster started on this machine listens at {address!r}. Check the address printed by "
                           "`runtime start --head` (or use address='auto').")
+
+
+def add_local_nodes(count: int, *, num_cpus: float | None = None, object_store_memory: int | None = None,
+                    timeout: float = 30) -> list[str]:
+    """More node managers for the embedded cluster this driver started (`%cluster start --nodes K`);
+    returns their node ids once they have joined."""
+    cluster = api_state.cluster
+    if cluster is None:
+        raise RuntimeError("Only an embedded cluster (runtime.init() without an address) can grow from here; "
+                           "add nodes to a running cluster with `runtime start --address HOST:PORT`.")
+    ids = [launcher.add_node(cluster, num_cpus=num_cpus, object_store_memory=object_store_memory)["node_id"]
+           for _ in range(count)]
+    deadline = time.monotonic() + timeout
+    while not set(ids) <= {n["NodeID"] for n in nodes() if n["Alive"]}:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{count} new node(s) did not join within {timeout} s; see {cluster.session_dir}/logs")
+        time.sleep(0.05)  # polling a condition with a deadline
+    return ids
 
 
 def _teardown() -> None:

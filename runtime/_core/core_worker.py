@@ -843,6 +843,8 @@ class CoreWorker:
                 self._apply_results(spec, reply, bufs, lease.address)
             else:
                 sq.queue.appendleft(spec)
+        if sq.strategy == "SPREAD" and not lease.dead:
+            self._return_lease(lease)  # one task per lease: each is placed (spread) on its own
         if sq.queue:
             self._dispatch(sq)
         elif not lease.dead and lease.busy is None:

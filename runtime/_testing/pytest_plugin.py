@@ -349,6 +349,18 @@ def ray_start(request: pytest.FixtureRequest, orrery_leak_check: None) -> Iterat
         yield ctx
 
 
+@pytest.fixture
+def own_cluster(orrery_leak_check: None) -> Iterator[None]:
+    """For a test that starts its own cluster itself (a magic, a Cluster): the module's shared
+    runtime is shut down first, and whatever the test left initialized afterwards."""
+    import runtime
+
+    _stop_shared_runtime()
+    yield
+    if runtime.is_initialized():
+        runtime.shutdown()
+
+
 @pytest.fixture(scope="module")
 def _orrery_shared_runtime_owner(request: pytest.FixtureRequest) -> Iterator[_SharedRuntime]:
     global _shared

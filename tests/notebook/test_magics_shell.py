@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 
 import runtime
 from nbshell import run
@@ -218,3 +219,22 @@ def test_cluster_list_marks_this_notebooks_cluster_and_lists_sessions(ip, capsys
         assert "Sessions in this notebook's cluster: listed" in out
     finally:
         runtime.kill(runtime.get_actor("session:listed", namespace="kernel_ext"))
+
+
+def test_cluster_start_with_several_nodes_spreads_cells_over_them(own_cluster, capsys):
+    """`%cluster start --nodes 2`: two node managers on this machine, as two machines would be."""
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "kernel_ext")
+    try:
+        shell.run_line_magic("cluster", "start --nodes 2 --num-cpus 1")
+        assert "2 node(s)" in capsys.readouterr().out
+        shell.run_cell_magic("remote", "--spread 2 -o where",
+                             "import runtime\nwhere = runtime.get_runtime_context().get_node_id()")
+        where = shell.user_ns["where"]
+        assert len(where) == 2 and len(set(where)) == 2, where
+        with pytest.raises(UsageError, match="--nodes must be at least 1"):
+            shell.run_line_magic("cluster", "stop") or shell.run_line_magic("cluster", "start --nodes 0")
+    finally:
+        if runtime.is_initialized():
+            shell.run_line_magic("cluster", "stop")
+        shell.reset()
