@@ -430,3 +430,108 @@ def wait_many(bench: Bench) -> float:
     dt = _elapsed(run)
     assert len(ready) == n
     return dt
+
+
+# --------------------------------------------------------------------------- several nodes
+# Each of these starts its own cluster of several node managers on this machine with the
+# backend's `cluster_utils.Cluster` (Ray's test/demo harness, which ours mirrors), joins it as
+# the driver, and stops it. They run before the shared single-node cluster is started.
+
+
+def _with_cluster(bench: Bench, nodes: list[dict], body: Callable[[Any, Any], Any]) -> Any:
+    import importlib
+    cluster_utils = importlib.import_module(f"{bench.backend}.cluster_utils")
+    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args=nodes[0])
+    try:
+        for args in nodes[1:]:
+            cluster.add_node(**args)
+        cluster.wait_for_nodes()
+        bench.ray.init(address=cluster.address)
+        try:
+            return body(bench.ray, cluster)
+        finally:
+            bench.ray.shutdown()
+    finally:
+        cluster.shutdown()
+
+
+@workload("internode_gbps_100mb", needs_cluster=False)
+def internode_transfer(bench: Bench) -> float:
+    """A 100 MB array made by a task on a second node, then get() by the driver on the head:
+    the object crosses between the two nodes' stores. Best of 3, fresh object each time, GB/s."""
+    def body(ray, cluster):
+        @ray.remote(resources={"far": 1})
+        def make():
+            import numpy as np
+            return np.ones(100_000_000, dtype=np.uint8)
+
+        best = float("inf")
+        for _ in range(3):
+            ref = make.remote()
+            ray.wait([ref], fetch_local=False)
+            t0 = time.perf_counter()
+            value = ray.get(ref)
+            best = min(best, time.perf_counter() - t0)
+            assert value.nbytes == BIG_NBYTES and value[-1] == 1
+            del value, ref
+        return BIG_GB / best
+
+    return _with_cluster(bench, [{"num_cpus": 1}, {"num_cpus": 1, "resources": {"far": 1}}], body)
+
+
+@workload("tasks_4_nodes_per_s", needs_cluster=False)
+def tasks_four_nodes(bench: Bench) -> float:
+    """Throughput of 2,000 empty tasks on 4 nodes of 1 CPU each (submitted, then one get)."""
+    def body(ray, cluster):
+        @ray.remote
+        def noop():
+            return None
+
+        ray.get([noop.remote() for _ in range(200)])
+        n = 2_000
+        return n / _elapsed(lambda: ray.get([noop.remote() for _ in range(n)]))
+
+    return _with_cluster(bench, [{"num_cpus": 1}] * 4, body)
+
+
+@workload("dead_node_detect_s", needs_cluster=False)
+def dead_node_detect(bench: Bench) -> float:
+    """A worker node's processes SIGKILLed (remove_node(allow_graceful=False)): seconds until
+    ray.nodes() reports it dead. Default settings of each backend."""
+    def body(ray, cluster):
+        victim = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        t0 = time.perf_counter()
+        cluster.remove_node(victim, allow_graceful=False)
+        while any(n["NodeID"] == victim.node_id and n["Alive"] for n in ray.nodes()):
+            if time.perf_counter() - t0 > 120:
+                raise TimeoutError("the killed node was not declared dead within 120 s")
+            time.sleep(0.01)
+        return time.perf_counter() - t0
+
+    return _with_cluster(bench, [{"num_cpus": 1}], body)
+
+
+@workload("actor_recover_s", needs_cluster=False)
+def actor_recover(bench: Bench) -> float:
+    """An actor (max_restarts=1) whose process is SIGKILLed: seconds from the kill until a call
+    to it (max_task_retries=-1) returns from the restarted instance."""
+    import os
+    import signal
+
+    def body(ray, cluster):
+        @ray.remote(max_restarts=1, max_task_retries=-1)
+        class Probe:
+            def pid(self):
+                return os.getpid()
+
+        probe = Probe.remote()
+        pid = ray.get(probe.pid.remote())
+        t0 = time.perf_counter()
+        os.kill(pid, signal.SIGKILL)
+        new_pid = ray.get(probe.pid.remote())
+        elapsed = time.perf_counter() - t0
+        assert new_pid != pid
+        return elapsed
+
+    return _with_cluster(bench, [{"num_cpus": 1}, {"num_cpus": 1}], body)

@@ -963,6 +963,7 @@ class CoreWorker:
                 return
             if spec.max_retries > 0:
                 spec.max_retries -= 1
+            self._forget_leases_on(lost_node)
             logger.warning("Rebuilding the results of task `%s`: their only copy was on node %s, which is gone.",
                            spec.name, lost_node[:8])
             for o in spec.return_ids:
@@ -974,6 +975,14 @@ class CoreWorker:
         fut = self.loop.create_future()
         if self.store.add_waiter(oid, lambda: self.on_loop(lambda: fut.done() or fut.set_result(None))):
             await fut
+
+    def _forget_leases_on(self, node_id: str) -> None:
+        """Workers leased on a node known to be gone take no more tasks (their connections may not
+        have closed yet)."""
+        for sq in self.queues.values():
+            for lease in [x for x in sq.leases if x.node_id == node_id and x.busy is None]:
+                lease.dead = True
+                sq.leases.remove(lease)
 
     async def _recover(self, ref: ObjectRef, lost_node: str) -> None:
         if ref._owner == self.address:

@@ -170,7 +170,7 @@ class ControlStore:
     # -- nodes and jobs ----------------------------------------------------------------
     def on_register_node(self, conn: Connection, msg: dict, bufs: list) -> dict:
         node = {k: msg[k] for k in ("node_id", "resources", "address", "unix_address", "shm_dir", "pid",
-                                    "hostname", "node_ip", "session_dir")}
+                                    "hostname", "node_ip", "session_dir", "transfer_address")}
         node.update(alive=True, start_time=time.time(), last_heartbeat=time.monotonic(), is_head=not self.nodes,
                     available=dict(msg["resources"]))
         self.nodes[msg["node_id"]] = node
@@ -185,7 +185,8 @@ class ControlStore:
         return {"nodes": self._peer_list()}
 
     def _peer_list(self) -> list[dict]:
-        return [{"node_id": n["node_id"], "address": n["address"]} for n in self.nodes.values()
+        return [{"node_id": n["node_id"], "address": n["address"], "transfer_address": n["transfer_address"]}
+                for n in self.nodes.values()
                 if n["alive"] and n["node_id"] in self.node_conns]
 
     def _broadcast_nodes(self, but: Connection | None = None) -> None:

@@ -25,7 +25,7 @@ import psutil
 
 from .. import config as config_mod
 from .. import owner_pipe
-from ..rpc.connection import Connection, connect, serve
+from ..rpc.connection import Connection, bind_socket, connect, serve, socket_address
 from .object_store import ObjectStoreManager
 from .transfer import ObjectTransfer
 from .resources import (LeaseQueue, LeaseRequest, ResourcePool, bundle_resources, is_group_resource,
@@ -88,7 +88,7 @@ class NodeDaemon:
         self.peers: dict[str, dict] = {}
         self.peer_conns: dict[str, Connection] = {}
         self._peer_connecting: dict[str, asyncio.Future] = {}
-        self.transfer = ObjectTransfer(self.node_id, self.store, self._peer_conn)
+        self.transfer = ObjectTransfer(self.node_id, self.token, self.store, self._peer_for_transfer)
         self._report_scheduled = False
         self.handlers = {
             "hello": self.on_hello, "lease": self.on_lease, "return_lease": self.on_return_lease,
@@ -100,7 +100,7 @@ class NodeDaemon:
             "node_info": self.on_node_info, "shutdown": self.on_shutdown,
             "prepare_bundles": self.on_prepare_bundles, "commit_bundles": self.on_commit_bundles,
             "cancel_bundles": self.on_cancel_bundles, "nodes_changed": self.on_nodes_changed,
-            "pull_object": self.on_pull_object, "object_info": self.on_object_info, "read_chunk": self.on_read_chunk,
+            "pull_object": self.on_pull_object, "object_info": self.on_object_info,
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -112,6 +112,8 @@ class NodeDaemon:
         loop.add_signal_handler(signal.SIGTERM, self.done.set)
         loop.add_signal_handler(signal.SIGINT, self.done.set)
         owner_pipe.watch(loop, self.args.get("owner_fd"), self._owner_gone)
+        transfer_sock = bind_socket(f"tcp:{self.args['node_ip']}:0")  # object data streams (transfer.py)
+        transfer_server = loop.create_task(self.transfer.serve(transfer_sock))
         self.gcs = await connect(self.args["gcs_address"], self.handlers, self.token,
                                  info={"kind": "node", "node_id": self.node_id}, on_close=self._gcs_lost,
                                  timeout=self.config.startup_timeout_s, name="node->gcs")
@@ -119,7 +121,8 @@ class NodeDaemon:
                                            "address": self.args["tcp_address"], "unix_address": self.args["unix_address"],
                                            "shm_dir": self.shm_dir, "pid": os.getpid(),
                                            "hostname": socket.gethostname(), "node_ip": self.args["node_ip"],
-                                           "session_dir": self.session_dir})
+                                           "session_dir": self.session_dir,
+                                           "transfer_address": socket_address(transfer_sock)})
         self.on_nodes_changed(self.gcs, reply, [])
         servers = []
         for fd in (self.args["unix_fd"], self.args["tcp_fd"]):
@@ -130,6 +133,8 @@ class NodeDaemon:
         await self.done.wait()
         hb.cancel()
         reaper.cancel()
+        transfer_server.cancel()
+        transfer_sock.close()
         for s in servers:
             s.close()
         self.shutdown_workers()
@@ -179,6 +184,10 @@ class NodeDaemon:
         conn = await asyncio.shield(fut)
         self.peer_conns[node_id] = conn
         return conn
+
+    async def _peer_for_transfer(self, node_id: str) -> tuple[Connection, str]:
+        conn = await self._peer_conn(node_id)
+        return conn, self.peers[node_id]["transfer_address"]
 
     def _report_resources(self) -> None:
         """Tell the control store what is free here (at most every 50 ms), so that other nodes
@@ -547,8 +556,6 @@ class NodeDaemon:
     def on_object_info(self, conn: Connection, msg: dict, bufs: list) -> dict:
         return self.transfer.object_info(msg["object_id"], msg["node_id"])
 
-    def on_read_chunk(self, conn: Connection, msg: dict, bufs: list) -> tuple:
-        return self.transfer.read_chunk(msg["object_id"], msg["offset"], msg["length"])
 
     def on_restore_object(self, conn: Connection, msg: dict, bufs: list) -> dict:
         return {"found": self.store.restore(msg["object_id"])}

@@ -1,36 +1,47 @@
 """Objects between nodes: a node manager pulls a copy of an object that lives in another
-node's store, in chunks over TCP, straight from that node manager (never through the head).
+node's store straight from that node manager (never through the head).
 
-The puller reserves space in its own store, asks the source for the size, then keeps a few
-chunk reads in flight and writes each chunk at its offset into a temporary file, which it
-renames into place and seals: readers on the puller's node then map the copy as any local
-object. The source remembers which nodes hold copies, so that freeing the primary frees
-them too. Concurrent pulls of one object on one node share one transfer.
+Control goes over the ordinary RPC connection (`object_info`: size and owner; the source
+also notes which nodes hold copies, so that freeing the primary frees them). The bytes go
+over a data stream of their own: the source `sendfile`s the object's file into the socket
+(no copy in user space) and the puller receives straight into a mapping of its new file.
+Large objects come as several ranges over parallel streams. The copy is renamed into place
+and sealed: readers on the puller's node then map it as any local object. Concurrent pulls
+of one object on one node share one transfer.
+
+Data stream request, fixed 76 bytes: token (32 ASCII hex) | object id (20) | offset (u64) |
+length (u64) | reserved (u64). Reply: u64 length that follows (0: not here), then the bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import mmap
 import os
+import socket
+import struct
 from typing import Awaitable, Callable
 
-from ..rpc.connection import Connection
+from ..rpc.connection import Connection, parse_address
 from .object_store import ObjectStoreManager
 from .shm import object_path
 
 logger = logging.getLogger("runtime.node")
 
-CHUNK_BYTES = 8 << 20  # large enough that per-request overhead is small, small enough to pipeline
-WINDOW = 4  # chunk reads in flight per transfer
+STREAM_MIN_BYTES = 16 << 20  # objects at least this large come over two streams in parallel
+_REQUEST = struct.Struct("<32s20sQQQ")
+_LENGTH = struct.Struct("<Q")
 
 
 class ObjectTransfer:
-    def __init__(self, node_id: str, store: ObjectStoreManager,
-                 peer: Callable[[str], Awaitable[Connection]]) -> None:
+    def __init__(self, node_id: str, token: str, store: ObjectStoreManager,
+                 peer: Callable[[str], Awaitable[tuple[Connection, str]]]) -> None:
         self.node_id = node_id
+        self.token = token
         self.store = store
-        self.peer = peer  # node id -> connection to that node's manager
+        self.peer = peer  # node id -> (connection to that node's manager, its data stream address)
         self.pulls: dict[bytes, asyncio.Task] = {}
         self.copies: dict[bytes, set[str]] = {}  # object served -> nodes that pulled a copy
         self.pulled_bytes_total = 0
@@ -49,7 +60,7 @@ class ObjectTransfer:
         return await asyncio.shield(task)
 
     async def _pull(self, oid: bytes, source_node: str) -> bool:
-        conn = await self.peer(source_node)
+        conn, stream_address = await self.peer(source_node)
         info, _ = await conn.request({"op": "object_info", "object_id": oid, "node_id": self.node_id}, timeout=30)
         if not info.get("found"):
             return False
@@ -62,7 +73,15 @@ class ObjectTransfer:
             try:
                 if not reuse:
                     os.ftruncate(fd, max(size, 1))
-                await self._copy_chunks(conn, oid, size, fd)
+                with mmap.mmap(fd, max(size, 1)) as mm:
+                    view = memoryview(mm)
+                    try:
+                        parts = 2 if size >= STREAM_MIN_BYTES else 1
+                        step = -(-size // parts)
+                        await asyncio.gather(*(self._receive(stream_address, oid, view, off, min(step, size - off))
+                                               for off in range(0, size, step)))
+                    finally:
+                        view.release()
             finally:
                 os.close(fd)
             os.rename(tmp, object_path(self.store.shm_dir, oid))
@@ -74,22 +93,28 @@ class ObjectTransfer:
             if not ok:
                 self.store.free(oid)
 
-    async def _copy_chunks(self, conn: Connection, oid: bytes, size: int, fd: int) -> None:
-        offsets = list(range(0, size, CHUNK_BYTES))
+    async def _receive(self, address: str, oid: bytes, view: memoryview, offset: int, length: int) -> None:
+        """One byte range of the object, over its own data stream, into the mapping."""
         loop = asyncio.get_running_loop()
-
-        async def worker() -> None:
-            while offsets:
-                off = offsets.pop(0)
-                n = min(CHUNK_BYTES, size - off)
-                reply, bufs = await conn.request({"op": "read_chunk", "object_id": oid, "offset": off,
-                                                  "length": n}, timeout=60)
-                if not reply.get("found") or len(bufs[0]) != n:
-                    raise ConnectionError(f"object {oid.hex()[:16]} disappeared from its node during the transfer")
-                # The write runs off the loop: the next chunks keep arriving meanwhile.
-                await loop.run_in_executor(None, _pwrite_all, fd, bufs[0], off)
-
-        await asyncio.gather(*(worker() for _ in range(min(WINDOW, len(offsets)))))
+        _kind, (host, port) = parse_address(address)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, (host, port)), 10)
+            await loop.sock_sendall(sock, _REQUEST.pack(self.token.encode(), oid, offset, length, 0))
+            head = await _recv_exactly(loop, sock, _LENGTH.size)
+            (n,) = _LENGTH.unpack(head)
+            if n != length:
+                raise ConnectionError(f"object {oid.hex()[:16]} is no longer on its node (it sent {n} of "
+                                      f"{length} bytes)")
+            got = 0
+            while got < length:
+                k = await loop.sock_recv_into(sock, view[offset + got:offset + length])
+                if k == 0:
+                    raise ConnectionError(f"the data stream of object {oid.hex()[:16]} closed early")
+                got += k
+        finally:
+            sock.close()
 
     # -- source side -------------------------------------------------------------------
     def object_info(self, oid: bytes, puller: str) -> dict:
@@ -99,28 +124,58 @@ class ObjectTransfer:
         self.copies.setdefault(oid, set()).add(puller)
         return {"found": True, "size": os.stat(object_path(self.store.shm_dir, oid)).st_size, "owner": obj.owner}
 
-    def read_chunk(self, oid: bytes, offset: int, length: int) -> tuple[dict, list]:
-        obj = self.store.objects.get(oid)
-        if obj is None:
-            return {"found": False}, []
-        path = obj.spilled_path or object_path(self.store.shm_dir, oid)
+    async def serve(self, sock: socket.socket) -> None:
+        """Accept data streams on `sock` (the node's transfer port) until cancelled."""
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        while True:
+            client, _ = await loop.sock_accept(sock)
+            client.setblocking(False)
+            _spawn(self._send(client))
+
+    async def _send(self, client: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except (FileNotFoundError, OSError):
-            return {"found": False}, []
-        try:
-            data = os.pread(fd, length, offset)
+            token, oid, offset, length, _ = _REQUEST.unpack(await _recv_exactly(loop, client, _REQUEST.size))
+            if not hmac.compare_digest(token, self.token.encode()):
+                logger.warning("closing a data stream: wrong cluster token")
+                return
+            obj = self.store.objects.get(oid)
+            path = (obj.spilled_path or object_path(self.store.shm_dir, oid)) if obj is not None and obj.sealed else ""
+            try:
+                f = open(path, "rb") if path else None
+            except OSError:
+                f = None
+            if f is None:
+                await loop.sock_sendall(client, _LENGTH.pack(0))
+                return
+            with f:
+                await loop.sock_sendall(client, _LENGTH.pack(length))
+                await loop.sock_sendfile(client, f, offset, length)
+        except (ConnectionError, OSError, struct.error) as e:
+            logger.info("data stream ended early: %s", e)
         finally:
-            os.close(fd)
-        return {"found": True}, [data]
+            client.close()
 
     def forget(self, oid: bytes) -> set[str]:
         """The object is freed here: the nodes whose copies must be freed too."""
         return self.copies.pop(oid, set())
 
 
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        done += os.pwrite(fd, view[done:], offset + done)
+async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = await loop.sock_recv(sock, n - len(data))
+        if not chunk:
+            raise ConnectionError("the data stream closed early")
+        data += chunk
+    return bytes(data)
+
+
+_TASKS: set = set()
+
+
+def _spawn(coro: Awaitable) -> None:
+    task = asyncio.ensure_future(coro)
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
