@@ -1,0 +1,92 @@
+"""A real redis-server for tests (Debian's package, installed by apt when missing and root),
+on 127.0.0.1 and a free port, stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def ensure_redis_server() -> str | None:
+    """The redis-server executable; installs Debian's package first when missing and allowed."""
+    exe = _redis_server_exe()
+    if exe is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "--no-install-recommends", "redis-server"]
+        if subprocess.run(install, env=env, capture_output=True, timeout=600, check=False).returncode != 0:
+            subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=600, check=False)
+            subprocess.run(install, env=env, capture_output=True, timeout=600, check=False)
+        exe = _redis_server_exe()
+    return exe
+
+
+def _redis_server_exe() -> str | None:
+    return shutil.which("redis-server") or next(
+        (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.access(p, os.X_OK)), None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pings(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")  # not "-LOADING": the data set is loaded
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """One redis-server process on 127.0.0.1:port with its data in `dir`."""
+
+    def __init__(self, exe: str, dir: Path, port: int) -> None:
+        self.exe, self.dir, self.port = exe, dir, port
+        self.proc: subprocess.Popen | None = None
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+    def start(self, *, appendonly: bool = False, deadline_s: float = 30) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log = self.dir / "redis.log"
+        self.proc = subprocess.Popen(
+            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--save", "", "--appendonly", "yes" if appendonly else "no", "--daemonize", "no",
+             "--logfile", str(log)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + deadline_s
+        while not _pings(self.port):
+            try:  # waits for the process to exit (a failed start) at most a moment, then asks again
+                self.proc.wait(timeout=0.02)
+            except subprocess.TimeoutExpired:
+                pass
+            else:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not answer on port {self.port} within {deadline_s} s")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final save."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
