@@ -89,6 +89,32 @@ class Cluster:
         if node in self.worker_nodes:
             self.worker_nodes.remove(node)
 
+    def kill_head(self) -> None:
+        """SIGKILL the control store (the head's central process); nodes and drivers keep running
+        and try to reconnect."""
+        proc = self._procs.procs["gcs"]
+        proc.kill()
+        proc.wait(10)
+
+    def restart_head(self) -> None:
+        """Kill the control store if it runs, start it again on the same port, and wait until every
+        node that was alive has reconnected to it (it recovers its tables from storage)."""
+        if self._procs.procs["gcs"].poll() is None:
+            self.kill_head()
+        launcher.restart_gcs(self._procs)
+        self.wait_for(self._all_back, 30, "the nodes to reconnect to the restarted control store")
+
+    def _all_back(self) -> bool:
+        try:
+            return {n.node_id for n in self.list_all_nodes()} <= self.alive_node_ids()
+        except (ConnectionError, OSError):
+            return False
+
+    def kill_worker(self, pid: int) -> None:
+        """SIGKILL one worker process (a task's or an actor's), as a crash would."""
+        import os
+        os.kill(pid, signal.SIGKILL)
+
     def list_all_nodes(self) -> list[NodeHandle]:
         return ([self.head_node] if self.head_node else []) + list(self.worker_nodes)
 

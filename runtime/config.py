@@ -38,6 +38,11 @@ class SystemConfig:
     task_events_interval_s: float = 0.5
     # Tasks the control store keeps for the state API; the oldest finished ones go first.
     task_events_max_tasks: int = 10000
+    # Where the control store keeps its tables so that a restarted head recovers them: "" (SQLite
+    # in the session directory), "sqlite:///ABSOLUTE/PATH", "redis://HOST:PORT[/DB]", or "none".
+    gcs_storage: str = ""
+    # How long node managers, drivers and workers keep trying to reach a restarted control store.
+    gcs_reconnect_timeout_s: float = 60.0
 
     @classmethod
     def resolve(cls, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> SystemConfig:

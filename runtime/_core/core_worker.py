@@ -16,6 +16,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 from concurrent.futures import Future as ConcurrentFuture
 from typing import Any, Callable
 
@@ -146,6 +147,7 @@ class CoreWorker:
         self._connecting: dict[str, asyncio.Future] = {}
         self.nm: Connection | None = None
         self.gcs: Connection | None = None
+        self._gcs_connecting: asyncio.Future | None = None
         self.queues: dict[str, SchedulingQueue] = {}
         self.tasks: dict[bytes, TaskSpec] = {}  # return object id -> pending spec (for cancel)
         self.actors: dict[str, ActorChannel] = {}
@@ -245,11 +247,49 @@ class CoreWorker:
             await self.ensure_gcs()
 
     async def ensure_gcs(self) -> Connection:
-        if self.gcs is None or self.gcs.closed:
-            self.gcs = await connect(self.gcs_address, self.handlers, self.token,
-                                     info={"kind": self.mode, "worker_id": self.worker_id, "job_id": self.job_id},
-                                     timeout=self.config.startup_timeout_s, name="->gcs")
-        return self.gcs
+        if self.gcs is not None and not self.gcs.closed:
+            return self.gcs
+        if self._gcs_connecting is None:
+            self._gcs_connecting = asyncio.ensure_future(self._open_gcs())
+        return await asyncio.shield(self._gcs_connecting)
+
+    async def _open_gcs(self) -> Connection:
+        """Connect to the control store. After losing it (it restarted), keep trying for
+        gcs_reconnect_timeout_s, then subscribe again to the actors this process calls."""
+        again = self.gcs is not None
+        deadline = time.monotonic() + (self.config.gcs_reconnect_timeout_s if again else 0)
+        try:
+            while True:
+                try:
+                    conn = await connect(self.gcs_address, self.handlers, self.token,
+                                         info={"kind": self.mode, "worker_id": self.worker_id, "job_id": self.job_id},
+                                         on_close=self._gcs_closed, timeout=self.config.startup_timeout_s, name="->gcs")
+                    break
+                except (ConnectionError, OSError, asyncio.TimeoutError):
+                    if not again or self.closed or time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)  # retry period while the control store restarts
+            self.gcs = conn
+            if again:
+                logger.info("reconnected to the control store")
+                for ch in self.actors.values():
+                    if ch.subscribed and ch.state != "DEAD":
+                        self.spawn(self._subscribe_actor(ch))
+            return conn
+        finally:
+            self._gcs_connecting = None
+
+    def _gcs_closed(self, conn: Connection) -> None:
+        # Reconnect at once, not on the next request: the control store learns this driver is
+        # alive (its job and actors stay), and actor state updates resume.
+        if not self.closed and conn is self.gcs:
+            self.spawn(self._reconnect_quietly())
+
+    async def _reconnect_quietly(self) -> None:
+        try:
+            await self.ensure_gcs()
+        except Exception as e:  # noqa: BLE001 - the next request that needs it reports the failure
+            logger.warning("the control store did not come back: %s", e)
 
     async def gcs_request(self, msg: dict, bufs: list | tuple = (), timeout: float | None = None) -> tuple[dict, list]:
         gcs = await self.ensure_gcs()
@@ -1174,7 +1214,10 @@ class CoreWorker:
 
     async def _subscribe_actor(self, ch: ActorChannel) -> None:
         try:
-            reply, _ = await self.gcs_request({"op": "subscribe_actor", "actor_id": ch.actor_id})
+            try:
+                reply, _ = await self.gcs_request({"op": "subscribe_actor", "actor_id": ch.actor_id})
+            except ConnectionError:  # the control store went away mid-request: once more, reconnecting
+                reply, _ = await self.gcs_request({"op": "subscribe_actor", "actor_id": ch.actor_id})
         except Exception as e:
             ch.state, ch.reason = "DEAD", f"the control store could not be reached: {e}"
             self._flush_actor(ch)

@@ -101,16 +101,30 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
     cluster = ClusterProcesses(session_dir=session_dir, session_name=session_name, token=token,
                                gcs_address=socket_address(gcs_sock), node_address="", node_tcp_address="",
                                shm_dir="", owner_fd=owner_w, owner_read_fd=owner_r, config=config)
-    gcs_args = {"tcp_fd": gcs_sock.fileno(), "token_file": token_file, "owner_fd": owner_r,
-                "session_dir": session_dir, "system_config": config.to_json()}
-    cluster.procs["gcs"] = _spawn(cluster, "gcs", "runtime.gcs", gcs_args, [gcs_sock.fileno()])
-    gcs_sock.close()
+    _start_gcs(cluster, gcs_sock)
     head = add_node(cluster, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                     object_store_memory=object_store_memory, head=True)
     cluster.node_address, cluster.node_tcp_address = head["node_address"], head["node_tcp_address"]
     cluster.shm_dir, cluster.sock_dir = head["shm_dir"], head["sock_dir"]
     _write_private_json(os.path.join(session_dir, "cluster.json"), {**cluster.info(), "started": time.time()})
     return cluster
+
+
+def _start_gcs(cluster: ClusterProcesses, sock: Any) -> None:
+    gcs_args = {"tcp_fd": sock.fileno(), "token_file": os.path.join(cluster.session_dir, "token"),
+                "owner_fd": cluster.owner_read_fd, "session_dir": cluster.session_dir,
+                "system_config": cluster.config.to_json()}
+    cluster.procs["gcs"] = _spawn(cluster, "gcs", "runtime.gcs", gcs_args, [sock.fileno()])
+    sock.close()
+
+
+def restart_gcs(cluster: ClusterProcesses) -> None:
+    """Start the control store again on its port, in its session, after it died: it reads back
+    its tables (runtime/gcs/persistence.py) and the nodes and drivers reconnect to it."""
+    old = cluster.procs.get("gcs")
+    if old is not None and old.poll() is None:
+        raise RuntimeError("The control store is still running; stop or kill it first.")
+    _start_gcs(cluster, bind_socket("tcp:" + cluster.gcs_address.removeprefix("tcp:")))
 
 
 def add_node(cluster: ClusterProcesses, *, num_cpus: float | None = None, num_gpus: float | None = None,

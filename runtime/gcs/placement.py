@@ -121,8 +121,35 @@ class PlacementGroupManager:
         self.groups[rec.pg_id] = rec
         if name:
             self.named[(ns, name)] = rec.pg_id
+        self.store.persist.placement_group(rec)
         self.kick()
         return {"pg_id": rec.pg_id}
+
+    def recover(self, rows: dict[str, dict]) -> None:
+        """Groups kept by an earlier control store of this session (persistence.py)."""
+        for pg_id, row in rows.items():
+            rec = PlacementGroupRecord(**row)
+            self.groups[pg_id] = rec
+            if rec.name and rec.state != "REMOVED":
+                self.named[(rec.namespace, rec.name)] = pg_id
+
+    def node_reconnected(self, node_id: str, held: set[str]) -> None:
+        """A node back after a restart holds `held` groups' bundles: a group whose bundles it
+        should hold but does not is placed again; bundles it holds for no live group are freed."""
+        conn = self.store.node_conns[node_id]
+        for rec in self.groups.values():
+            if rec.state == "CREATED" and node_id in rec.bundle_nodes and rec.pg_id not in held:
+                self._set(rec, "RESCHEDULING", f"node {node_id[:8]} lost its bundles; they are placed again")
+                self.store._spawn(self._release_survivors(rec, node_id))
+        for pg_id in held:
+            rec = self.groups.get(pg_id)
+            if rec is None or rec.state != "CREATED" or node_id not in rec.bundle_nodes:
+                conn.send({"op": "cancel_bundles", "pg_id": pg_id})
+        self.kick()
+
+    def _set(self, rec: PlacementGroupRecord, state: str, reason: str) -> None:
+        rec.state, rec.reason = state, reason
+        self.store.persist.placement_group(rec)
 
     def get(self, pg_id: str) -> PlacementGroupRecord:
         rec = self.groups.get(pg_id)
@@ -155,7 +182,8 @@ class PlacementGroupManager:
             return
         async with self._lock:
             await self._cancel_on(rec, set(rec.bundle_nodes))
-            rec.state, rec.reason, rec.bundle_nodes = "REMOVED", "removed", []
+            rec.bundle_nodes = []
+            self._set(rec, "REMOVED", "removed")
             self._notify(rec, False)
         self.kick()  # what it held may let a waiting group in
 
@@ -170,7 +198,7 @@ class PlacementGroupManager:
     def node_died(self, node_id: str) -> None:
         for rec in self.groups.values():
             if rec.state == "CREATED" and node_id in rec.bundle_nodes:
-                rec.state, rec.reason = "RESCHEDULING", f"node {node_id[:8]} died; its bundles are placed again"
+                self._set(rec, "RESCHEDULING", f"node {node_id[:8]} died; its bundles are placed again")
                 self.store._spawn(self._release_survivors(rec, node_id))
         self.kick()
 
@@ -247,7 +275,8 @@ class PlacementGroupManager:
                 prepared.add(node)
             for node in by_node:
                 await self.store.node_conns[node].request({"op": "commit_bundles", "pg_id": rec.pg_id}, timeout=10)
-            rec.state, rec.bundle_nodes, rec.reason = "CREATED", placed, ""
+            rec.bundle_nodes = placed
+            self._set(rec, "CREATED", "")
             logger.info("placement group %s created: bundles on %s", rec.pg_id[:8], [n[:8] for n in placed])
             self._notify(rec, True)
 

@@ -28,6 +28,7 @@ from typing import Any
 from .. import owner_pipe
 from ..config import SystemConfig
 from ..jobs.manager import JobManager
+from .persistence import NoPersistence, Persistence
 from .placement import PlacementGroupManager
 from ..rpc.connection import Connection, connect, serve
 
@@ -90,6 +91,11 @@ class ControlStore:
         self.task_owner_conns: dict[str, Connection] = {}
         self.placement_groups = PlacementGroupManager(self)
         self.job_counter = itertools.count(1)
+        self.driver_conns: dict[str, Connection] = {}  # job id -> its driver's connection
+        self.started = time.monotonic()
+        session_dir = args["session_dir"]
+        self.persist: Any = (Persistence(self.config.gcs_storage, session_dir, os.path.basename(session_dir))
+                             if self.config.gcs_storage != "none" else NoPersistence())
         self.handlers = {
             "register_node": self.on_register_node, "heartbeat": self.on_heartbeat,
             "register_job": self.on_register_job, "create_actor": self.on_create_actor,
@@ -104,9 +110,48 @@ class ControlStore:
             "create_pg": self.on_create_pg, "wait_pg": self.on_wait_pg, "remove_pg": self.on_remove_pg,
             "get_pg": self.on_get_pg, "list_pgs": self.on_list_pgs, "kv_get": self.on_kv_get, "kv_del": self.on_kv_del,
             "shutdown_cluster": self.on_shutdown_cluster, "resource_report": self.on_resource_report,
-            "pick_node": self.on_pick_node,
+            "pick_node": self.on_pick_node, "hello": self.on_hello,
         }
+        # Answered only once what they changed is in storage: a reply is a promise that survives
+        # a restart of the control store.
+        for op in ("register_job", "create_actor", "kill_actor", "create_pg", "wait_pg", "remove_pg", "kv_put",
+                   "kv_del", "submit_job"):
+            self.handlers[op] = self._durable(self.handlers[op])
+        self._recover()
         self._spread_next = 0
+
+    def _durable(self, handler: Any) -> Any:
+        async def run(conn: Connection, msg: dict, bufs: list) -> Any:
+            result = handler(conn, msg, bufs)
+            if asyncio.iscoroutine(result):
+                result = await result
+            await self.persist.drain()
+            return result
+        return run
+
+    def _recover(self) -> None:
+        """Tables left by an earlier control store of this session (it crashed or was killed):
+        nodes and drivers get node_death_timeout_s to reconnect; actors and placement groups
+        are as they were; named ones keep their names."""
+        tables = self.persist.load()
+        if not any(tables.values()):
+            return
+        now = time.monotonic()
+        for node_id, node in tables["nodes"].items():
+            node.update(last_heartbeat=now, available=dict(node["resources"]))
+            self.nodes[node_id] = node
+        self.jobs.update(tables["jobs"])
+        for actor_id, row in tables["actors"].items():
+            rec = ActorRecord(**row)
+            self.actors[actor_id] = rec
+            if rec.name and rec.state != DEAD:
+                self.named[(rec.namespace, rec.name)] = actor_id
+        self.kv.update(tables["kv"])
+        self.job_counter = itertools.count(int(tables["meta"].get("job_counter", 0)) + 1)
+        self.placement_groups.recover(tables["pgs"])
+        self._recovered_pending = [r for r in self.actors.values() if r.state in (PENDING, RESTARTING)]
+        logger.info("recovered after a restart: %d nodes, %d jobs, %d actors, %d placement groups, %d keys",
+                    len(self.nodes), len(self.jobs), len(self.actors), len(tables["pgs"]), len(self.kv))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -119,10 +164,14 @@ class ControlStore:
         self.job_manager = JobManager(self.args["session_dir"], f"{host}:{port}")
         server = await serve(sock, self.handlers, self.token, on_close=self.on_conn_closed, name="gcs")
         watchdog = loop.create_task(self._watch_heartbeats())
+        for rec in getattr(self, "_recovered_pending", ()):  # were being placed when the old one died
+            self._spawn(self._schedule(rec))
+        self.placement_groups.kick()
         await self.done.wait()
         watchdog.cancel()
         self.job_manager.stop_all()
         server.close()
+        self.persist.close()
 
     async def _watch_heartbeats(self) -> None:
         """A node that is stopped, hung or cut off keeps its socket open but stops sending
@@ -139,43 +188,78 @@ class ControlStore:
                                             "the node manager is hung, stopped or unreachable")
                     logger.warning("node %s declared dead: %s", node_id[:8], node["death_reason"])
                     conn.abort(node["death_reason"])  # on_conn_closed fails its actors over
+            if now - self.started < timeout:
+                continue
+            # After a restart: nodes and drivers that did not come back within the timeout are gone.
+            for node_id, node in list(self.nodes.items()):
+                if node["alive"] and node_id not in self.node_conns:
+                    self._node_dead(node_id, "it did not reconnect after the control store restarted")
+            for job_id, job in list(self.jobs.items()):
+                if job["status"] == "RUNNING" and job_id not in self.driver_conns:
+                    self._driver_gone(job_id)
 
     def on_conn_closed(self, conn: Connection) -> None:
         info = conn.peer_info
         self._owner_gone(conn)
-        if info.get("kind") == "node":
-            node = self.nodes.get(info.get("node_id", ""))
-            if node is not None:
-                node["alive"] = False
-                node["end_time"] = time.time()
-                node.setdefault("death_reason", "its node manager's connection closed (it exited or crashed)")
-                self.node_conns.pop(node["node_id"], None)
-                self._broadcast_nodes()
-                for rec in self.actors.values():
-                    if rec.node_id == node["node_id"] and rec.state in (ALIVE, PENDING, RESTARTING):
-                        self._actor_failed(rec, "its node died")
-                self.placement_groups.node_died(node["node_id"])
+        node_id = info.get("node_id", "")
+        if info.get("kind") == "node" and self.node_conns.get(node_id) is conn:
+            self._node_dead(node_id, "its node manager's connection closed (it exited or crashed)")
         job_id = info.get("job_id")
-        if info.get("kind") == "driver" and job_id in self.jobs:
-            job = self.jobs[job_id]
-            job["status"], job["end_time"] = "FINISHED", time.time()
-            self.placement_groups.owner_gone(job_id)
-            for rec in list(self.actors.values()):
-                if rec.job_id == job_id and not rec.detached and rec.state != DEAD:
-                    self._kill(rec, no_restart=True, reason="its owner (the driver of job "
-                               f"{job_id}) exited; use lifetime='detached' to keep an actor alive")
+        if info.get("kind") == "driver" and job_id in self.jobs and self.driver_conns.get(job_id) is conn:
+            self._driver_gone(job_id)
         for rec in self.actors.values():
             rec.subscribers.discard(conn)
 
+    def _node_dead(self, node_id: str, reason: str) -> None:
+        node = self.nodes[node_id]
+        node["alive"] = False
+        node["end_time"] = time.time()
+        node.setdefault("death_reason", reason)
+        self.node_conns.pop(node_id, None)
+        self.persist.node(node)
+        self._broadcast_nodes()
+        for rec in self.actors.values():
+            if rec.node_id == node_id and rec.state in (ALIVE, PENDING, RESTARTING):
+                self._actor_failed(rec, "its node died")
+        self.placement_groups.node_died(node_id)
+
+    def _driver_gone(self, job_id: str) -> None:
+        self.driver_conns.pop(job_id, None)
+        job = self.jobs[job_id]
+        job["status"], job["end_time"] = "FINISHED", time.time()
+        self.persist.job(job)
+        self.placement_groups.owner_gone(job_id)
+        for rec in list(self.actors.values()):
+            if rec.job_id == job_id and not rec.detached and rec.state != DEAD:
+                self._kill(rec, no_restart=True, reason="its owner (the driver of job "
+                           f"{job_id}) exited; use lifetime='detached' to keep an actor alive")
+
+    def on_hello(self, conn: Connection, msg: dict, bufs: list) -> None:
+        """A driver that comes back after the control store restarted names its job: it still owns it."""
+        info = conn.peer_info
+        job_id = info.get("job_id")
+        if info.get("kind") == "driver" and job_id in self.jobs and self.jobs[job_id]["status"] == "RUNNING":
+            self.driver_conns[job_id] = conn
+
     # -- nodes and jobs ----------------------------------------------------------------
     def on_register_node(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        known = self.nodes.get(msg["node_id"])
+        if known is not None and not known["alive"]:
+            raise ValueError(f"node {msg['node_id'][:8]} was declared dead ({known.get('death_reason')}); "
+                             "a dead node does not come back: start a new node manager")
         node = {k: msg[k] for k in ("node_id", "resources", "address", "unix_address", "shm_dir", "pid",
                                     "hostname", "node_ip", "session_dir", "transfer_address")}
-        node.update(alive=True, start_time=time.time(), last_heartbeat=time.monotonic(), is_head=not self.nodes,
+        node.update(alive=True, start_time=known["start_time"] if known else time.time(),
+                    last_heartbeat=time.monotonic(), is_head=known["is_head"] if known else not self.nodes,
                     available=dict(msg["resources"]))
         self.nodes[msg["node_id"]] = node
         self.node_conns[msg["node_id"]] = conn
-        logger.info("node %s registered with %s", msg["node_id"][:8], msg["resources"])
+        self.persist.node(node)
+        if known is not None:
+            logger.info("node %s reconnected after the control store restarted", msg["node_id"][:8])
+            self._reconcile_node(conn, msg)
+        else:
+            logger.info("node %s registered with %s", msg["node_id"][:8], msg["resources"])
         self._broadcast_nodes(but=conn)
         self.placement_groups.kick()  # groups waiting for room may fit now
         for rec in self.actors.values():  # actors that waited for a node with room may fit here
@@ -183,6 +267,25 @@ class ControlStore:
                 rec.waiting_for_node = False
                 self._spawn(self._schedule(rec))
         return {"nodes": self._peer_list()}
+
+    def _reconcile_node(self, conn: Connection, msg: dict) -> None:
+        """A node back after this control store restarted says which actor workers and placement
+        group bundles it still holds: actors found there answer again as they were (same process,
+        same state); those missing fail over; what the node holds that is not ours goes."""
+        node_id = msg["node_id"]
+        held = {a["actor_id"]: a["worker_id"] for a in msg.get("actors", ())}
+        for rec in self.actors.values():
+            if rec.node_id != node_id or rec.state != ALIVE:
+                continue
+            if held.get(rec.actor_id) == rec.worker_id:
+                self._publish(rec)
+            else:
+                self._actor_failed(rec, "its worker was gone when its node reconnected")
+        for actor_id, worker_id in held.items():
+            rec = self.actors.get(actor_id)
+            if rec is None or rec.state != ALIVE or rec.worker_id != worker_id:
+                conn.send({"op": "kill_worker", "worker_id": worker_id})
+        self.placement_groups.node_reconnected(node_id, set(msg.get("bundles", ())))
 
     def _peer_list(self) -> list[dict]:
         return [{"node_id": n["node_id"], "address": n["address"], "transfer_address": n["transfer_address"]}
@@ -243,10 +346,13 @@ class ControlStore:
 
     def on_register_job(self, conn: Connection, msg: dict, bufs: list) -> dict:
         job_id = f"{next(self.job_counter):08x}"
+        self.persist.meta("job_counter", int(job_id, 16))
         conn.peer_info["job_id"] = job_id
+        self.driver_conns[job_id] = conn
         self.jobs[job_id] = {"job_id": job_id, "namespace": msg["namespace"], "driver_pid": msg["pid"],
                              "status": "RUNNING", "start_time": time.time(), "end_time": None,
                              "entrypoint": msg.get("entrypoint", "")}
+        self.persist.job(self.jobs[job_id])
         return {"job_id": job_id, "nodes": [n for n in self.nodes.values() if n["alive"]]}
 
     def _public_nodes(self) -> list[dict]:
@@ -386,6 +492,7 @@ class ControlStore:
         self.actors[rec.actor_id] = rec
         if name:
             self.named[(ns, name)] = rec.actor_id
+        self.persist.actor(rec)
         self._spawn(self._schedule(rec))
         return {"actor_id": rec.actor_id, "existing": False}
 
@@ -476,6 +583,7 @@ class ControlStore:
 
     def _publish(self, rec: ActorRecord) -> None:
         rec.version += 1
+        self.persist.actor(rec)
         msg = {"op": "actor_update", "actor_id": rec.actor_id, "state": rec.state, "address": rec.address,
                "num_restarts": rec.num_restarts, "reason": rec.death_reason, "version": rec.version,
                "node_id": rec.node_id}
@@ -526,6 +634,7 @@ class ControlStore:
     # -- KV ----------------------------------------------------------------------------
     def on_kv_put(self, conn: Connection, msg: dict, bufs: list) -> dict:
         self.kv[msg["key"]] = bytes(bufs[0]) if bufs else b""
+        self.persist.kv_put(msg["key"], self.kv[msg["key"]])
         return {}
 
     def on_kv_get(self, conn: Connection, msg: dict, bufs: list) -> Any:
@@ -533,6 +642,7 @@ class ControlStore:
         return ({"found": value is not None}, [value] if value is not None else [])
 
     def on_kv_del(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        self.persist.kv_delete(msg["key"])
         return {"deleted": self.kv.pop(msg["key"], None) is not None}
 
     def on_shutdown_cluster(self, conn: Connection, msg: dict, bufs: list) -> dict:

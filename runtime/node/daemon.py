@@ -114,16 +114,8 @@ class NodeDaemon:
         owner_pipe.watch(loop, self.args.get("owner_fd"), self._owner_gone)
         transfer_sock = bind_socket(f"tcp:{self.args['node_ip']}:0")  # object data streams (transfer.py)
         transfer_server = loop.create_task(self.transfer.serve(transfer_sock))
-        self.gcs = await connect(self.args["gcs_address"], self.handlers, self.token,
-                                 info={"kind": "node", "node_id": self.node_id}, on_close=self._gcs_lost,
-                                 timeout=self.config.startup_timeout_s, name="node->gcs")
-        reply, _ = await self.gcs.request({"op": "register_node", "node_id": self.node_id, "resources": self.pool.total,
-                                           "address": self.args["tcp_address"], "unix_address": self.args["unix_address"],
-                                           "shm_dir": self.shm_dir, "pid": os.getpid(),
-                                           "hostname": socket.gethostname(), "node_ip": self.args["node_ip"],
-                                           "session_dir": self.session_dir,
-                                           "transfer_address": socket_address(transfer_sock)})
-        self.on_nodes_changed(self.gcs, reply, [])
+        self.transfer_address = socket_address(transfer_sock)
+        await self._connect_gcs(self.config.startup_timeout_s)
         servers = []
         for fd in (self.args["unix_fd"], self.args["tcp_fd"]):
             sock = socket.socket(fileno=fd)
@@ -143,10 +135,49 @@ class NodeDaemon:
         logger.info("the driver that owns this embedded cluster is gone; shutting down")
         self.done.set()
 
+    async def _connect_gcs(self, timeout: float) -> None:
+        """Connect and register; after a control-store restart also say which actor workers and
+        placement-group bundles this node still holds, so that they carry on."""
+        gcs = await connect(self.args["gcs_address"], self.handlers, self.token,
+                            info={"kind": "node", "node_id": self.node_id}, on_close=self._gcs_lost,
+                            timeout=timeout, name="node->gcs")
+        reply, _ = await gcs.request({
+            "op": "register_node", "node_id": self.node_id, "resources": self.pool.total,
+            "address": self.args["tcp_address"], "unix_address": self.args["unix_address"], "shm_dir": self.shm_dir,
+            "pid": os.getpid(), "hostname": socket.gethostname(), "node_ip": self.args["node_ip"],
+            "session_dir": self.session_dir, "transfer_address": self.transfer_address,
+            "actors": [{"actor_id": w.actor_id, "worker_id": w.worker_id} for w in self.workers.values()
+                       if w.state == "actor"],
+            "bundles": list(self.bundles)}, timeout=timeout)
+        self.gcs = gcs
+        self.on_nodes_changed(gcs, reply, [])
+
     def _gcs_lost(self, conn: Connection) -> None:
-        if not self.done.is_set():
-            logger.warning("lost the control store connection; shutting down the node")
-            self.done.set()
+        """The control store went away. Work in progress carries on (leases and objects do not go
+        through it); reconnect for up to gcs_reconnect_timeout_s, then give up and shut down."""
+        if self.done.is_set() or conn is not self.gcs:
+            return
+        self.on_conn_closed(conn)  # actor placements it was waiting for are void
+        logger.warning("lost the control store; reconnecting for up to %g s", self.config.gcs_reconnect_timeout_s)
+        _spawn(self._reconnect_gcs())
+
+    async def _reconnect_gcs(self) -> None:
+        deadline = time.monotonic() + self.config.gcs_reconnect_timeout_s
+        while not self.done.is_set():
+            try:
+                await self._connect_gcs(timeout=2.0)
+                logger.info("reconnected to the control store")
+                return
+            except ValueError as e:  # it refused us: declared dead meanwhile
+                logger.error("the control store refused this node: %s; shutting down", e)
+                break
+            except Exception as e:  # noqa: BLE001 - not back yet
+                if time.monotonic() > deadline:
+                    logger.error("the control store did not come back within %g s (%s); shutting down",
+                                 self.config.gcs_reconnect_timeout_s, e)
+                    break
+            await asyncio.sleep(0.1)  # retry period while the control store restarts
+        self.done.set()
 
     async def _heartbeat(self) -> None:
         while True:
