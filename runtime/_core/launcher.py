@@ -286,13 +286,34 @@ def write_current_cluster(cluster: ClusterProcesses) -> str:
     return path
 
 
-def read_current_cluster() -> dict | None:
+def read_current_cluster_file() -> dict | None:
+    """The current-cluster file as written, whether its control store still runs or not."""
     try:
         with open(current_cluster_file()) as f:
-            info = json.load(f)
+            return json.load(f)
     except (OSError, ValueError):
         return None
-    return info if _gcs_alive(info) else None
+
+
+def read_current_cluster() -> dict | None:
+    info = read_current_cluster_file()
+    return info if info is not None and _gcs_alive(info) else None
+
+
+def write_current_cluster_info(info: dict) -> None:
+    _write_private_json(current_cluster_file(), info)
+
+
+def start_monitor(cluster: ClusterProcesses, config_path: str) -> None:
+    """The autoscaler's monitor (runtime/autoscaler/monitor.py), next to the control store."""
+    args = ["--config", config_path, "--cluster-info", os.path.join(cluster.session_dir, "cluster.json")]
+    log = open(os.path.join(cluster.session_dir, "logs", "autoscaler.log"), "ab")
+    try:
+        cluster.procs["monitor"] = subprocess.Popen(
+            [sys.executable, "-m", "runtime.autoscaler.monitor", *args], stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    finally:
+        log.close()
 
 
 def stop_persistent(info: dict, timeout: float = 10.0) -> list[int]:
@@ -302,7 +323,9 @@ def stop_persistent(info: dict, timeout: float = 10.0) -> list[int]:
                   if n["alive"] and n["pid"] not in pids]
     except Exception:  # noqa: BLE001 - the control store is already gone: its nodes exit by themselves
         joined = []
-    pids = [n["pid"] for n in joined] + pids  # nodes first: they shut their workers down cleanly
+    monitor = info.get("pids", {}).get("monitor")
+    # The autoscaler first (it would start nodes again), then the nodes: they shut their workers down.
+    pids = ([monitor] if monitor else []) + [n["pid"] for n in joined] + [p for p in pids if p != monitor]
     info = {**info, "node_dirs": (info.get("node_dirs") or [info]) + [{"shm_dir": n["shm_dir"]} for n in joined]}
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:

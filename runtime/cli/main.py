@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any, Callable
@@ -13,19 +14,45 @@ from .._core import launcher
 
 def _cmd_start(args: argparse.Namespace) -> int:
     from ..config import SystemConfig
-    if not args.head:
-        return _join(args)
-    if launcher.read_current_cluster() is not None:
-        print("A cluster is already running on this machine; `runtime stop` it first.", file=sys.stderr)
-        return 1
-    resources = _parse_resources(args.resources)
     overrides = json.loads(args.system_config) if args.system_config else {}
     if args.object_spill_dir:
         overrides["object_spilling_directory"] = args.object_spill_dir
+    if args.storage is not None:
+        overrides["gcs_storage"] = args.storage
     config = SystemConfig.resolve(overrides)
-    cluster = launcher.start_cluster(num_cpus=args.num_cpus, num_gpus=args.num_gpus, resources=resources,
-                                     object_store_memory=args.object_store_memory, config=config, persistent=True,
-                                     port=args.port)
+    if args.restart:
+        return _restart_head(config)
+    if not args.head:
+        code = _join(args)
+        return _block(None) if code == 0 and args.block else code
+    cluster_config = None
+    if args.autoscaling_config:
+        from ..autoscaler.config import load_cluster_config
+        try:
+            cluster_config = load_cluster_config(args.autoscaling_config)
+        except ValueError as e:
+            print(f"--autoscaling-config: {e}", file=sys.stderr)
+            return 2
+    code = _start_head(config, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                       resources=_parse_resources(args.resources), object_store_memory=args.object_store_memory,
+                       port=args.port, autoscaling_config=args.autoscaling_config)
+    if code != 0:
+        return code
+    if cluster_config is not None:
+        print(f"Autoscaling with {args.autoscaling_config} ({cluster_config.provider.type} provider).")
+    return _block(launcher.read_current_cluster()) if args.block else 0
+
+
+def _start_head(config: Any, *, num_cpus: float | None, num_gpus: float | None, resources: dict | None,
+                object_store_memory: int | None, port: int, autoscaling_config: str | None = None) -> int:
+    if launcher.read_current_cluster() is not None:
+        print("A cluster is already running on this machine; `runtime stop` it first.", file=sys.stderr)
+        return 1
+    cluster = launcher.start_cluster(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                                     object_store_memory=object_store_memory, config=config, persistent=True,
+                                     port=port)
+    if autoscaling_config:
+        launcher.start_monitor(cluster, os.path.abspath(autoscaling_config))
     launcher.write_current_cluster(cluster)
     # Ready when a driver can join and sees the node.
     import runtime
@@ -46,6 +73,81 @@ def _cmd_start(args: argparse.Namespace) -> int:
     print(f"Resources: {json.dumps(res)}")
     print("Join it from Python with runtime.init(address='auto'); stop it with `runtime stop`.")
     return 0
+
+
+def _restart_head(config: Any) -> int:
+    """`runtime start --head --restart`: the control store of the running session died; start it
+    again on its port. It reads its tables back; nodes and drivers reconnect."""
+    info = launcher.read_current_cluster_file()
+    if info is None:
+        print("No cluster was started on this machine (no current-cluster file); nothing to restart.", file=sys.stderr)
+        return 1
+    if launcher._gcs_alive(info):
+        print("The control store of the current cluster is running; there is nothing to restart.", file=sys.stderr)
+        return 1
+    cluster = launcher.attach(info, config)
+    launcher.restart_gcs(cluster)
+    info["pids"]["gcs"] = cluster.procs["gcs"].pid
+    launcher.write_current_cluster_info(info)
+    print(f"Restarted the control store at {info['gcs_address'].removeprefix('tcp:')} (pid "
+          f"{info['pids']['gcs']}); it recovers its tables and the nodes reconnect.")
+    return 0
+
+
+def _block(info: dict | None) -> int:
+    """--block: stay in the foreground while the cluster runs (a container's main process);
+    SIGTERM stops it."""
+    import signal as _signal
+    stop = []
+    _signal.signal(_signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        while not stop:
+            current = launcher.read_current_cluster()
+            if info is not None and current is None:
+                return 1  # the head went away
+            time.sleep(1.0)  # a supervising loop's period, not a synchronisation
+    except KeyboardInterrupt:
+        pass
+    if info is not None:
+        launcher.stop_persistent(info)
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    """`runtime up cluster.yaml`: a head with the head node type's resources, and the autoscaler
+    that adds and removes worker nodes of the other types from pending demand."""
+    from ..autoscaler.config import load_cluster_config
+    from ..config import SystemConfig
+    try:
+        cluster = load_cluster_config(args.config)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if cluster.provider.type != "local":
+        print(f"`runtime up` starts local clusters; {args.config} has provider.type "
+              f"{cluster.provider.type!r}. For Kubernetes apply deploy/kubernetes/ (see docs/autoscaler.md).",
+              file=sys.stderr)
+        return 2
+    head = dict(cluster.node_types[cluster.head_node_type].resources)
+    code = _start_head(SystemConfig.resolve(), num_cpus=head.pop("CPU", None), num_gpus=head.pop("GPU", None),
+                       resources=head or None, port=args.port,
+                       object_store_memory=cluster.object_store_memory.get(cluster.head_node_type),
+                       autoscaling_config=args.config)
+    if code == 0:
+        print(f"Cluster {cluster.cluster_name!r} is up; the autoscaler adds nodes of "
+              f"{', '.join(t.name for t in cluster.worker_types()) or 'no'} type(s) as work waits. "
+              f"`runtime down {args.config}` stops it.")
+    return code
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from ..autoscaler.config import load_cluster_config
+    try:
+        load_cluster_config(args.config)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
+    return _cmd_stop(args)
 
 
 def _parse_resources(text: str | None) -> dict | None:
@@ -192,7 +294,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--object-store-memory", type=int, help="bytes of shared memory for objects")
     s.add_argument("--object-spill-dir", help="directory for objects spilled when the store is full")
     s.add_argument("--system-config", help="JSON of system config overrides")
+    s.add_argument("--storage", help="where the control store keeps its tables: sqlite (default, in the session "
+                   "directory), sqlite:///ABSOLUTE/PATH, redis://HOST:PORT[/DB], or none")
+    s.add_argument("--restart", action="store_true",
+                   help="start the control store of the running cluster again after it died (it recovers its state)")
+    s.add_argument("--autoscaling-config", help="cluster YAML: run the autoscaler on this head")
+    s.add_argument("--block", action="store_true", help="stay in the foreground until stopped (containers)")
     s.set_defaults(fn=_cmd_start)
+    up = sub.add_parser("up", help="start a cluster from a cluster YAML, with the autoscaler")
+    up.add_argument("config")
+    up.add_argument("--port", type=int, default=6379, help="control store port (default 6379; 0 picks a free one)")
+    up.set_defaults(fn=_cmd_up)
+    down = sub.add_parser("down", help="stop the cluster started by `runtime up`")
+    down.add_argument("config")
+    down.set_defaults(fn=_cmd_down)
     sub.add_parser("stop", help="stop the cluster started by `runtime start`").set_defaults(fn=_cmd_stop)
     sub.add_parser("status", help="nodes, resources and object-store use").set_defaults(fn=_cmd_status)
     sub.add_parser("memory", help="objects: size, owner, reference kinds, spilled").set_defaults(fn=_cmd_memory)

@@ -110,7 +110,7 @@ class ControlStore:
             "create_pg": self.on_create_pg, "wait_pg": self.on_wait_pg, "remove_pg": self.on_remove_pg,
             "get_pg": self.on_get_pg, "list_pgs": self.on_list_pgs, "kv_get": self.on_kv_get, "kv_del": self.on_kv_del,
             "shutdown_cluster": self.on_shutdown_cluster, "resource_report": self.on_resource_report,
-            "pick_node": self.on_pick_node, "hello": self.on_hello,
+            "pick_node": self.on_pick_node, "hello": self.on_hello, "autoscaler_state": self.on_autoscaler_state,
         }
         # Answered only once what they changed is in storage: a reply is a promise that survives
         # a restart of the control store.
@@ -409,6 +409,16 @@ class ControlStore:
         replies = await asyncio.gather(*(ask(n, c) for n, c in self.node_conns.items() if not c.closed),
                                        return_exceptions=True)
         return {"nodes": {n: r for n, r in (x for x in replies if isinstance(x, tuple))}}
+
+    async def on_autoscaler_state(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        """What the autoscaler's monitor decides from (runtime/autoscaler/monitor.py)."""
+        nodes = (await self.on_cluster_resources(conn, msg, bufs))["nodes"]
+        out = [{"node_id": nid, "hostname": self.nodes[nid]["hostname"], "is_head": self.nodes[nid]["is_head"],
+                "total": r["total"], "available": r["available"], "pending": r["pending_demand"]}
+               for nid, r in nodes.items() if self.nodes[nid]["alive"]]
+        pending = [g for g in self.placement_groups.list() if g["state"] in ("PENDING", "RESCHEDULING")]
+        raw = self.kv.get("__autoscaler_request_resources")
+        return {"nodes": out, "pending_pgs": pending, "requested": json.loads(raw) if raw else []}
 
     async def on_list_objects(self, conn: Connection, msg: dict, bufs: list) -> dict:
         async def ask(c: Connection) -> dict:

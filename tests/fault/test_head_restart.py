@@ -111,3 +111,35 @@ def redis_server_url(tmp_path):
         yield server.url
     finally:
         server.stop()
+
+
+def test_runtime_start_head_restart_brings_the_control_store_back(cli):
+    """`runtime start --head` cluster; its control store SIGKILLed; `runtime start --head --restart`."""
+    import json
+    import signal
+    cli.run("start", "--head", "--port", "0", "--num-cpus", "1")
+    cli.driver("""
+        import runtime
+        runtime.init(address="auto", namespace="shop")
+        @runtime.remote
+        class Keeper:
+            def __init__(self):
+                self.items = []
+            def add(self, x):
+                self.items.append(x)
+                return len(self.items)
+        k = Keeper.options(name="keeper", lifetime="detached").remote()
+        assert runtime.get(k.add.remote("a")) == 1
+    """)
+    info = json.load(open(os.path.join(cli.tmpdir, "orrery", "current_cluster.json")))
+    os.kill(info["pids"]["gcs"], signal.SIGKILL)
+    wait_for(lambda: cli.run("status", check=False).returncode != 0, timeout=20, what="the cluster seen as down")
+    restarted = cli.run("start", "--head", "--restart")
+    assert "Restarted the control store" in restarted.stdout, restarted.stdout
+    out = cli.driver("""
+        import runtime, time
+        runtime.init(address="auto", namespace="shop")
+        print(runtime.get(runtime.get_actor("keeper").add.remote("b")))
+    """)
+    assert out.strip() == "2", out
+    cli.run("stop")
