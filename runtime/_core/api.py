@@ -77,7 +77,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         cw = CoreWorker(mode="driver", worker_id=uuid.uuid4().hex, token=info["token"],
                         session_dir=info["session_dir"], node_address=info["node_address"],
                         gcs_address=info["gcs_address"], config=config, namespace=ns,
-                        sock_dir=info.get("sock_dir", ""))
+                        sock_dir=info.get("sock_dir", ""), node_ip=info.get("node_ip", "127.0.0.1"))
         cw.current_cell = api_state.current_cell  # set by the notebook extension, if loaded
         worker_state.set_current(cw)
         api_state.cluster = cluster

@@ -110,7 +110,7 @@ class ActorChannel:
 class CoreWorker:
     def __init__(self, *, mode: str, worker_id: str, token: str, session_dir: str, node_address: str,
                  gcs_address: str, config: SystemConfig, namespace: str = "", job_id: str = "",
-                 sock_dir: str = "") -> None:
+                 sock_dir: str = "", node_ip: str = "127.0.0.1") -> None:
         self.mode = mode  # "driver" or "worker"
         self.worker_id = worker_id
         self.token = token
@@ -126,7 +126,10 @@ class CoreWorker:
         self.pid = os.getpid()
         sock_dir = sock_dir or os.path.join(session_dir, "sockets")  # short: unix paths max ~107 bytes
         os.makedirs(sock_dir, exist_ok=True)
-        self._listen_sock = bind_socket("unix:" + os.path.join(sock_dir, f"{mode[0]}-{worker_id[:12]}.sock"))
+        # Processes on other nodes connect here (to fetch objects, borrow, call actors): a unix socket
+        # when every node is on this machine's loopback, else TCP on the node's own address.
+        self._listen_sock = (bind_socket("unix:" + os.path.join(sock_dir, f"{mode[0]}-{worker_id[:12]}.sock"))
+                             if node_ip in ("127.0.0.1", "localhost") else bind_socket(f"tcp:{node_ip}:0"))
         self.address = socket_address(self._listen_sock)
         self.store = MemoryStore()
         self.refs = ReferenceTable(self.address, self._on_release, self._on_new_borrow)
@@ -137,7 +140,7 @@ class CoreWorker:
             "remove_borrower": self.on_remove_borrower, "release_contained": self.on_release_contained,
             "list_refs": self.on_list_refs, "actor_update": self.on_actor_update, "infeasible": self.on_infeasible,
             "task_output": self.on_task_output, "cancel_task": self.on_cancel_task,
-            "recover_object": self.on_recover_object,
+            "recover_object": self.on_recover_object, "node_dead": self.on_node_dead,
         }
         # Called (on the io thread) with each output message of a task this process submitted;
         # returns True if it took it. The notebook extension routes output into cells with it.
@@ -1015,6 +1018,20 @@ class CoreWorker:
         fut = self.loop.create_future()
         if self.store.add_waiter(oid, lambda: self.on_loop(lambda: fut.done() or fut.set_result(None))):
             await fut
+
+    def on_node_dead(self, conn: Connection, msg: dict, bufs: list) -> None:
+        """A node was declared dead (its node manager stopped answering, perhaps cut off by a
+        partition): connections to its workers may never close by themselves, so drop them; their
+        tasks are retried and their actors' calls wait for the restart, as when a worker dies."""
+        node_id = msg["node_id"]
+        self._forget_leases_on(node_id)
+        for sq in self.queues.values():
+            for lease in list(sq.leases):
+                if lease.node_id == node_id:
+                    lease.conn.abort(f"node {node_id[:8]} was declared dead")
+        for ch in self.actors.values():
+            if ch.node_id == node_id and ch.conn is not None:
+                ch.conn.abort(f"node {node_id[:8]} was declared dead")
 
     def _forget_leases_on(self, node_id: str) -> None:
         """Workers leased on a node known to be gone take no more tasks (their connections may not

@@ -51,12 +51,14 @@ class ClusterProcesses:
     owner_read_fd: int | None = None
     config: SystemConfig = field(default_factory=SystemConfig)
     nodes: list = field(default_factory=list)  # add_node() descriptions, the head's first
+    node_ip: str = "127.0.0.1"  # the head's address: drivers on it listen there
 
     def info(self) -> dict:
         return {"session_dir": self.session_dir, "session_name": self.session_name, "token": self.token,
                 "gcs_address": self.gcs_address, "node_address": self.node_address,
                 "node_tcp_address": self.node_tcp_address, "shm_dir": self.shm_dir, "sock_dir": self.sock_dir,
                 "pids": {k: (p.pid if hasattr(p, "pid") else p) for k, p in self.procs.items()},
+                "node_ip": self.node_ip,
                 "node_dirs": [{"shm_dir": n["shm_dir"], "sock_dir": n["sock_dir"]} for n in self.nodes]}
 
 
@@ -82,7 +84,7 @@ def _detect_gpus() -> int:
 
 def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = None, resources: dict | None = None,
                   object_store_memory: int | None = None, config: SystemConfig, persistent: bool = False,
-                  port: int = 0) -> ClusterProcesses:
+                  port: int = 0, node_ip: str = "127.0.0.1") -> ClusterProcesses:
     if object_store_memory is not None and (not isinstance(object_store_memory, int) or object_store_memory <= 0):
         raise ValueError(f"object_store_memory must be a positive number of bytes, got {object_store_memory!r}.")
     session_name = f"session_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{secrets.token_hex(3)}"
@@ -93,17 +95,17 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.write(fd, token.encode())
     os.close(fd)
-    gcs_sock = bind_socket(f"tcp:127.0.0.1:{port}")
+    gcs_sock = bind_socket(f"tcp:{node_ip}:{port}")
     owner_r = owner_w = None
     if not persistent:
         owner_r, owner_w = os.pipe()
         os.set_inheritable(owner_r, True)
     cluster = ClusterProcesses(session_dir=session_dir, session_name=session_name, token=token,
                                gcs_address=socket_address(gcs_sock), node_address="", node_tcp_address="",
-                               shm_dir="", owner_fd=owner_w, owner_read_fd=owner_r, config=config)
+                               shm_dir="", owner_fd=owner_w, owner_read_fd=owner_r, config=config, node_ip=node_ip)
     _start_gcs(cluster, gcs_sock)
     head = add_node(cluster, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                    object_store_memory=object_store_memory, head=True)
+                    object_store_memory=object_store_memory, head=True, node_ip=node_ip)
     cluster.node_address, cluster.node_tcp_address = head["node_address"], head["node_tcp_address"]
     cluster.shm_dir, cluster.sock_dir = head["shm_dir"], head["sock_dir"]
     _write_private_json(os.path.join(session_dir, "cluster.json"), {**cluster.info(), "started": time.time()})
@@ -128,7 +130,8 @@ def restart_gcs(cluster: ClusterProcesses) -> None:
 
 
 def add_node(cluster: ClusterProcesses, *, num_cpus: float | None = None, num_gpus: float | None = None,
-             resources: dict | None = None, object_store_memory: int | None = None, head: bool = False) -> dict:
+             resources: dict | None = None, object_store_memory: int | None = None, head: bool = False,
+             node_ip: str = "127.0.0.1") -> dict:
     """Start one more node manager on this machine, joined to `cluster`'s control store: its own
     resources, worker pool, sockets and shared-memory object store. Returns its description
     (node_id, pid, addresses); it dies with the cluster (or its owner, when embedded)."""
@@ -143,14 +146,14 @@ def add_node(cluster: ClusterProcesses, *, num_cpus: float | None = None, num_gp
     shm_root = "/dev/shm" if os.path.isdir("/dev/shm") else cluster.session_dir
     shm_dir = os.path.join(shm_root, f"orrery-{cluster.session_name[-6:]}-{node_id[:8]}")
     nm_unix = bind_socket("unix:" + os.path.join(sock_dir, "node.sock"))
-    nm_tcp = bind_socket("tcp:127.0.0.1:0")
+    nm_tcp = bind_socket(f"tcp:{node_ip}:0")
     nm_args = {"unix_fd": nm_unix.fileno(), "tcp_fd": nm_tcp.fileno(), "owner_fd": cluster.owner_read_fd,
                "token_file": os.path.join(cluster.session_dir, "token"), "node_id": node_id,
                "session_dir": cluster.session_dir, "gcs_address": cluster.gcs_address,
                "unix_address": socket_address(nm_unix), "tcp_address": socket_address(nm_tcp),
                "num_cpus": res["num_cpus"], "num_gpus": res["num_gpus"], "memory": res["memory"],
                "object_store_memory": res["object_store_memory"], "resources": resources or {},
-               "shm_dir": shm_dir, "system_config": cluster.config.to_json(), "node_ip": "127.0.0.1"}
+               "shm_dir": shm_dir, "system_config": cluster.config.to_json(), "node_ip": node_ip}
     name = "node" if first else f"node-{node_id[:8]}"
     proc = _spawn(cluster, name, "runtime.node", nm_args, [nm_unix.fileno(), nm_tcp.fileno()])
     cluster.procs[name] = proc
@@ -185,7 +188,7 @@ def attach(info: dict, config: SystemConfig) -> ClusterProcesses:
     return ClusterProcesses(session_dir=info["session_dir"], session_name=info["session_name"], token=info["token"],
                             gcs_address=info["gcs_address"], node_address=info["node_address"],
                             node_tcp_address=info.get("node_tcp_address", ""), shm_dir=info.get("shm_dir", ""),
-                            config=config)
+                            config=config, node_ip=info.get("node_ip", "127.0.0.1"))
 
 
 def gcs_request(gcs_address: str, token: str, msg: dict, timeout: float = 10) -> dict:

@@ -35,7 +35,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
             return 2
     code = _start_head(config, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                        resources=_parse_resources(args.resources), object_store_memory=args.object_store_memory,
-                       port=args.port, autoscaling_config=args.autoscaling_config)
+                       port=args.port, autoscaling_config=args.autoscaling_config, node_ip=args.node_ip)
     if code != 0:
         return code
     if cluster_config is not None:
@@ -44,13 +44,14 @@ def _cmd_start(args: argparse.Namespace) -> int:
 
 
 def _start_head(config: Any, *, num_cpus: float | None, num_gpus: float | None, resources: dict | None,
-                object_store_memory: int | None, port: int, autoscaling_config: str | None = None) -> int:
+                object_store_memory: int | None, port: int, autoscaling_config: str | None = None,
+                node_ip: str = "127.0.0.1") -> int:
     if launcher.read_current_cluster() is not None:
         print("A cluster is already running on this machine; `runtime stop` it first.", file=sys.stderr)
         return 1
     cluster = launcher.start_cluster(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                                      object_store_memory=object_store_memory, config=config, persistent=True,
-                                     port=port)
+                                     port=port, node_ip=node_ip)
     if autoscaling_config:
         launcher.start_monitor(cluster, os.path.abspath(autoscaling_config))
     launcher.write_current_cluster(cluster)
@@ -173,7 +174,8 @@ def _join(args: argparse.Namespace) -> int:
     config = SystemConfig.resolve(json.loads(args.system_config) if args.system_config else {})
     cluster = launcher.attach(info, config)
     node = launcher.add_node(cluster, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                             resources=_parse_resources(args.resources), object_store_memory=args.object_store_memory)
+                             resources=_parse_resources(args.resources), object_store_memory=args.object_store_memory,
+                             node_ip=args.node_ip)
     deadline = time.monotonic() + config.startup_timeout_s
     while not any(n["node_id"] == node["node_id"] and n["alive"] for n in
                   launcher.gcs_request(info["gcs_address"], info["token"], {"op": "list_nodes"})["nodes"]):
@@ -300,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the control store of the running cluster again after it died (it recovers its state)")
     s.add_argument("--autoscaling-config", help="cluster YAML: run the autoscaler on this head")
     s.add_argument("--block", action="store_true", help="stay in the foreground until stopped (containers)")
+    s.add_argument("--node-ip", default="127.0.0.1",
+                   help="this node's address that the other nodes reach it at (default 127.0.0.1: one machine)")
     s.set_defaults(fn=_cmd_start)
     up = sub.add_parser("up", help="start a cluster from a cluster YAML, with the autoscaler")
     up.add_argument("config")

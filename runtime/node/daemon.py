@@ -190,7 +190,12 @@ class NodeDaemon:
     # -- the other nodes ---------------------------------------------------------------
     def on_nodes_changed(self, conn: Connection, msg: dict, bufs: list) -> None:
         """The control store's list of live nodes (on registration, and whenever one joins or dies)."""
-        self.peers = {n["node_id"]: n for n in msg.get("nodes", ()) if n["node_id"] != self.node_id}
+        peers = {n["node_id"]: n for n in msg.get("nodes", ()) if n["node_id"] != self.node_id}
+        for gone in set(self.peers) - set(peers):
+            for c in list(self.core_workers.values()):  # owners here drop their leases on it
+                if not c.closed:
+                    c.send({"op": "node_dead", "node_id": gone})
+        self.peers = peers
         for node_id in list(self.peer_conns):
             if node_id not in self.peers:
                 self.peer_conns.pop(node_id).close()

@@ -20,7 +20,8 @@ def run_worker(args: dict) -> None:
     config = SystemConfig.from_json(args["system_config"])
     cw = CoreWorker(mode="worker", worker_id=args["worker_id"], token=args["token"],
                     session_dir=args["session_dir"], node_address=args["node_address"],
-                    gcs_address=args["gcs_address"], config=config, sock_dir=args["sock_dir"])
+                    gcs_address=args["gcs_address"], config=config, sock_dir=args["sock_dir"],
+                    node_ip=args["node_ip"])
     worker_state.set_current(cw)
     executor = Executor(cw)
     cw.handlers.update(push=executor.on_push, actor_call=executor.on_actor_call, cancel=executor.on_cancel,

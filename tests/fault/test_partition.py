@@ -1,0 +1,110 @@
+"""A node in its own network namespace (a host of its own, as far as TCP goes), joined to a head
+over a veth link, then cut off by taking the link down: the control store declares it dead
+after node_death_timeout_s of silence, its actor restarts on the head and answers, its running
+task is retried there and its result arrives once; when the link comes back, the cut-off node
+is refused (it was declared dead) and shuts itself down instead of coming back as a zombie.
+
+Needs root and `ip netns`; skipped with the reason otherwise."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+
+import cloudpickle
+import psutil
+import pytest
+
+import runtime
+from runtime._testing.sync import wait_for
+from runtime.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = [pytest.mark.fault, pytest.mark.slow]
+
+HEAD_IP, NODE_IP = "10.231.7.1", "10.231.7.2"
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
+
+
+@pytest.fixture
+def netns():
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 (`ip netns`) to put a node in its own network namespace")
+    name = f"orr-{uuid.uuid4().hex[:6]}"
+    host_if, node_if = f"vh-{name[4:]}", f"vn-{name[4:]}"
+    made = _ip("netns", "add", name, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"network namespaces are not allowed here: {made.stderr.strip()}")
+    try:
+        _ip("link", "add", host_if, "type", "veth", "peer", "name", node_if)
+        _ip("link", "set", node_if, "netns", name)
+        _ip("addr", "add", f"{HEAD_IP}/24", "dev", host_if)
+        _ip("link", "set", host_if, "up")
+        _ip("netns", "exec", name, "ip", "addr", "add", f"{NODE_IP}/24", "dev", node_if)
+        _ip("netns", "exec", name, "ip", "link", "set", node_if, "up")
+        _ip("netns", "exec", name, "ip", "link", "set", "lo", "up")
+        yield name, host_if
+    finally:
+        _ip("link", "del", host_if, check=False)
+        _ip("netns", "del", name, check=False)
+
+
+def test_a_partitioned_node_is_declared_dead_its_work_moves_and_it_is_fenced(netns, cli, tmp_path):
+    name, host_if = netns
+    config = json.dumps({"node_death_timeout_s": 2.0, "heartbeat_interval_s": 0.2})
+    cli.run("start", "--head", "--node-ip", HEAD_IP, "--port", "0", "--num-cpus", "1", "--system-config", config)
+    info = json.load(open(os.path.join(cli.tmpdir, "orrery", "current_cluster.json")))
+    address = info["gcs_address"].removeprefix("tcp:")
+    assert address.startswith(HEAD_IP)
+    joined = subprocess.run(["ip", "netns", "exec", name, sys.executable, "-m", "runtime", "start", "--address",
+                             address, "--node-ip", NODE_IP, "--num-cpus", "1", "--resources", '{"far": 1}',
+                             "--system-config", config], env=cli.env, capture_output=True, text=True, timeout=60)
+    assert joined.returncode == 0, joined.stderr
+    runtime.init(address="auto")
+    try:
+        far = next(n for n in runtime.nodes() if n["Alive"] and n["NodeManagerAddress"] == NODE_IP)
+        far_pid = next(n["pid"] for n in runtime.util.state.list_nodes() if n["node_id"] == far["NodeID"])
+        on_far = NodeAffinitySchedulingStrategy(far["NodeID"], soft=True)
+
+        @runtime.remote(max_restarts=1, max_task_retries=-1)
+        class Where:
+            def node(self):
+                return runtime.get_runtime_context().get_node_id()
+
+        @runtime.remote(max_retries=2)
+        def slow(path):
+            import os
+            import time
+            open(os.path.join(path, f"run-{os.getpid()}"), "w").close()
+            time.sleep(3)
+            return runtime.get_runtime_context().get_node_id()
+
+        actor = Where.options(scheduling_strategy=on_far).remote()
+        assert runtime.get(actor.node.remote(), timeout=30) == far["NodeID"]
+        task = slow.options(scheduling_strategy=on_far).remote(str(tmp_path))
+        wait_for(lambda: len(os.listdir(tmp_path)) == 1, timeout=30, what="the task running on the far node")
+
+        _ip("link", "set", host_if, "down")  # the partition
+        wait_for(lambda: not any(n["NodeID"] == far["NodeID"] and n["Alive"] for n in runtime.nodes()),
+                 timeout=30, what="the cut-off node declared dead")
+        head = next(n["NodeID"] for n in runtime.nodes() if n["Alive"])
+        assert runtime.get(actor.node.remote(), timeout=60) == head
+        assert runtime.get(task, timeout=60) == head
+        row = next(n for n in runtime.util.state.list_nodes() if n["node_id"] == far["NodeID"])
+        assert "no heartbeat" in row["death_reason"], row
+
+        _ip("link", "set", host_if, "up")  # healed: the old node must not come back
+        wait_for(lambda: not psutil.pid_exists(far_pid) or psutil.Process(far_pid).status() == "zombie",
+                 timeout=60, what="the fenced node manager to shut down")
+        assert not any(n["NodeID"] == far["NodeID"] and n["Alive"] for n in runtime.nodes())
+    finally:
+        runtime.shutdown()
+        cli.run("stop")
