@@ -69,8 +69,13 @@ class Cluster:
         else:
             self.worker_nodes.append(handle)
         if wait:
-            self.wait_for(lambda: handle.node_id in self.alive_node_ids(), 30, f"node {handle.node_id[:8]} to register")
+            self.wait_for(lambda: self._connected(handle.node_id), 30, f"node {handle.node_id[:8]} to join")
         return handle
+
+    def _connected(self, node_id: str) -> bool:
+        """`node_id` is alive and every live node manager knows every other one (so work spills)."""
+        nodes = self._gcs({"op": "cluster_resources"})["nodes"]
+        return node_id in nodes and all(set(r.get("peers", ())) == set(nodes) - {n} for n, r in nodes.items())
 
     def remove_node(self, node: NodeHandle, allow_graceful: bool = True) -> None:
         """Stop a node: SIGTERM lets it shut down cleanly; allow_graceful=False SIGKILLs it, as a

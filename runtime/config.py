@@ -41,6 +41,9 @@ class SystemConfig:
     # Where the control store keeps its tables so that a restarted head recovers them: "" (SQLite
     # in the session directory), "sqlite:///ABSOLUTE/PATH", "redis://HOST:PORT[/DB]", or "none".
     gcs_storage: str = ""
+    # DEFAULT scheduling packs work onto a node until this share of its CPUs (or GPUs) is in use,
+    # then spreads it to less used nodes (Ray's hybrid policy; 1.0: pack until full).
+    scheduler_spread_threshold: float = 0.5
     # How long node managers, drivers and workers keep trying to reach a restarted control store.
     gcs_reconnect_timeout_s: float = 60.0
 

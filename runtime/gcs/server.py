@@ -305,7 +305,7 @@ class ControlStore:
             node["resources"], node["available"], node["pending"] = msg["total"], msg["available"], msg["pending"]
 
     def pick_node(self, demand: dict, *, strategy: str = "", fits_now: bool = True, exclude: str = "",
-                  only: str = "") -> str | None:
+                  only: str = "", below: float = 2.0) -> str | None:
         """A node for `demand` from the resource view the nodes report. DEFAULT: the least used
         node where it fits now (or, with fits_now=False, could ever fit). SPREAD: the next node in
         turn where it fits now, else where it could. The view is debited at once, so a burst of
@@ -328,6 +328,8 @@ class ControlStore:
         else:
             candidates = [n for n in alive if n["node_id"] != exclude and fits(n, "available" if fits_now else "resources")]
             chosen = min(candidates, key=_utilisation, default=None)
+            if chosen is not None and _utilisation(chosen, demand) >= below:
+                chosen = None
         if chosen is None:
             return None
         for k, v in demand.items():
@@ -336,7 +338,7 @@ class ControlStore:
 
     def on_pick_node(self, conn: Connection, msg: dict, bufs: list) -> dict:
         node_id = self.pick_node(msg["demand"], strategy=msg.get("strategy") or "", fits_now=msg.get("fits_now", True),
-                                 exclude=msg.get("exclude", ""))
+                                 exclude=msg.get("exclude", ""), below=msg.get("below", 2.0))
         return {"node_id": node_id, "address": self.nodes[node_id]["address"]} if node_id else {}
 
     def on_heartbeat(self, conn: Connection, msg: dict, bufs: list) -> None:
@@ -666,10 +668,11 @@ class ControlStore:
 _TASKS: set = set()
 
 
-def _utilisation(node: dict) -> float:
-    """The busiest resource's used fraction, by the node's last report."""
-    used = [1.0 - node["available"].get(k, 0.0) / v for k, v in node["resources"].items()
-            if v > 0 and k in ("CPU", "GPU", "memory")]
+def _utilisation(node: dict, demand: dict | None = None) -> float:
+    """The busier of CPU and GPU as a used fraction, by the node's last report (after `demand`)."""
+    demand = demand or {}
+    used = [1.0 - (node["available"].get(k, 0.0) - demand.get(k, 0.0)) / v for k, v in node["resources"].items()
+            if v > 0 and k in ("CPU", "GPU")]
     return max(used, default=0.0)
 
 

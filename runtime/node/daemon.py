@@ -240,11 +240,14 @@ class NodeDaemon:
 
         asyncio.get_running_loop().call_later(0.05, send)
 
-    async def _pick_node(self, demand: dict, strategy: str = "", fits_now: bool = True) -> dict | None:
-        """Ask the control store for another node for `demand` (None: none suits, or no answer)."""
+    async def _pick_node(self, demand: dict, strategy: str = "", fits_now: bool = True,
+                         below: float = 2.0) -> dict | None:
+        """Ask the control store for another node for `demand` (None: none suits, or no answer);
+        `below`: only a node whose utilisation would stay under it."""
         try:
             reply, _ = await self.gcs.request({"op": "pick_node", "demand": demand, "exclude": self.node_id,
-                                               "strategy": strategy, "fits_now": fits_now}, timeout=10)
+                                               "strategy": strategy, "fits_now": fits_now, "below": below},
+                                              timeout=10)
         except Exception as e:  # noqa: BLE001 - scheduling goes on locally without the view
             logger.warning("could not ask the control store for a node: %s", e)
             return None
@@ -339,14 +342,22 @@ class NodeDaemon:
         address) when this node cannot run it now and another can (see _place)."""
         demand = normalize(msg.get("demand"))
         strategy = msg.get("strategy")
-        if not self.peers or (strategy is None and self.pool.fits(demand) and not self.leases.waiting):
+        if not self.peers or (strategy is None and self.pool.fits(demand) and not self.leases.waiting
+                              and self._utilisation(demand) <= self.config.scheduler_spread_threshold):
             return self._queue_lease(conn, demand, msg.get("env") or {}, "task", pinned=False)
         return self._place(conn, msg, demand, "task")
 
+    def _utilisation(self, demand: dict) -> float:
+        """The busiest of CPU and GPU as a used fraction, once `demand` is granted."""
+        used = [1.0 - (self.pool.available.get(k, 0.0) - demand.get(k, 0.0)) / t
+                for k in ("CPU", "GPU") if (t := self.pool.total.get(k, 0.0)) > 0]
+        return max(used, default=0.0)
+
     async def _place(self, conn: Connection, msg: dict, demand: dict, kind: str) -> dict:
-        """Scheduling across nodes. DEFAULT: here while it fits (pack), else on the least used
-        node where it fits now, else queue here if it can ever run here, else on a node where
-        it can. SPREAD: the control store rotates over the nodes. A node id (affinity): there;
+        """Scheduling across nodes. DEFAULT (Ray's hybrid policy): here while this node is used
+        up to scheduler_spread_threshold (pack), then on a less used node where it fits now (spread);
+        when it does not fit here, on the least used node where it fits now, else queue here if it
+        can ever run here, else on a node where it can. SPREAD: the control store rotates over the nodes. A node id (affinity): there;
         with soft=True, DEFAULT when that node is gone. A request already spilled once stays."""
         strategy = msg.get("strategy")
         pinned = bool(msg.get("spilled"))
@@ -369,6 +380,11 @@ class NodeDaemon:
                 target = await self._pick_node(demand)
                 if target is None and not self.pool.feasible(demand):
                     target = await self._pick_node(demand, fits_now=False)
+                if target is not None:
+                    return {"spillback": target["address"], "node_id": target["node_id"]}
+            elif self._utilisation(demand) > self.config.scheduler_spread_threshold:
+                # Past the threshold: spread to a node that would be less used than this one.
+                target = await self._pick_node(demand, below=self._utilisation(demand))
                 if target is not None:
                     return {"spillback": target["address"], "node_id": target["node_id"]}
         return await self._queue_lease(conn, demand, msg.get("env") or {}, kind, pinned=pinned)
@@ -601,7 +617,7 @@ class NodeDaemon:
         mem = psutil.virtual_memory()
         return {"total": self.pool.total, "available": self.pool.available, "store": self.store.describe(),
                 "pending_demand": self.leases.demand_summary(),
-                "workers": sum(1 for w in self.workers.values() if w.state != "dead"),
+                "workers": sum(1 for w in self.workers.values() if w.state != "dead"), "peers": sorted(self.peers),
                 "memory_used": mem.total - mem.available, "memory_total": mem.total}
 
     def on_node_info(self, conn: Connection, msg: dict, bufs: list) -> dict:

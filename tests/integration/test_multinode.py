@@ -4,6 +4,7 @@ custom resources, strategies, and objects pulled between node stores."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -48,7 +49,7 @@ def test_nodes_join_and_their_resources_add_up(make_cluster):
 
 
 def test_tasks_spill_to_another_node_when_the_first_is_full(make_cluster):
-    c = make_cluster(head={"num_cpus": 1}, workers=[{"num_cpus": 2}])
+    c = make_cluster(head={"num_cpus": 1}, workers=[{"num_cpus": 2}], scheduler_spread_threshold=1.0)
     nodes = runtime.get([where.remote(0.5) for _ in range(3)])
     # One CPU on the head: at most one of three concurrent tasks ran there; the rest spilled.
     assert nodes.count(c.worker_nodes[0].node_id) >= 2, nodes
@@ -130,3 +131,32 @@ def test_a_task_waiting_for_resources_runs_when_a_node_with_them_joins(make_clus
     assert not ready
     late = c.add_node(num_cpus=1, resources={"late": 1})
     assert runtime.get(ref, timeout=30) == late.node_id
+
+
+@pytest.mark.parametrize("threshold, spread", [(0.5, True), (1.0, False)])
+def test_default_packs_up_to_the_spread_threshold_then_spreads(make_cluster, tmp_path, threshold, spread):
+    c = make_cluster(head={"num_cpus": 4}, workers=[{"num_cpus": 4}], scheduler_spread_threshold=threshold)
+    go = tmp_path / "go"
+
+    started = tmp_path / "started"
+    started.mkdir()
+
+    @runtime.remote
+    def hold(go, started):
+        import os
+        import time
+        open(os.path.join(started, str(os.getpid())), "w").close()
+        deadline = time.time() + 30
+        while not os.path.exists(go) and time.time() < deadline:
+            time.sleep(0.01)
+        return node_of()
+
+    refs = [hold.remote(str(go), str(started)) for _ in range(4)]
+    # All four running at once before any ends (else a freed worker would take a queued task).
+    wait_for(lambda: len(os.listdir(started)) == 4, timeout=30, what="four tasks running")
+    go.write_text("go")
+    nodes = runtime.get(refs, timeout=30)
+    if spread:  # two on the head (50% used), the next two on the less used worker node
+        assert nodes.count(c.head_node.node_id) == 2 and nodes.count(c.worker_nodes[0].node_id) == 2, nodes
+    else:
+        assert set(nodes) == {c.head_node.node_id}, nodes
