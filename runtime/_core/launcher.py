@@ -84,13 +84,13 @@ def _detect_gpus() -> int:
 
 def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = None, resources: dict | None = None,
                   object_store_memory: int | None = None, config: SystemConfig, persistent: bool = False,
-                  port: int = 0, node_ip: str = "127.0.0.1") -> ClusterProcesses:
+                  port: int = 0, node_ip: str = "127.0.0.1", token: str | None = None) -> ClusterProcesses:
     if object_store_memory is not None and (not isinstance(object_store_memory, int) or object_store_memory <= 0):
         raise ValueError(f"object_store_memory must be a positive number of bytes, got {object_store_memory!r}.")
     session_name = f"session_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{secrets.token_hex(3)}"
     session_dir = os.path.join(cluster_root(), session_name)
     os.makedirs(os.path.join(session_dir, "logs"), exist_ok=True)
-    token = secrets.token_hex(16)
+    token = token or secrets.token_hex(16)
     token_file = os.path.join(session_dir, "token")
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.write(fd, token.encode())
@@ -189,6 +189,28 @@ def attach(info: dict, config: SystemConfig) -> ClusterProcesses:
                             gcs_address=info["gcs_address"], node_address=info["node_address"],
                             node_tcp_address=info.get("node_tcp_address", ""), shm_dir=info.get("shm_dir", ""),
                             config=config, node_ip=info.get("node_ip", "127.0.0.1"))
+
+
+def remote_cluster_info(address: str, token: str) -> dict:
+    """What a node joining a head on another machine needs: a session directory of its own (logs,
+    sockets, spilled objects) and the head's address and token."""
+    session_name = f"node_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{secrets.token_hex(3)}"
+    session_dir = os.path.join(cluster_root(), session_name)
+    os.makedirs(os.path.join(session_dir, "logs"), exist_ok=True)
+    fd = os.open(os.path.join(session_dir, "token"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, token.encode())
+    os.close(fd)
+    return {"session_dir": session_dir, "session_name": session_name, "token": token,
+            "gcs_address": "tcp:" + address.removeprefix("tcp:"), "node_address": ""}
+
+
+def route_ip(address: str) -> str:
+    """This machine's address on the route to `address` (what the head will see us as)."""
+    import socket
+    host, _, port = address.removeprefix("tcp:").rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((socket.gethostbyname(host), int(port)))  # UDP: no packet is sent
+        return s.getsockname()[0]
 
 
 def gcs_request(gcs_address: str, token: str, msg: dict, timeout: float = 10) -> dict:

@@ -35,7 +35,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
             return 2
     code = _start_head(config, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                        resources=_parse_resources(args.resources), object_store_memory=args.object_store_memory,
-                       port=args.port, autoscaling_config=args.autoscaling_config, node_ip=args.node_ip)
+                       port=args.port, autoscaling_config=args.autoscaling_config, node_ip=args.node_ip,
+                       token=args.token or os.environ.get("RUNTIME_CLUSTER_TOKEN"))
     if code != 0:
         return code
     if cluster_config is not None:
@@ -45,13 +46,13 @@ def _cmd_start(args: argparse.Namespace) -> int:
 
 def _start_head(config: Any, *, num_cpus: float | None, num_gpus: float | None, resources: dict | None,
                 object_store_memory: int | None, port: int, autoscaling_config: str | None = None,
-                node_ip: str = "127.0.0.1") -> int:
+                node_ip: str = "127.0.0.1", token: str | None = None) -> int:
     if launcher.read_current_cluster() is not None:
         print("A cluster is already running on this machine; `runtime stop` it first.", file=sys.stderr)
         return 1
     cluster = launcher.start_cluster(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                                      object_store_memory=object_store_memory, config=config, persistent=True,
-                                     port=port, node_ip=node_ip)
+                                     port=port, node_ip=node_ip, token=token)
     if autoscaling_config:
         launcher.start_monitor(cluster, os.path.abspath(autoscaling_config))
     launcher.write_current_cluster(cluster)
@@ -70,7 +71,8 @@ def _start_head(config: Any, *, num_cpus: float | None, num_gpus: float | None, 
     res = runtime.cluster_resources()
     runtime.shutdown()
     addr = cluster.gcs_address.removeprefix("tcp:")
-    print(f"Started a cluster at {addr} (session {cluster.session_dir}).")
+    print(f"Started a cluster at {addr} (session {cluster.session_dir}; its token, for nodes joining from "
+          f"other machines, is in {cluster.session_dir}/token).")
     print(f"Resources: {json.dumps(res)}")
     print("Join it from Python with runtime.init(address='auto'); stop it with `runtime stop`.")
     return 0
@@ -165,17 +167,24 @@ def _join(args: argparse.Namespace) -> int:
     if not args.address:
         print("Give --head to start a head node, or --address HOST:PORT to join a running one.", file=sys.stderr)
         return 2
-    try:
-        info = _find_cluster(args.address)
-    except ConnectionError as e:
-        print(f"{e} Joining a head on another machine is not supported yet: nodes join heads on this machine.",
-              file=sys.stderr)
-        return 1
+    token = args.token or os.environ.get("RUNTIME_CLUSTER_TOKEN")
+    node_ip = args.node_ip
+    if token:  # a head on another machine: a session directory of our own, the head's token
+        info = launcher.remote_cluster_info(args.address, token)
+        if node_ip in ("127.0.0.1", "localhost"):
+            node_ip = launcher.route_ip(args.address)
+    else:
+        try:
+            info = _find_cluster(args.address)
+        except ConnectionError as e:
+            print(f"{e} To join a head on another machine, pass its token: --token TOKEN (or RUNTIME_CLUSTER_TOKEN; "
+                  "`runtime start --head` prints where it is kept).", file=sys.stderr)
+            return 1
     config = SystemConfig.resolve(json.loads(args.system_config) if args.system_config else {})
     cluster = launcher.attach(info, config)
     node = launcher.add_node(cluster, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                              resources=_parse_resources(args.resources), object_store_memory=args.object_store_memory,
-                             node_ip=args.node_ip)
+                             node_ip=node_ip)
     deadline = time.monotonic() + config.startup_timeout_s
     while not any(n["node_id"] == node["node_id"] and n["alive"] for n in
                   launcher.gcs_request(info["gcs_address"], info["token"], {"op": "list_nodes"})["nodes"]):
@@ -302,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the control store of the running cluster again after it died (it recovers its state)")
     s.add_argument("--autoscaling-config", help="cluster YAML: run the autoscaler on this head")
     s.add_argument("--block", action="store_true", help="stay in the foreground until stopped (containers)")
+    s.add_argument("--token", help="the cluster's shared secret (default: RUNTIME_CLUSTER_TOKEN, else a new one for "
+                   "a head); nodes joining from another machine need the head's")
     s.add_argument("--node-ip", default="127.0.0.1",
                    help="this node's address that the other nodes reach it at (default 127.0.0.1: one machine)")
     s.set_defaults(fn=_cmd_start)

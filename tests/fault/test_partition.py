@@ -57,15 +57,17 @@ def netns():
         _ip("netns", "del", name, check=False)
 
 
-def test_a_partitioned_node_is_declared_dead_its_work_moves_and_it_is_fenced(netns, cli, tmp_path):
+def test_a_partitioned_node_is_declared_dead_its_work_moves_and_it_is_fenced(netns, tmp_path, cli):
     name, host_if = netns
     config = json.dumps({"node_death_timeout_s": 2.0, "heartbeat_interval_s": 0.2})
     cli.run("start", "--head", "--node-ip", HEAD_IP, "--port", "0", "--num-cpus", "1", "--system-config", config)
     info = json.load(open(os.path.join(cli.tmpdir, "orrery", "current_cluster.json")))
     address = info["gcs_address"].removeprefix("tcp:")
     assert address.startswith(HEAD_IP)
+    # Joined as from another machine: the head's token, a session directory of its own, and the
+    # node's address found from the route to the head (10.231.7.2 inside the namespace).
     joined = subprocess.run(["ip", "netns", "exec", name, sys.executable, "-m", "runtime", "start", "--address",
-                             address, "--node-ip", NODE_IP, "--num-cpus", "1", "--resources", '{"far": 1}',
+                             address, "--token", info["token"], "--num-cpus", "1", "--resources", '{"far": 1}',
                              "--system-config", config], env=cli.env, capture_output=True, text=True, timeout=60)
     assert joined.returncode == 0, joined.stderr
     runtime.init(address="auto")

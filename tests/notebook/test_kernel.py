@@ -126,7 +126,7 @@ def test_interrupt_cancels_the_remote_task_and_frees_its_worker(kernel):
     assert "free 2.0 2.0" in stream_text(messages)
 
 
-def test_session_survives_a_kernel_restart_through_attach(cli, tmp_path):
+def test_session_survives_a_kernel_restart_through_attach(tmp_path, cli):
     """The session lives in a detached actor on a cluster that outlives the kernel."""
     cli.run("start", "--head", "--port", "0", "--num-cpus", "2")
     import json

@@ -152,12 +152,18 @@ def test_the_worker_command_joins_the_head_service():
     head_pod_labels = find(objects, "Deployment", "orrery-head")[0]["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= head_pod_labels.items()
     # The worker's --address is $(HEAD_SERVICE):port, HEAD_SERVICE being the Service's name.
-    env = {e["name"]: e["value"] for e in worker["env"]}
+    env = {e["name"]: e.get("value") for e in worker["env"]}
     address = arg_after(worker["command"], "--address")
     assert address == f"$(HEAD_SERVICE):{gcs['port']}"
     assert env["HEAD_SERVICE"] == service["metadata"]["name"]
     assert head["command"][:3] == ["runtime", "start", "--head"] and "--block" in head["command"]
     assert worker["command"][:2] == ["runtime", "start"] and "--block" in worker["command"]
+    # Both pods listen on the pod's address and share the token from one Secret.
+    for c in (head, worker):
+        env = {e["name"]: e for e in c["env"]}
+        assert arg_after(c["command"], "--node-ip") == "$(POD_IP)"
+        assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+        assert env["RUNTIME_CLUSTER_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "orrery-token", "key": "token"}
 
 
 def test_shm_is_memory_backed_and_resources_are_set():
