@@ -141,8 +141,8 @@ class Cluster:
         return {n["node_id"] for n in self._gcs({"op": "list_nodes"})["nodes"] if n["alive"]}
 
     def wait_for_nodes(self, timeout: float = 30) -> None:
-        want = {n.node_id for n in self.list_all_nodes()}
-        self.wait_for(lambda: want <= self.alive_node_ids(), timeout, f"{len(want)} nodes to be alive")
+        want = [n.node_id for n in self.list_all_nodes()]
+        self.wait_for(lambda: all(self._connected(n) for n in want), timeout, f"{len(want)} nodes to be connected")
 
     @staticmethod
     def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

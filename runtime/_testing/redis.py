@@ -12,6 +12,16 @@ import time
 from pathlib import Path
 
 
+def require_redis_server() -> str:
+    """For a test: the redis-server executable and the redis package, or skip saying what is missing."""
+    import pytest
+    pytest.importorskip("redis", reason="the redis package is not installed (pip install 'orrery[redis]')")
+    exe = ensure_redis_server()
+    if exe is None:
+        pytest.skip("redis-server not found and could not be installed (Debian: apt-get install redis-server)")
+    return exe
+
+
 def ensure_redis_server() -> str | None:
     """The redis-server executable; installs Debian's package first when missing and allowed."""
     exe = _redis_server_exe()

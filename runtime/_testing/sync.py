@@ -19,12 +19,24 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["SignalActor", "wait_for"]
+__all__ = ["SignalActor", "wait_for", "wait_for_path"]
 
 T = TypeVar("T")
 
 _FIRST_INTERVAL_S = 0.01
 _MAX_INTERVAL_S = 0.25
+
+
+def wait_for_path(path: str, timeout: float = 60.0) -> bool:
+    """In a task: hold its worker until the test creates `path` (a release the test controls),
+    at most `timeout` s. True if the path appeared."""
+    import os
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def wait_for(

@@ -92,6 +92,7 @@ class ControlStore:
         self.placement_groups = PlacementGroupManager(self)
         self.job_counter = itertools.count(1)
         self.driver_conns: dict[str, Connection] = {}  # job id -> its driver's connection
+        self._start_wall, self._nodes_epoch = time.time(), 0
         self.started = time.monotonic()
         session_dir = args["session_dir"]
         self.persist: Any = (Persistence(self.config.gcs_storage, session_dir, os.path.basename(session_dir))
@@ -266,7 +267,13 @@ class ControlStore:
             if rec.state in (PENDING, RESTARTING) and rec.waiting_for_node:
                 rec.waiting_for_node = False
                 self._spawn(self._schedule(rec))
-        return {"nodes": self._peer_list()}
+        return {"nodes": self._peer_list(), "epoch": self._next_epoch()}
+
+    def _next_epoch(self) -> list:
+        """Orders node lists: a register reply can reach a node manager after a later broadcast.
+        The start time first, so that the lists of a restarted control store come after."""
+        self._nodes_epoch += 1
+        return [self._start_wall, self._nodes_epoch]
 
     def _reconcile_node(self, conn: Connection, msg: dict) -> None:
         """A node back after this control store restarted says which actor workers and placement
@@ -294,7 +301,7 @@ class ControlStore:
 
     def _broadcast_nodes(self, but: Connection | None = None) -> None:
         """Every node manager learns the live nodes, to spill work and pull objects from them."""
-        msg = {"op": "nodes_changed", "nodes": self._peer_list()}
+        msg = {"op": "nodes_changed", "nodes": self._peer_list(), "epoch": self._next_epoch()}
         for c in self.node_conns.values():
             if c is not but and not c.closed:
                 c.send(dict(msg))

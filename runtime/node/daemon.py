@@ -90,6 +90,7 @@ class NodeDaemon:
         self._peer_connecting: dict[str, asyncio.Future] = {}
         self.transfer = ObjectTransfer(self.node_id, self.token, self.store, self._peer_for_transfer)
         self._report_scheduled = False
+        self.nodes_epoch = [0, 0]
         self.handlers = {
             "hello": self.on_hello, "lease": self.on_lease, "return_lease": self.on_return_lease,
             "lease_actor": self.on_lease_actor, "kill_worker": self.on_kill_worker,
@@ -189,7 +190,12 @@ class NodeDaemon:
 
     # -- the other nodes ---------------------------------------------------------------
     def on_nodes_changed(self, conn: Connection, msg: dict, bufs: list) -> None:
-        """The control store's list of live nodes (on registration, and whenever one joins or dies)."""
+        """The control store's list of live nodes (on registration, and whenever one joins or dies);
+        an older list than the one applied (a register reply overtaken by a broadcast) is ignored."""
+        epoch = msg.get("epoch") or [0, 0]
+        if epoch < self.nodes_epoch:
+            return
+        self.nodes_epoch = epoch
         peers = {n["node_id"]: n for n in msg.get("nodes", ()) if n["node_id"] != self.node_id}
         for gone in set(self.peers) - set(peers):
             for c in list(self.core_workers.values()):  # owners here drop their leases on it

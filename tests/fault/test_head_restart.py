@@ -13,8 +13,8 @@ import cloudpickle
 import pytest
 
 import runtime
-from runtime._testing.redis import ensure_redis_server
-from runtime._testing.sync import wait_for
+from runtime._testing.redis import RedisServer, free_port, require_redis_server
+from runtime._testing.sync import wait_for, wait_for_path
 from runtime.util import placement_group, placement_group_table, remove_placement_group
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -37,11 +37,7 @@ def _kill_and_restart_midwork(c, tmp_path):
 
     @runtime.remote
     def long_step(path):
-        import os
-        import time
-        deadline = time.time() + 60
-        while not os.path.exists(path) and time.time() < deadline:
-            time.sleep(0.01)
+        wait_for_path(path)
         return "done"
 
     account = Account.options(name="bank", lifetime="detached").remote()
@@ -100,12 +96,7 @@ def test_a_node_that_does_not_come_back_is_declared_dead_and_its_actor_fails_ove
 
 @pytest.fixture
 def redis_server_url(tmp_path):
-    pytest.importorskip("redis", reason="the redis package is not installed (pip install 'orrery[redis]')")
-    exe = ensure_redis_server()
-    if exe is None:
-        pytest.skip("redis-server not found and could not be installed (Debian: apt-get install redis-server)")
-    from runtime._testing.redis import RedisServer, free_port
-    server = RedisServer(exe, tmp_path / "redis", free_port())
+    server = RedisServer(require_redis_server(), tmp_path / "redis", free_port())
     server.start(appendonly=True)
     try:
         yield server.url

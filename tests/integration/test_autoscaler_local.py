@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 import runtime
-from runtime._testing.sync import wait_for
+from runtime._testing.sync import wait_for, wait_for_path
 
 pytestmark = pytest.mark.slow
 
@@ -54,11 +54,7 @@ def test_up_scales_out_for_waiting_work_and_back_in_when_idle(tmp_path, cli):
 
         @runtime.remote(num_cpus=1)
         def hold(path):
-            import os
-            import time
-            deadline = time.time() + 60
-            while not os.path.exists(path) and time.time() < deadline:
-                time.sleep(0.01)
+            wait_for_path(path)
             return runtime.get_runtime_context().get_node_id()
 
         @runtime.remote(resources={"x86": 1})

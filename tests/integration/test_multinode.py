@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import runtime
-from runtime._testing.sync import wait_for
+from runtime._testing.sync import wait_for, wait_for_path
 from runtime.util import placement_group, remove_placement_group
 from runtime.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -144,11 +144,8 @@ def test_default_packs_up_to_the_spread_threshold_then_spreads(make_cluster, tmp
     @runtime.remote
     def hold(go, started):
         import os
-        import time
         open(os.path.join(started, str(os.getpid())), "w").close()
-        deadline = time.time() + 30
-        while not os.path.exists(go) and time.time() < deadline:
-            time.sleep(0.01)
+        wait_for_path(go)
         return node_of()
 
     refs = [hold.remote(str(go), str(started)) for _ in range(4)]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime._testing.redis import RedisServer, ensure_redis_server
+from runtime._testing.redis import RedisServer, require_redis_server
 from runtime._testing.redis import free_port as _free_port
 from runtime.gcs.storage import (
     RedisStorage,
@@ -432,10 +432,7 @@ def test_tick_writer_outside_a_loop_writes_through(tmp_path):
 @pytest.fixture
 def redis_servers(tmp_path):
     """Starts redis-servers (`start(appendonly=...)`); stops every one of them by PID at the end."""
-    pytest.importorskip("redis", reason="the redis package is not installed (pip install redis)")
-    exe = ensure_redis_server()
-    if exe is None:
-        pytest.skip("redis-server not found and could not be installed (Debian: apt-get install redis-server)")
+    exe = require_redis_server()
     started: list[RedisServer] = []
 
     def start(appendonly: bool = False) -> RedisServer:
