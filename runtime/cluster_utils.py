@@ -54,15 +54,17 @@ class Cluster:
 
     # -- nodes ---------------------------------------------------------------------------
     def add_node(self, wait: bool = True, num_cpus: float | None = None, num_gpus: float | None = None,
-                 resources: dict | None = None, object_store_memory: int | None = None, **_ignored: Any) -> NodeHandle:
+                 resources: dict | None = None, object_store_memory: int | None = None, labels: dict | None = None,
+                 **_ignored: Any) -> NodeHandle:
         """The first call starts the head (control store + node manager), later calls a worker node."""
         if self._procs is None:
             self._procs = launcher.start_cluster(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                                                 object_store_memory=object_store_memory, config=self._config)
+                                                 object_store_memory=object_store_memory, config=self._config,
+                                                 labels=labels)
             node = self._procs.nodes[0]
         else:
             node = launcher.add_node(self._procs, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                                     object_store_memory=object_store_memory)
+                                     object_store_memory=object_store_memory, labels=labels)
         handle = NodeHandle(node["node_id"], node["pid"], node["name"], node["resources"], node)
         if self.head_node is None:
             self.head_node = handle

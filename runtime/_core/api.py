@@ -277,7 +277,7 @@ def nodes() -> list[dict]:
         out.append({"NodeID": n["node_id"], "Alive": n["alive"], "NodeManagerAddress": n["node_ip"],
                     "NodeManagerHostname": n["hostname"], "NodeManagerPort": int(n["address"].rsplit(":", 1)[1]),
                     "ObjectStoreSocketName": n["shm_dir"], "Resources": n["resources"], "IsHead": n["is_head"],
-                    "alive": n["alive"]})
+                    "Labels": n.get("labels") or {}, "alive": n["alive"]})
     return out
 
 

@@ -84,7 +84,8 @@ def _detect_gpus() -> int:
 
 def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = None, resources: dict | None = None,
                   object_store_memory: int | None = None, config: SystemConfig, persistent: bool = False,
-                  port: int = 0, node_ip: str = "127.0.0.1", token: str | None = None) -> ClusterProcesses:
+                  port: int = 0, node_ip: str = "127.0.0.1", token: str | None = None,
+                  labels: dict | None = None) -> ClusterProcesses:
     if object_store_memory is not None and (not isinstance(object_store_memory, int) or object_store_memory <= 0):
         raise ValueError(f"object_store_memory must be a positive number of bytes, got {object_store_memory!r}.")
     session_name = f"session_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{secrets.token_hex(3)}"
@@ -105,7 +106,7 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
                                shm_dir="", owner_fd=owner_w, owner_read_fd=owner_r, config=config, node_ip=node_ip)
     _start_gcs(cluster, gcs_sock)
     head = add_node(cluster, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                    object_store_memory=object_store_memory, head=True, node_ip=node_ip)
+                    object_store_memory=object_store_memory, head=True, node_ip=node_ip, labels=labels)
     cluster.node_address, cluster.node_tcp_address = head["node_address"], head["node_tcp_address"]
     cluster.shm_dir, cluster.sock_dir = head["shm_dir"], head["sock_dir"]
     _write_private_json(os.path.join(session_dir, "cluster.json"), {**cluster.info(), "started": time.time()})
@@ -131,7 +132,7 @@ def restart_gcs(cluster: ClusterProcesses) -> None:
 
 def add_node(cluster: ClusterProcesses, *, num_cpus: float | None = None, num_gpus: float | None = None,
              resources: dict | None = None, object_store_memory: int | None = None, head: bool = False,
-             node_ip: str = "127.0.0.1") -> dict:
+             node_ip: str = "127.0.0.1", labels: dict | None = None) -> dict:
     """Start one more node manager on this machine, joined to `cluster`'s control store: its own
     resources, worker pool, sockets and shared-memory object store. Returns its description
     (node_id, pid, addresses); it dies with the cluster (or its owner, when embedded)."""
@@ -153,7 +154,8 @@ def add_node(cluster: ClusterProcesses, *, num_cpus: float | None = None, num_gp
                "unix_address": socket_address(nm_unix), "tcp_address": socket_address(nm_tcp),
                "num_cpus": res["num_cpus"], "num_gpus": res["num_gpus"], "memory": res["memory"],
                "object_store_memory": res["object_store_memory"], "resources": resources or {},
-               "shm_dir": shm_dir, "system_config": cluster.config.to_json(), "node_ip": node_ip}
+               "shm_dir": shm_dir, "system_config": cluster.config.to_json(), "node_ip": node_ip,
+               "labels": {str(k): str(v) for k, v in (labels or {}).items()}}
     name = "node" if first else f"node-{node_id[:8]}"
     proc = _spawn(cluster, name, "runtime.node", nm_args, [nm_unix.fileno(), nm_tcp.fileno()])
     cluster.procs[name] = proc

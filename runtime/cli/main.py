@@ -36,6 +36,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
     code = _start_head(config, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                        resources=_parse_resources(args.resources), object_store_memory=args.object_store_memory,
                        port=args.port, autoscaling_config=args.autoscaling_config, node_ip=args.node_ip,
+                       labels=_parse_resources(args.labels, "--labels"),
                        token=args.token or os.environ.get("RUNTIME_CLUSTER_TOKEN"))
     if code != 0:
         return code
@@ -46,13 +47,13 @@ def _cmd_start(args: argparse.Namespace) -> int:
 
 def _start_head(config: Any, *, num_cpus: float | None, num_gpus: float | None, resources: dict | None,
                 object_store_memory: int | None, port: int, autoscaling_config: str | None = None,
-                node_ip: str = "127.0.0.1", token: str | None = None) -> int:
+                node_ip: str = "127.0.0.1", token: str | None = None, labels: dict | None = None) -> int:
     if launcher.read_current_cluster() is not None:
         print("A cluster is already running on this machine; `runtime stop` it first.", file=sys.stderr)
         return 1
     cluster = launcher.start_cluster(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                                      object_store_memory=object_store_memory, config=config, persistent=True,
-                                     port=port, node_ip=node_ip, token=token)
+                                     port=port, node_ip=node_ip, token=token, labels=labels)
     if autoscaling_config:
         launcher.start_monitor(cluster, os.path.abspath(autoscaling_config))
     launcher.write_current_cluster(cluster)
@@ -153,11 +154,14 @@ def _cmd_down(args: argparse.Namespace) -> int:
     return _cmd_stop(args)
 
 
-def _parse_resources(text: str | None) -> dict | None:
+def _parse_resources(text: str | None, flag: str = "--resources") -> dict | None:
     try:
-        return json.loads(text) if text else None
+        value = json.loads(text) if text else None
     except json.JSONDecodeError as e:
-        raise SystemExit(f"--resources must be JSON like '{{\"custom\": 1}}': {e}") from None
+        raise SystemExit(f"{flag} must be a JSON object like '{{\"custom\": 1}}': {e}") from None
+    if value is not None and not isinstance(value, dict):
+        raise SystemExit(f"{flag} must be a JSON object like '{{\"custom\": 1}}', got {text!r}")
+    return value
 
 
 def _join(args: argparse.Namespace) -> int:
@@ -184,7 +188,7 @@ def _join(args: argparse.Namespace) -> int:
     cluster = launcher.attach(info, config)
     node = launcher.add_node(cluster, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                              resources=_parse_resources(args.resources), object_store_memory=args.object_store_memory,
-                             node_ip=node_ip)
+                             node_ip=node_ip, labels=_parse_resources(args.labels, "--labels"))
     deadline = time.monotonic() + config.startup_timeout_s
     while not any(n["node_id"] == node["node_id"] and n["alive"] for n in
                   launcher.gcs_request(info["gcs_address"], info["token"], {"op": "list_nodes"})["nodes"]):
@@ -237,8 +241,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     nodes, total, avail, stores, groups, demand = snapshot
     print(f"Nodes: {sum(1 for n in nodes if n['Alive'])} alive, {sum(1 for n in nodes if not n['Alive'])} dead")
     for n in nodes:
+        labels = " ".join(f"{k}={v}" for k, v in (n.get("Labels") or {}).items())
         print(f"  {n['NodeID'][:12]}  {n['NodeManagerAddress']}  {'ALIVE' if n['Alive'] else 'DEAD'}"
-              f"{'  (head)' if n['IsHead'] else ''}")
+              f"{'  (head)' if n['IsHead'] else ''}{'  ' + labels if labels else ''}")
     print("Resources (used / total):")
     for k in sorted(total):
         if k.startswith("node:"):
@@ -311,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the control store of the running cluster again after it died (it recovers its state)")
     s.add_argument("--autoscaling-config", help="cluster YAML: run the autoscaler on this head")
     s.add_argument("--block", action="store_true", help="stay in the foreground until stopped (containers)")
+    s.add_argument("--labels", help='node labels as JSON, e.g. \'{"zone": "a"}\' (shown in status and list nodes)')
     s.add_argument("--token", help="the cluster's shared secret (default: RUNTIME_CLUSTER_TOKEN, else a new one for "
                    "a head); nodes joining from another machine need the head's")
     s.add_argument("--node-ip", default="127.0.0.1",

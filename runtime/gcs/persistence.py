@@ -3,8 +3,9 @@ storage (storage.py: SQLite in the session directory by default, Redis with
 `gcs_storage="redis://HOST:PORT"`), one transaction per event-loop tick, and read back by a
 control store started again in the same session.
 
-Kept: nodes, jobs (drivers), actors (with their creation spec, so they can be restarted),
-placement groups, the KV store and the job counter. Not kept: what is rebuilt on reconnection
+Kept: nodes, jobs (drivers, and submitted jobs, which a restarted control store adopts),
+actors (with their creation spec, so they can be restarted), placement groups, the KV store and
+the job counter. Not kept: what is rebuilt on reconnection
 (connections, subscriptions, each node's free resources) and the task table of the state API
 (events are sent again as tasks change).
 """
@@ -20,6 +21,7 @@ from .storage import TickWriter, decode, encode, open_storage
 logger = logging.getLogger("runtime.gcs")
 
 _VOLATILE_NODE_KEYS = ("last_heartbeat", "available", "pending")
+TABLES = ("nodes", "jobs", "actors", "pgs", "kv", "meta", "subjobs")
 
 
 class Persistence:
@@ -28,8 +30,7 @@ class Persistence:
         self.writer = TickWriter(self.storage)
 
     def load(self) -> dict[str, dict[str, Any]]:
-        return {table: {k: decode(v) for k, v in self.storage.load(table).items()}
-                for table in ("nodes", "jobs", "actors", "pgs", "kv", "meta")}
+        return {table: {k: decode(v) for k, v in self.storage.load(table).items()} for table in TABLES}
 
     # -- write-through, called where the control store changes a row --------------------------
     def node(self, node: dict) -> None:
@@ -38,6 +39,9 @@ class Persistence:
 
     def job(self, job: dict) -> None:
         self.writer.put("jobs", job["job_id"], encode(job))
+
+    def submitted_job(self, job: dict) -> None:
+        self.writer.put("subjobs", job["job_id"], encode(job))
 
     def actor(self, rec: Any) -> None:
         row = {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec) if f.name != "subscribers"}
@@ -71,7 +75,7 @@ class NoPersistence:
     """`gcs_storage="none"`: nothing is kept; a restarted control store starts empty."""
 
     def load(self) -> dict[str, dict[str, Any]]:
-        return {t: {} for t in ("nodes", "jobs", "actors", "pgs", "kv", "meta")}
+        return {t: {} for t in TABLES}
 
     async def drain(self) -> None:
         return None

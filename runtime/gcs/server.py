@@ -92,6 +92,7 @@ class ControlStore:
         self.placement_groups = PlacementGroupManager(self)
         self.job_counter = itertools.count(1)
         self.driver_conns: dict[str, Connection] = {}  # job id -> its driver's connection
+        self._recovered_jobs: dict[str, dict] = {}
         self._start_wall, self._nodes_epoch = time.time(), 0
         self.started = time.monotonic()
         session_dir = args["session_dir"]
@@ -135,6 +136,7 @@ class ControlStore:
         nodes and drivers get node_death_timeout_s to reconnect; actors and placement groups
         are as they were; named ones keep their names."""
         tables = self.persist.load()
+        self._recovered_jobs = tables["subjobs"]
         if not any(tables.values()):
             return
         now = time.monotonic()
@@ -162,7 +164,8 @@ class ControlStore:
         owner_pipe.watch(loop, self.args.get("owner_fd"), self.done.set)
         sock = socket.socket(fileno=self.args["tcp_fd"])
         host, port = sock.getsockname()[:2]
-        self.job_manager = JobManager(self.args["session_dir"], f"{host}:{port}")
+        self.job_manager = JobManager(self.args["session_dir"], f"{host}:{port}", persist=self.persist.submitted_job,
+                                      recovered=self._recovered_jobs)
         server = await serve(sock, self.handlers, self.token, on_close=self.on_conn_closed, name="gcs")
         watchdog = loop.create_task(self._watch_heartbeats())
         for rec in getattr(self, "_recovered_pending", ()):  # were being placed when the old one died
@@ -250,6 +253,7 @@ class ControlStore:
                              "a dead node does not come back: start a new node manager")
         node = {k: msg[k] for k in ("node_id", "resources", "address", "unix_address", "shm_dir", "pid",
                                     "hostname", "node_ip", "session_dir", "transfer_address")}
+        node["labels"] = msg.get("labels") or {}
         node.update(alive=True, start_time=known["start_time"] if known else time.time(),
                     last_heartbeat=time.monotonic(), is_head=known["is_head"] if known else not self.nodes,
                     available=dict(msg["resources"]))

@@ -6,6 +6,11 @@ A notebook job's entrypoint is `python -m runtime.jobs.notebook`, which keeps th
 notebook in the job's directory as the job's artifact.
 
 Job states (as Ray's): PENDING -> RUNNING -> SUCCEEDED | FAILED | STOPPED.
+
+Jobs outlive the control store: the shell that runs the entrypoint writes its exit code to
+`<job dir>/exit_code`, every change of a job is persisted (`persist`), and a restarted control
+store adopts the jobs that were running: it watches their process by pid and reads the exit
+code from the file when it ends.
 """
 
 from __future__ import annotations
@@ -23,11 +28,23 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 class JobManager:
-    def __init__(self, session_dir: str, gcs_address: str) -> None:
+    def __init__(self, session_dir: str, gcs_address: str, persist: Any = None,
+                 recovered: dict[str, dict] | None = None) -> None:
         self.root = os.path.join(session_dir, "jobs")
         self.gcs_address = gcs_address
-        self.jobs: dict[str, dict] = {}
+        self.persist = persist or (lambda job: None)  # called with a job whenever it changes
+        self.jobs: dict[str, dict] = dict(recovered or {})
         self.procs: dict[str, asyncio.subprocess.Process] = {}
+        for job_id, job in self.jobs.items():  # running when the previous control store died
+            if job["status"] in ("PENDING", "RUNNING"):
+                asyncio.get_running_loop().create_task(self._adopt(job_id))
+
+    async def _adopt(self, job_id: str) -> None:
+        job = self.jobs[job_id]
+        pid = job.get("driver_pid")
+        while pid and _alive(pid):
+            await asyncio.sleep(0.5)  # not our child any more: poll its pid
+        self._finished(job_id, None)
 
     def job_dir(self, job_id: str) -> str:
         return os.path.join(self.root, job_id)
@@ -66,16 +83,20 @@ class JobManager:
                "RUNTIME_JOB_ID": job_id, "RUNTIME_JOB_DIR": jdir, "KERNEL_EXT_NONINTERACTIVE": "1",
                "PYTHONUNBUFFERED": "1"}
         log = open(job["log_path"], "ab")
+        exit_file = shlex.quote(os.path.join(jdir, "exit_code"))
         try:
-            proc = await asyncio.create_subprocess_shell(entrypoint, stdin=asyncio.subprocess.DEVNULL, stdout=log,
+            proc = await asyncio.create_subprocess_shell(f"{entrypoint}\nprintf %s $? > {exit_file}",
+                                                         stdin=asyncio.subprocess.DEVNULL, stdout=log,
                                                          stderr=asyncio.subprocess.STDOUT, cwd=cwd, env=env,
                                                          start_new_session=True)
         except OSError as e:
             job.update(status="FAILED", message=f"could not start the entrypoint: {e}", end_time=time.time())
+            self.persist(job)
             return {"job_id": job_id}
         finally:
             log.close()
         job.update(status="RUNNING", driver_pid=proc.pid)
+        self.persist(job)
         self.procs[job_id] = proc
         asyncio.get_running_loop().create_task(self._wait(job_id, proc))
         return {"job_id": job_id}
@@ -83,15 +104,26 @@ class JobManager:
     async def _wait(self, job_id: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
         self.procs.pop(job_id, None)
+        self._finished(job_id, code)
+
+    def _finished(self, job_id: str, shell_code: int | None) -> None:
         job = self.jobs[job_id]
+        try:
+            with open(os.path.join(job["job_dir"], "exit_code")) as f:
+                code: int | None = int(f.read().strip())
+        except (OSError, ValueError):
+            code = shell_code if shell_code else None  # the shell was killed before it could write
         if job["status"] == "STOPPED":
             pass
         elif code == 0:
             job["status"], job["message"] = "SUCCEEDED", "the entrypoint exited with code 0"
         else:
             job["status"] = "FAILED"
-            job["message"] = self._failure_message(job) or f"the entrypoint exited with code {code}"
+            job["message"] = self._failure_message(job) or (
+                f"the entrypoint exited with code {code}" if code is not None else
+                "the entrypoint's shell was killed before it could report an exit code")
         job["end_time"] = time.time()
+        self.persist(job)
 
     def _failure_message(self, job: dict) -> str:
         """A notebook job writes which cell failed; that is the useful message."""
@@ -129,19 +161,34 @@ class JobManager:
 
     def stop(self, job_id: str) -> bool:
         job = self.get(job_id)
-        proc = self.procs.get(job_id)
-        if proc is None or job["status"] in TERMINAL:
+        if job["status"] in TERMINAL or not job.get("driver_pid"):
             return False
         job["status"], job["message"] = "STOPPED", "stopped by request"
-        _kill_group(proc.pid, signal.SIGTERM)
+        self.persist(job)
+        _kill_group(job["driver_pid"], signal.SIGTERM)
         return True
 
     def stop_all(self) -> None:
-        for proc in list(self.procs.values()):
-            _kill_group(proc.pid, signal.SIGKILL)
+        for job in self.jobs.values():
+            if job["status"] not in TERMINAL and job.get("driver_pid"):
+                _kill_group(job["driver_pid"], signal.SIGKILL)
 
     def list(self) -> list[dict]:
         return list(self.jobs.values())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is not running
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def _kill_group(pid: int, sig: int) -> Any:

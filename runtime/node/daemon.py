@@ -147,6 +147,7 @@ class NodeDaemon:
             "address": self.args["tcp_address"], "unix_address": self.args["unix_address"], "shm_dir": self.shm_dir,
             "pid": os.getpid(), "hostname": socket.gethostname(), "node_ip": self.args["node_ip"],
             "session_dir": self.session_dir, "transfer_address": self.transfer_address,
+            "labels": self.args.get("labels") or {},
             "actors": [{"actor_id": w.actor_id, "worker_id": w.worker_id} for w in self.workers.values()
                        if w.state == "actor"],
             "bundles": list(self.bundles)}, timeout=timeout)

@@ -30,7 +30,8 @@ def _filter(rows: list[dict], filters: list | None, limit: int | None) -> list[d
 def list_nodes(filters: list | None = None, limit: int | None = None) -> list[dict]:
     rows = [{"node_id": n["node_id"], "state": "ALIVE" if n["alive"] else "DEAD", "node_ip": n["node_ip"],
              "is_head_node": n["is_head"], "resources_total": n["resources"], "hostname": n["hostname"],
-             "death_reason": n.get("death_reason", ""), "end_time": n.get("end_time"), "pid": n.get("pid")}
+             "death_reason": n.get("death_reason", ""), "end_time": n.get("end_time"), "pid": n.get("pid"),
+             "labels": n.get("labels") or {}}
             for n in _gcs({"op": "list_nodes"})["nodes"]]
     return _filter(rows, filters, limit)
 

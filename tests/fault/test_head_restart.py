@@ -134,3 +134,19 @@ def test_runtime_start_head_restart_brings_the_control_store_back(cli):
     """)
     assert out.strip() == "2", out
     cli.run("stop")
+
+
+def test_a_submitted_job_running_across_a_restart_is_adopted_and_finishes(make_cluster, tmp_path):
+    from runtime.job_submission import JobSubmissionClient
+    c = make_cluster(head={"num_cpus": 1})
+    go = tmp_path / "go"
+    client = JobSubmissionClient(c.address)
+    job = client.submit_job(entrypoint=f"python -c \"from runtime._testing.sync import wait_for_path; "
+                                       f"print('released', wait_for_path({str(go)!r}))\"")
+    wait_for(lambda: client.get_job_status(job) == "RUNNING", timeout=30, what="the job running")
+    c.kill_head()
+    c.restart_head()
+    assert JobSubmissionClient(c.address).get_job_status(job) == "RUNNING"  # adopted, not lost
+    go.write_text("go")
+    wait_for(lambda: client.get_job_status(job) == "SUCCEEDED", timeout=30, what="the adopted job to succeed")
+    assert "released True" in client.get_job_logs(job)

@@ -217,7 +217,7 @@ def test_start_address_joins_a_node_with_custom_resources_and_stop_ends_it(cli):
     port = _free_port()
     cli.run("start", "--head", "--port", str(port), "--num-cpus", "1")
     joined = cli.run("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "2",
-                     "--resources", json.dumps({"x86": 1}))
+                     "--resources", json.dumps({"x86": 1}), "--labels", json.dumps({"zone": "b"}))
     assert "joined the cluster" in joined.stdout, joined.stdout
     out = cli.driver("""
         import runtime
@@ -232,6 +232,7 @@ def test_start_address_joins_a_node_with_custom_resources_and_stop_ends_it(cli):
     assert out.split() == ["2", "3.0", "False"], out
     status = cli.run("status")
     assert "Nodes: 2 alive" in status.stdout and "x86: 0 / 1" in status.stdout, status.stdout
+    assert "zone=b" in status.stdout, status.stdout
     bad = cli.run("start", "--address", "127.0.0.1:1", check=False)
     assert bad.returncode == 1 and "No cluster started on this machine listens" in bad.stderr, bad.stderr
     cli.run("stop")
