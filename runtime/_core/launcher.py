@@ -128,6 +128,14 @@ def restart_gcs(cluster: ClusterProcesses) -> None:
     if old is not None and old.poll() is None:
         raise RuntimeError("The control store is still running; stop or kill it first.")
     _start_gcs(cluster, bind_socket("tcp:" + cluster.gcs_address.removeprefix("tcp:")))
+    path = os.path.join(cluster.session_dir, "cluster.json")  # where drivers look for live clusters
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return
+    info.setdefault("pids", {})["gcs"] = cluster.procs["gcs"].pid
+    _write_private_json(path, info)
 
 
 def add_node(cluster: ClusterProcesses, *, num_cpus: float | None = None, num_gpus: float | None = None,
