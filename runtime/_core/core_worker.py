@@ -1025,6 +1025,9 @@ class CoreWorker:
         tasks are retried and their actors' calls wait for the restart, as when a worker dies."""
         node_id = msg["node_id"]
         self._forget_leases_on(node_id)
+        nm = self.conns.get(msg.get("address", ""))
+        if nm is not None:  # lease requests waiting there: asked again of our own node
+            nm.abort(f"node {node_id[:8]} was declared dead")
         for sq in self.queues.values():
             for lease in list(sq.leases):
                 if lease.node_id == node_id:

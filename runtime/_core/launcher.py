@@ -169,7 +169,7 @@ def add_node(cluster: ClusterProcesses, *, num_cpus: float | None = None, num_gp
     cluster.procs[name] = proc
     nm_unix.close()
     nm_tcp.close()
-    node = {"node_id": node_id, "pid": proc.pid if hasattr(proc, "pid") else proc, "name": name,
+    node = {"node_id": node_id, "pid": proc.pid if hasattr(proc, "pid") else proc, "name": name, "node_ip": node_ip,
             "node_address": nm_args["unix_address"], "node_tcp_address": nm_args["tcp_address"],
             "shm_dir": shm_dir, "sock_dir": sock_dir, "resources": res}
     cluster.nodes.append(node)
@@ -250,12 +250,23 @@ def _write_private_json(path: str, data: dict) -> None:
 
 
 def _gcs_alive(info: dict) -> bool:
-    """The control store named in `info` still runs (checked by command line, not just pid)."""
-    proc = _proc(info.get("pids", {}).get("gcs") or 0)
+    """The control store named in `info` still runs (checked by command line, not just pid). For a
+    node joined to a head on another machine: that its node manager, the drivers' way in, runs."""
+    kind = "node" if info.get("joined") else "gcs"
+    proc = _proc(info.get("pids", {}).get(kind) or 0)
     try:
-        return proc is not None and "runtime.gcs" in " ".join(proc.cmdline())
+        return proc is not None and f"runtime.{kind}" in " ".join(proc.cmdline())
     except psutil.Error:
         return False
+
+
+def write_joined_node_info(info: dict, node: dict) -> None:
+    """A node joined to a head on another machine: drivers started on this machine with
+    init(address=HEAD) find it here and go through it (its node manager, its object store)."""
+    _write_private_json(os.path.join(info["session_dir"], "cluster.json"), {
+        **info, "joined": True, "node_address": node["node_address"], "node_tcp_address": node["node_tcp_address"],
+        "shm_dir": node["shm_dir"], "sock_dir": node["sock_dir"], "node_ip": node["node_ip"],
+        "pids": {"node": node["pid"]}, "started": time.time()})
 
 
 def live_clusters() -> list[dict]:

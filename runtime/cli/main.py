@@ -196,6 +196,8 @@ def _join(args: argparse.Namespace) -> int:
             print(f"The node did not join; see {info['session_dir']}/logs/{node['name']}.log", file=sys.stderr)
             return 1
         time.sleep(0.05)  # polling a condition with a deadline
+    if token:
+        launcher.write_joined_node_info(info, node)
     print(f"Node {node['node_id'][:12]} joined the cluster at {args.address} with "
           f"{json.dumps({k: v for k, v in node['resources'].items() if k != 'memory'})}"
           + (f" and {args.resources}" if args.resources else "") + ". It stops with `runtime stop`.")

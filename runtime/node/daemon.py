@@ -201,7 +201,7 @@ class NodeDaemon:
         for gone in set(self.peers) - set(peers):
             for c in list(self.core_workers.values()):  # owners here drop their leases on it
                 if not c.closed:
-                    c.send({"op": "node_dead", "node_id": gone})
+                    c.send({"op": "node_dead", "node_id": gone, "address": self.peers[gone]["address"]})
         self.peers = peers
         for node_id in list(self.peer_conns):
             if node_id not in self.peers:

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import uuid
 
 import cloudpickle
@@ -25,7 +26,7 @@ from runtime.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-pytestmark = [pytest.mark.fault, pytest.mark.slow]
+pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(240)]
 
 HEAD_IP, NODE_IP = "10.231.7.1", "10.231.7.2"
 
@@ -66,10 +67,34 @@ def test_a_partitioned_node_is_declared_dead_its_work_moves_and_it_is_fenced(net
     assert address.startswith(HEAD_IP)
     # Joined as from another machine: the head's token, a session directory of its own, and the
     # node's address found from the route to the head (10.231.7.2 inside the namespace).
+    # It also gets a temporary directory of its own, as another machine would have.
+    far_env = {**cli.env, "TMPDIR": str(tmp_path / "far-host")}
+    os.makedirs(far_env["TMPDIR"])
     joined = subprocess.run(["ip", "netns", "exec", name, sys.executable, "-m", "runtime", "start", "--address",
                              address, "--token", info["token"], "--num-cpus", "1", "--resources", '{"far": 1}',
-                             "--system-config", config], env=cli.env, capture_output=True, text=True, timeout=60)
+                             "--system-config", config], env=far_env, capture_output=True, text=True, timeout=60)
     assert joined.returncode == 0, joined.stderr
+    # A driver on the far node: it goes through its own node manager and object store, and
+    # objects cross the link both ways (made there, summed on the head; made on the head, read there).
+    driver = subprocess.run(["ip", "netns", "exec", name, sys.executable, "-c", textwrap.dedent(f"""
+        import numpy as np, runtime
+        from runtime.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        ctx = runtime.init(address="{address}")
+        here = runtime.get_runtime_context().get_node_id()
+        head = next(n["NodeID"] for n in runtime.nodes() if n["IsHead"])
+        @runtime.remote
+        def total(a):
+            return int(a.sum()), runtime.get_runtime_context().get_node_id()
+        @runtime.remote
+        def make(n):
+            return np.ones(n, dtype=np.int64)
+        on_head = NodeAffinitySchedulingStrategy(head, soft=False)
+        s, where = runtime.get(total.options(scheduling_strategy=on_head).remote(runtime.put(np.ones(2_000_000))))
+        back = runtime.get(make.options(scheduling_strategy=on_head).remote(3_000_000))
+        print(here != head, where == head, s, int(back.sum()))
+    """)], env=far_env, capture_output=True, text=True, timeout=60)
+    assert driver.returncode == 0, driver.stderr
+    assert driver.stdout.split() == ["True", "True", "2000000", "3000000"], driver.stdout
     runtime.init(address="auto")
     try:
         far = next(n for n in runtime.nodes() if n["Alive"] and n["NodeManagerAddress"] == NODE_IP)
@@ -91,8 +116,10 @@ def test_a_partitioned_node_is_declared_dead_its_work_moves_and_it_is_fenced(net
 
         actor = Where.options(scheduling_strategy=on_far).remote()
         assert runtime.get(actor.node.remote(), timeout=30) == far["NodeID"]
-        task = slow.options(scheduling_strategy=on_far).remote(str(tmp_path))
-        wait_for(lambda: len(os.listdir(tmp_path)) == 1, timeout=30, what="the task running on the far node")
+        runs = tmp_path / "runs"
+        runs.mkdir()
+        task = slow.options(scheduling_strategy=on_far).remote(str(runs))
+        wait_for(lambda: len(os.listdir(runs)) == 1, timeout=30, what="the task running on the far node")
 
         _ip("link", "set", host_if, "down")  # the partition
         wait_for(lambda: not any(n["NodeID"] == far["NodeID"] and n["Alive"] for n in runtime.nodes()),
