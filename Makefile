@@ -41,7 +41,7 @@ lab-build: $(VENV)/.installed
 $(RAY_VENV)/.installed:
 	$(PYTHON) -m venv $(RAY_VENV)
 	$(RAY_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(RAY_VENV)/bin/python -m pip install --quiet 'ray==$(RAY_VERSION)' numpy psutil pyarrow
+	$(RAY_VENV)/bin/python -m pip install --quiet 'ray==$(RAY_VERSION)' numpy psutil pyarrow 'dask[dataframe]' pandas
 	touch $@
 
 bench-ray: $(VENV)/.installed $(RAY_VENV)/.installed

@@ -535,3 +535,41 @@ def actor_recover(bench: Bench) -> float:
         return elapsed
 
     return _with_cluster(bench, [{"num_cpus": 1}, {"num_cpus": 1}], body)
+
+
+# --------------------------------------------------------------------------- Dask
+# groupby('k').x.mean() over 5,000,000 rows in 20 partitions (dd.from_pandas). Each backend runs
+# it on its own Dask scheduler (ours: runtime.util.dask; Ray's: ray.util.dask); the runtime run
+# also times Dask's threaded scheduler and a dask.distributed LocalCluster on the same machine,
+# for the ratio against Dask itself. Best of 3 after one warm-up run.
+
+DASK_ROWS, DASK_PARTITIONS = 5_000_000, 20
+
+
+def _dask_groupby_frame() -> Any:
+    import dask.dataframe as dd
+    import pandas as pd
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"k": rng.integers(0, 100, DASK_ROWS), "x": rng.random(DASK_ROWS)})
+    return dd.from_pandas(df, npartitions=DASK_PARTITIONS).groupby("k").x.mean()
+
+
+def _best_of(fn: Callable[[], Any], runs: int = 3) -> float:
+    fn()
+    return min(_elapsed(fn) for _ in range(runs))
+
+
+@workload("dask_groupby_s", "dask_groupby_threads_s", "dask_groupby_distributed_s")
+def dask_groupby(bench: Bench) -> dict[str, float]:
+    import importlib
+    expr = _dask_groupby_frame()
+    get = importlib.import_module(f"{bench.backend}.util.dask")
+    scheduler = get.runtime_dask_get if bench.backend == "runtime" else get.ray_dask_get
+    out = {"dask_groupby_s": _best_of(lambda: expr.compute(scheduler=scheduler))}
+    if bench.backend == "runtime":  # Dask's own schedulers, once, in the same run as ours
+        out["dask_groupby_threads_s"] = _best_of(lambda: expr.compute(scheduler="threads"))
+        from distributed import Client, LocalCluster
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
+                Client(lc) as client:
+            out["dask_groupby_distributed_s"] = _best_of(lambda: client.compute(expr).result())
+    return out

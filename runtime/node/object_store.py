@@ -41,7 +41,7 @@ class PooledFile:
 
 
 class ObjectStoreManager:
-    MAX_POOLED_FILES = 4
+    MAX_POOLED_FILES = 64  # also bounded by a quarter of the capacity in bytes
     def __init__(self, shm_dir: str, spill_dir: str, capacity_bytes: int) -> None:
         self.shm_dir = shm_dir
         self.spill_dir = spill_dir
