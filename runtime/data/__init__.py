@@ -1,0 +1,12 @@
+"""Datasets on Arrow (Ray's `ray.data`): lazy, streaming, blocks in the object store.
+
+See docs/data.md for what is built and what is not yet.
+"""
+
+from __future__ import annotations
+
+from .dataset import DataContext, Dataset
+from .read_api import from_arrow, from_items, from_numpy, from_pandas, range, read_csv, read_json, read_parquet
+
+__all__ = ["DataContext", "Dataset", "from_arrow", "from_items", "from_numpy", "from_pandas", "range",
+           "read_csv", "read_json", "read_parquet"]
