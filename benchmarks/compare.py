@@ -42,6 +42,9 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     "actor_recover_s": ("<=", 1.0),
     # issue 5: Dask on the runtime vs Dask-on-Ray (the Ray run uses ray.util.dask)
     "dask_groupby_s": ("<=", 1.0),
+    # issue 5: Datasets >= 1.5x Ray Data, i.e. time ratio <= 1/1.5
+    "data_map_batches_s": ("<=", 0.667),
+    "data_parquet_roundtrip_s": ("<=", 0.667),
 }
 
 # Targets between two numbers of our own run: (numerator, denominator) -> (op, bound).

@@ -573,3 +573,42 @@ def dask_groupby(bench: Bench) -> dict[str, float]:
                 Client(lc) as client:
             out["dask_groupby_distributed_s"] = _best_of(lambda: client.compute(expr).result())
     return out
+
+
+# --------------------------------------------------------------------------- Datasets
+# The same code on ray.data and runtime.data. Best of 3 after a warm-up.
+
+
+@workload("data_map_batches_s")
+def data_map_batches(bench: Bench) -> float:
+    """range(5,000,000) -> pandas map_batches adding a column -> sum of it."""
+    import importlib
+    data = importlib.import_module(f"{bench.backend}.data")
+    n = 5_000_000
+
+    def run():
+        total = data.range(n).map_batches(lambda df: df.assign(y=df["id"] * 2), batch_format="pandas").sum("y")
+        assert total == n * (n - 1)
+
+    return _best_of(run)
+
+
+@workload("data_parquet_roundtrip_s")
+def data_parquet_roundtrip(bench: Bench) -> float:
+    """range(5,000,000) with a float column written as parquet to a directory, read back, summed."""
+    import importlib
+    import shutil
+    import tempfile
+    data = importlib.import_module(f"{bench.backend}.data")
+    n = 5_000_000
+    root = tempfile.mkdtemp(prefix="bench-parquet-")
+
+    def run():
+        path = tempfile.mkdtemp(dir=root)
+        data.range(n).map_batches(lambda df: df.assign(x=df["id"] * 0.5), batch_format="pandas").write_parquet(path)
+        assert data.read_parquet(path).sum("id") == n * (n - 1) // 2
+
+    try:
+        return _best_of(run)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
