@@ -130,18 +130,12 @@ class Dataset:
 
     def drop_columns(self, cols: list[str]) -> Dataset:
         def op(block: pa.Table) -> pa.Table:
-            missing = [c for c in cols if c not in block.column_names]
-            if missing:
-                raise KeyError(f"drop_columns: no column {missing[0]!r}; the columns are {block.column_names}.")
-            return block.drop_columns(cols)
+            return _require_columns(block, cols, "drop_columns").drop_columns(cols)
         return self._with(op, f"DropColumns({cols})")
 
     def select_columns(self, cols: list[str]) -> Dataset:
         def op(block: pa.Table) -> pa.Table:
-            missing = [c for c in cols if c not in block.column_names]
-            if missing:
-                raise KeyError(f"select_columns: no column {missing[0]!r}; the columns are {block.column_names}.")
-            return block.select(cols)
+            return _require_columns(block, cols, "select_columns").select(cols)
         return self._with(op, f"SelectColumns({cols})")
 
     def union(self, *others: Dataset) -> Dataset:
@@ -356,6 +350,13 @@ def _write_block(blk: pa.Table, path: str, fmt: str) -> str:
     else:
         blk.to_pandas().to_json(path, orient="records", lines=True)
     return path
+
+
+def _require_columns(block: pa.Table, cols: list[str], what: str) -> pa.Table:
+    missing = [c for c in cols if c not in block.column_names]
+    if missing and block.num_rows:
+        raise KeyError(f"{what}: no column {missing[0]!r}; the columns are {block.column_names}.")
+    return block if not missing else pa.table({})
 
 
 def _check_row(row: Any, name: str) -> dict:
