@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from .. import _core
 from .._core.object_ref import ObjectRef
 from . import block as B
 
@@ -29,7 +28,7 @@ class DataContext:
     max_blocks_in_flight: int = 0  # 0: twice the cluster's CPUs
     target_max_block_rows: int = 200_000  # from_items / range split into blocks of about this size
 
-    _current: Any = None
+    _current: ClassVar[DataContext | None] = None
 
     @classmethod
     def get_current(cls) -> DataContext:
@@ -43,7 +42,6 @@ class _Stats:
     blocks: int = 0
     rows: int = 0
     seconds: float = 0.0
-    ops: list = field(default_factory=list)
 
 
 class Dataset:
@@ -379,5 +377,3 @@ def from_blocks(blocks: list[pa.Table]) -> Dataset:
     import runtime
     return Dataset([runtime.put(b) for b in blocks] or [runtime.put(pa.table({}))])
 
-
-_ = _core  # the package is initialised before blocks are put

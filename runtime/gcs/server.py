@@ -152,7 +152,6 @@ class ControlStore:
         self.kv.update(tables["kv"])
         self.job_counter = itertools.count(int(tables["meta"].get("job_counter", 0)) + 1)
         self.placement_groups.recover(tables["pgs"])
-        self._recovered_pending = [r for r in self.actors.values() if r.state in (PENDING, RESTARTING)]
         logger.info("recovered after a restart: %d nodes, %d jobs, %d actors, %d placement groups, %d keys",
                     len(self.nodes), len(self.jobs), len(self.actors), len(tables["pgs"]), len(self.kv))
 
@@ -168,8 +167,9 @@ class ControlStore:
                                       recovered=self._recovered_jobs)
         server = await serve(sock, self.handlers, self.token, on_close=self.on_conn_closed, name="gcs")
         watchdog = loop.create_task(self._watch_heartbeats())
-        for rec in getattr(self, "_recovered_pending", ()):  # were being placed when the old one died
-            self._spawn(self._schedule(rec))
+        for rec in self.actors.values():  # recovered ones that were being placed when the old one died
+            if rec.state in (PENDING, RESTARTING):
+                self._spawn(self._schedule(rec))
         self.placement_groups.kick()
         await self.done.wait()
         watchdog.cancel()

@@ -44,7 +44,6 @@ class ObjectTransfer:
         self.peer = peer  # node id -> (connection to that node's manager, its data stream address)
         self.pulls: dict[bytes, asyncio.Task] = {}
         self.copies: dict[bytes, set[str]] = {}  # object served -> nodes that pulled a copy
-        self.pulled_bytes_total = 0
 
     # -- puller side -------------------------------------------------------------------
     async def pull(self, oid: bytes, source_node: str) -> bool:
@@ -86,7 +85,6 @@ class ObjectTransfer:
                 os.close(fd)
             os.rename(tmp, object_path(self.store.shm_dir, oid))
             self.store.seal(oid)
-            self.pulled_bytes_total += size
             ok = True
             return True
         finally:
