@@ -112,12 +112,9 @@ class ClusterMagics(Magics):
         if runtime.is_initialized():
             raise UsageError("This notebook is already connected to a cluster. Run `%cluster stop` first.")
         address = args.target or os.environ.get("RUNTIME_ADDRESS") or "auto"
-        if address.startswith("client://"):
-            raise UsageError("client:// addresses (a remote driver over one port) are not supported yet; "
-                             "use auto or HOST:PORT from a machine in the cluster.")
         try:
             ctx = runtime.init(address=address)
-        except ConnectionError as e:
+        except (ConnectionError, ValueError) as e:
             raise UsageError(f"Could not connect to {address!r}: {e}") from None
         print(cluster_text.summary())
         return ctx

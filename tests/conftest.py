@@ -121,3 +121,12 @@ def make_cluster(own_cluster):
     runtime.shutdown()
     for c in made:
         c.shutdown()
+
+
+@pytest.fixture
+def netns():
+    """(namespace name, host-side interface): a second host as far as TCP goes. It reaches this
+    one at netns.HEAD_IP and is netns.NODE_IP itself. Skipped (with the reason) without root."""
+    from runtime._testing import netns as ns
+    with ns.namespace() as made:
+        yield made

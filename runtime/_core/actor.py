@@ -65,6 +65,9 @@ class ActorClass:
         cw = api_state.ensure_initialized()
         if self._blob is None:
             self._blob = cloudpickle.dumps(self._cls, protocol=5)
+        if cw.is_client:  # a thin client: the head's proxy creates it (runtime/client)
+            actor_id, meta, owned = cw.create_actor(self._blob, args, kwargs, options)
+            return ActorHandle(actor_id, meta, owned=owned)
         so, deps = cw.prepare_args(args, kwargs, f"`{self.__name__}.__init__`")
         for r in deps + list(so.nested_refs):  # pinned for the actor's life (restarts re-read them)
             cw.refs.add_submitted(r._id, r._owner)
@@ -165,11 +168,13 @@ class ActorMethod:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._submit(args, kwargs, self._num_returns)
 
-    def _submit(self, args: tuple, kwargs: dict, num_returns: int) -> Any:
+    def _submit(self, args: tuple, kwargs: dict, num_returns: int, task_id: bytes | None = None) -> Any:
         cw = api_state.ensure_initialized()
         h = self._handle
+        if cw.is_client:  # a thin client: the head's proxy submits it (runtime/client)
+            return unpack_refs(cw.call_actor(h, self._name, args, kwargs, num_returns), num_returns)
         so, deps = cw.prepare_args(args, kwargs, f"`{h._meta['class_name']}.{self._name}`")
-        task_id = TaskID.new()
+        task_id = TaskID(task_id) if task_id else TaskID.new()  # a thin client's proxy passes the client's
         spec = TaskSpec(task_id=task_id, name=f"{h._meta['class_name']}.{self._name}",
                         return_ids=return_ids(task_id, num_returns),
                         actor_id=h._actor_id, method=self._name,

@@ -63,6 +63,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         validate_runtime_env(runtime_env)
         config = SystemConfig.resolve(_system_config)
         address = address or cluster_address_from_env()
+        if address is not None and address.startswith("client://"):
+            return _init_client(address, namespace, runtime_env, config,
+                                any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)))
         cluster = None
         if address is None:
             cluster = launcher.start_cluster(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
@@ -96,6 +99,24 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         api_state.context = ClusterContext(address_info, cw.node_id, ns, {})
         atexit.register(shutdown)
         return api_state.context
+
+
+def _init_client(address: str, namespace: str | None, runtime_env: dict | None, config: SystemConfig,
+                 shaped: bool) -> ClusterContext:
+    """A thin client: everything goes through the head's client server (runtime/client)."""
+    from ..client.worker import connect_client
+    if shaped:
+        raise ValueError("num_cpus, num_gpus, resources and object_store_memory describe a new cluster; "
+                         "they cannot be given when connecting to one (address='client://...').")
+    cw = connect_client(address, namespace, runtime_env, config)
+    cw.current_cell = api_state.current_cell
+    worker_state.set_current(cw)
+    api_state.job_runtime_env = runtime_env
+    address_info = {"address": address, "gcs_address": cw.gcs_address, "session_dir": cw.session_dir,
+                    "node_id": cw.node_id, "client": True}
+    api_state.context = ClusterContext(address_info, cw.node_id, cw.namespace, {})
+    atexit.register(shutdown)
+    return api_state.context
 
 
 async def _connect_driver(cw: CoreWorker, namespace: str) -> None:

@@ -108,6 +108,8 @@ class ActorChannel:
 
 
 class CoreWorker:
+    is_client = False  # runtime/client/worker.py's ClientWorker stands in for it in a thin client
+
     def __init__(self, *, mode: str, worker_id: str, token: str, session_dir: str, node_address: str,
                  gcs_address: str, config: SystemConfig, namespace: str = "", job_id: str = "",
                  sock_dir: str = "", node_ip: str = "127.0.0.1") -> None:

@@ -52,13 +52,14 @@ class ClusterProcesses:
     config: SystemConfig = field(default_factory=SystemConfig)
     nodes: list = field(default_factory=list)  # add_node() descriptions, the head's first
     node_ip: str = "127.0.0.1"  # the head's address: drivers on it listen there
+    client_address: str = ""  # HOST:PORT of the client server (thin clients), if the head serves one
 
     def info(self) -> dict:
         return {"session_dir": self.session_dir, "session_name": self.session_name, "token": self.token,
                 "gcs_address": self.gcs_address, "node_address": self.node_address,
                 "node_tcp_address": self.node_tcp_address, "shm_dir": self.shm_dir, "sock_dir": self.sock_dir,
                 "pids": {k: (p.pid if hasattr(p, "pid") else p) for k, p in self.procs.items()},
-                "node_ip": self.node_ip,
+                "node_ip": self.node_ip, "client_address": self.client_address,
                 "node_dirs": [{"shm_dir": n["shm_dir"], "sock_dir": n["sock_dir"]} for n in self.nodes]}
 
 
@@ -85,7 +86,9 @@ def _detect_gpus() -> int:
 def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = None, resources: dict | None = None,
                   object_store_memory: int | None = None, config: SystemConfig, persistent: bool = False,
                   port: int = 0, node_ip: str = "127.0.0.1", token: str | None = None,
-                  labels: dict | None = None) -> ClusterProcesses:
+                  labels: dict | None = None, client_port: int | None = None) -> ClusterProcesses:
+    """Start a control store and a head node. `client_port`: also serve thin clients
+    (client://) there (0 picks a free port; None: no client server)."""
     if object_store_memory is not None and (not isinstance(object_store_memory, int) or object_store_memory <= 0):
         raise ValueError(f"object_store_memory must be a positive number of bytes, got {object_store_memory!r}.")
     session_name = f"session_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{secrets.token_hex(3)}"
@@ -97,6 +100,7 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
     os.write(fd, token.encode())
     os.close(fd)
     gcs_sock = bind_socket(f"tcp:{node_ip}:{port}")
+    client_sock = bind_socket(f"tcp:{node_ip}:{client_port}") if client_port is not None else None
     owner_r = owner_w = None
     if not persistent:
         owner_r, owner_w = os.pipe()
@@ -104,7 +108,9 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
     cluster = ClusterProcesses(session_dir=session_dir, session_name=session_name, token=token,
                                gcs_address=socket_address(gcs_sock), node_address="", node_tcp_address="",
                                shm_dir="", owner_fd=owner_w, owner_read_fd=owner_r, config=config, node_ip=node_ip)
-    _start_gcs(cluster, gcs_sock)
+    if client_sock is not None:
+        cluster.client_address = socket_address(client_sock).removeprefix("tcp:")
+    _start_gcs(cluster, gcs_sock, client_sock)
     head = add_node(cluster, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                     object_store_memory=object_store_memory, head=True, node_ip=node_ip, labels=labels)
     cluster.node_address, cluster.node_tcp_address = head["node_address"], head["node_tcp_address"]
@@ -113,12 +119,16 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
     return cluster
 
 
-def _start_gcs(cluster: ClusterProcesses, sock: Any) -> None:
+def _start_gcs(cluster: ClusterProcesses, sock: Any, client_sock: Any = None) -> None:
     gcs_args = {"tcp_fd": sock.fileno(), "token_file": os.path.join(cluster.session_dir, "token"),
                 "owner_fd": cluster.owner_read_fd, "session_dir": cluster.session_dir,
-                "system_config": cluster.config.to_json()}
-    cluster.procs["gcs"] = _spawn(cluster, "gcs", "runtime.gcs", gcs_args, [sock.fileno()])
+                "system_config": cluster.config.to_json(),
+                "client_fd": client_sock.fileno() if client_sock is not None else None}
+    keep = [sock.fileno()] + ([client_sock.fileno()] if client_sock is not None else [])
+    cluster.procs["gcs"] = _spawn(cluster, "gcs", "runtime.gcs", gcs_args, keep)
     sock.close()
+    if client_sock is not None:
+        client_sock.close()
 
 
 def restart_gcs(cluster: ClusterProcesses) -> None:
@@ -127,7 +137,8 @@ def restart_gcs(cluster: ClusterProcesses) -> None:
     old = cluster.procs.get("gcs")
     if old is not None and old.poll() is None:
         raise RuntimeError("The control store is still running; stop or kill it first.")
-    _start_gcs(cluster, bind_socket("tcp:" + cluster.gcs_address.removeprefix("tcp:")))
+    client = bind_socket("tcp:" + cluster.client_address) if cluster.client_address else None
+    _start_gcs(cluster, bind_socket("tcp:" + cluster.gcs_address.removeprefix("tcp:")), client)
     path = os.path.join(cluster.session_dir, "cluster.json")  # where drivers look for live clusters
     try:
         with open(path) as f:
@@ -198,7 +209,8 @@ def attach(info: dict, config: SystemConfig) -> ClusterProcesses:
     return ClusterProcesses(session_dir=info["session_dir"], session_name=info["session_name"], token=info["token"],
                             gcs_address=info["gcs_address"], node_address=info["node_address"],
                             node_tcp_address=info.get("node_tcp_address", ""), shm_dir=info.get("shm_dir", ""),
-                            config=config, node_ip=info.get("node_ip", "127.0.0.1"))
+                            config=config, node_ip=info.get("node_ip", "127.0.0.1"),
+                            client_address=info.get("client_address", ""))
 
 
 def remote_cluster_info(address: str, token: str) -> dict:

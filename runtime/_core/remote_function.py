@@ -46,12 +46,14 @@ class RemoteFunction:
             self._fid = hashlib.sha1(self._blob).digest()[:16]
         return self._fid, self._blob  # type: ignore[return-value]
 
-    def _submit(self, args: tuple, kwargs: dict, options: dict) -> Any:
+    def _submit(self, args: tuple, kwargs: dict, options: dict, task_id: bytes | None = None) -> Any:
         cw = api_state.ensure_initialized()
         fid, blob = self._function_blob()
         num_returns = options.get("num_returns", 1)
+        if cw.is_client:  # a thin client: the head's proxy submits it (runtime/client)
+            return unpack_refs(cw.submit_function(fid, blob, args, kwargs, options), num_returns)
         so, deps = cw.prepare_args(args, kwargs, f"`{self.__name__}`")
-        task_id = TaskID.new()
+        task_id = TaskID(task_id) if task_id else TaskID.new()  # a thin client's proxy passes the client's
         demand, pg_inherit = resolve_placement(options, demand_of(options, 1), cw)
         env = env_of(options, api_state.job_runtime_env)
         max_retries = options.get("max_retries")

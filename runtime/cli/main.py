@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -10,6 +11,7 @@ import time
 from typing import Any, Callable
 
 from .._core import launcher
+from ..client.protocol import DEFAULT_PORT as DEFAULT_CLIENT_PORT
 
 
 def _cmd_start(args: argparse.Namespace) -> int:
@@ -37,7 +39,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
                        resources=_parse_resources(args.resources), object_store_memory=args.object_store_memory,
                        port=args.port, autoscaling_config=args.autoscaling_config, node_ip=args.node_ip,
                        labels=_parse_resources(args.labels, "--labels"),
-                       token=args.token or os.environ.get("RUNTIME_CLUSTER_TOKEN"))
+                       token=args.token or os.environ.get("RUNTIME_CLUSTER_TOKEN"),
+                       client_port=None if args.client_server_port < 0 else args.client_server_port)
     if code != 0:
         return code
     if cluster_config is not None:
@@ -47,13 +50,20 @@ def _cmd_start(args: argparse.Namespace) -> int:
 
 def _start_head(config: Any, *, num_cpus: float | None, num_gpus: float | None, resources: dict | None,
                 object_store_memory: int | None, port: int, autoscaling_config: str | None = None,
-                node_ip: str = "127.0.0.1", token: str | None = None, labels: dict | None = None) -> int:
+                node_ip: str = "127.0.0.1", token: str | None = None, labels: dict | None = None,
+                client_port: int | None = None) -> int:
     if launcher.read_current_cluster() is not None:
         print("A cluster is already running on this machine; `runtime stop` it first.", file=sys.stderr)
         return 1
-    cluster = launcher.start_cluster(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                                     object_store_memory=object_store_memory, config=config, persistent=True,
-                                     port=port, node_ip=node_ip, token=token, labels=labels)
+    start = dict(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, object_store_memory=object_store_memory,
+                 config=config, persistent=True, port=port, node_ip=node_ip, token=token, labels=labels)
+    try:
+        cluster = launcher.start_cluster(**start, client_port=client_port)
+    except OSError as e:
+        if client_port != DEFAULT_CLIENT_PORT or e.errno != errno.EADDRINUSE:
+            raise
+        # The default client port is taken (another cluster on this machine): any free one will do.
+        cluster = launcher.start_cluster(**start, client_port=0)
     if autoscaling_config:
         launcher.start_monitor(cluster, os.path.abspath(autoscaling_config))
     launcher.write_current_cluster(cluster)
@@ -76,6 +86,9 @@ def _start_head(config: Any, *, num_cpus: float | None, num_gpus: float | None, 
           f"other machines, is in {cluster.session_dir}/token).")
     print(f"Resources: {json.dumps(res)}")
     print("Join it from Python with runtime.init(address='auto'); stop it with `runtime stop`.")
+    if cluster.client_address:
+        print(f"Thin clients (notebooks on other machines): runtime.init('client://{cluster.client_address}') "
+              "with RUNTIME_CLUSTER_TOKEN set to the token.")
     return 0
 
 
@@ -321,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", help='node labels as JSON, e.g. \'{"zone": "a"}\' (shown in status and list nodes)')
     s.add_argument("--token", help="the cluster's shared secret (default: RUNTIME_CLUSTER_TOKEN, else a new one for "
                    "a head); nodes joining from another machine need the head's")
+    s.add_argument("--client-server-port", type=int, default=DEFAULT_CLIENT_PORT,
+                   help=f"port for thin clients, client://HOST:PORT (default {DEFAULT_CLIENT_PORT}, or a free one if "
+                   "taken; 0 picks a free one; -1 turns it off)")
     s.add_argument("--node-ip", default="127.0.0.1",
                    help="this node's address that the other nodes reach it at (default 127.0.0.1: one machine)")
     s.set_defaults(fn=_cmd_start)

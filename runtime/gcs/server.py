@@ -166,6 +166,13 @@ class ControlStore:
         self.job_manager = JobManager(self.args["session_dir"], f"{host}:{port}", persist=self.persist.submitted_job,
                                       recovered=self._recovered_jobs)
         server = await serve(sock, self.handlers, self.token, on_close=self.on_conn_closed, name="gcs")
+        self.client_server = None
+        if self.args.get("client_fd") is not None:  # thin clients (client://), see runtime/client
+            from ..client.server import ClientServer
+            self.client_server = ClientServer(socket.socket(fileno=self.args["client_fd"]),
+                                              gcs_address=f"{host}:{port}", session_dir=self.args["session_dir"],
+                                              token_file=self.args["token_file_path"])
+            self.client_server.start(loop)
         watchdog = loop.create_task(self._watch_heartbeats())
         for rec in self.actors.values():  # recovered ones that were being placed when the old one died
             if rec.state in (PENDING, RESTARTING):
@@ -173,6 +180,8 @@ class ControlStore:
         self.placement_groups.kick()
         await self.done.wait()
         watchdog.cancel()
+        if self.client_server is not None:
+            self.client_server.stop()
         self.job_manager.stop_all()
         server.close()
         self.persist.close()
@@ -183,6 +192,8 @@ class ControlStore:
         timeout = self.config.node_death_timeout_s
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))  # the watchdog's period, not a synchronisation
+            if self.client_server is not None:
+                self.client_server.reap()
             now = time.monotonic()
             for node_id, conn in list(self.node_conns.items()):
                 node = self.nodes[node_id]
@@ -689,7 +700,8 @@ def _utilisation(node: dict, demand: dict | None = None) -> float:
 
 def main() -> None:
     args = json.loads(sys.argv[1])
-    with open(args.pop("token_file")) as f:
+    args["token_file_path"] = args.pop("token_file")
+    with open(args["token_file_path"]) as f:
         args["token"] = f.read().strip()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s gcs %(name)s: %(message)s")
     asyncio.run(ControlStore(args).run())

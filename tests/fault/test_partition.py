@@ -10,53 +10,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
-import uuid
 
 import cloudpickle
 import psutil
 import pytest
 
 import runtime
+from runtime._testing.netns import HEAD_IP, NODE_IP
+from runtime._testing.netns import ip as _ip
 from runtime._testing.sync import wait_for
 from runtime.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(240)]
-
-HEAD_IP, NODE_IP = "10.231.7.1", "10.231.7.2"
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
-
-
-@pytest.fixture
-def netns():
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 (`ip netns`) to put a node in its own network namespace")
-    name = f"orr-{uuid.uuid4().hex[:6]}"
-    host_if, node_if = f"vh-{name[4:]}", f"vn-{name[4:]}"
-    made = _ip("netns", "add", name, check=False)
-    if made.returncode != 0:
-        pytest.skip(f"network namespaces are not allowed here: {made.stderr.strip()}")
-    try:
-        _ip("link", "add", host_if, "type", "veth", "peer", "name", node_if)
-        _ip("link", "set", node_if, "netns", name)
-        _ip("addr", "add", f"{HEAD_IP}/24", "dev", host_if)
-        _ip("link", "set", host_if, "up")
-        _ip("netns", "exec", name, "ip", "addr", "add", f"{NODE_IP}/24", "dev", node_if)
-        _ip("netns", "exec", name, "ip", "link", "set", node_if, "up")
-        _ip("netns", "exec", name, "ip", "link", "set", "lo", "up")
-        yield name, host_if
-    finally:
-        _ip("link", "del", host_if, check=False)
-        _ip("netns", "del", name, check=False)
-
 
 def test_a_partitioned_node_is_declared_dead_its_work_moves_and_it_is_fenced(netns, tmp_path, cli):
     name, host_if = netns
