@@ -25,6 +25,7 @@ from typing import Any, Callable
 import cloudpickle
 
 from ..rpc.connection import DEFERRED, Connection
+from ..rpc.framing import FrameError
 from .protocol import pack, pack_error, unpack
 
 logger = logging.getLogger("runtime.client.proxy")
@@ -59,8 +60,7 @@ class ClientSession:
         """Run `fn(msg, bufs)` on the submitting thread, in arrival order. With then_wait, `fn`
         returns a callable that the pool runs (after everything sent before it was submitted)."""
         def handler(conn: Connection, msg: dict, bufs: list) -> Any:
-            call_id = msg.get("id")
-            bufs = [bytes(b) for b in bufs]  # the frame's memory is reused once the handler returns
+            call_id = msg.get("id")  # (bufs are views of this frame's own bytes: safe to keep)
 
             def run() -> None:
                 try:
@@ -73,7 +73,7 @@ class ClientSession:
                     if call_id is None:
                         logger.warning("client %s failed: %s", msg["op"], e)
                 if call_id is not None:
-                    conn.reply_threadsafe(call_id, result)
+                    _reply(conn, call_id, result)
 
             self.serial.submit(run)
             return DEFERRED
@@ -86,7 +86,7 @@ class ClientSession:
         except BaseException as e:  # noqa: BLE001
             result = pack_error(e)
         if call_id is not None:
-            conn.reply_threadsafe(call_id, result)
+            _reply(conn, call_id, result)
 
     # -- refs ------------------------------------------------------------------------------------
     def _send_ref(self, ref: Any) -> list:
@@ -247,6 +247,15 @@ class ClientSession:
         self.blocking.shutdown(wait=False, cancel_futures=True)
         import runtime
         runtime.shutdown()
+
+
+def _reply(conn: Connection, call_id: int, result: Any) -> None:
+    try:
+        conn.reply_threadsafe(call_id, result)
+    except FrameError as e:  # a value too big for one frame: say so rather than leave the caller waiting
+        conn.reply_threadsafe(call_id, pack_error(ValueError(
+            f"The value is too big to send to a thin client in one message ({e}). Keep it in the cluster: "
+            "pass its ObjectRef to tasks, or get a part of it.")))
 
 
 class _ForwardWarnings(logging.Handler):
