@@ -6,10 +6,14 @@ Then every source becomes one runtime task that reads (or receives) its block an
 the operators in one go (they are fused: one task per block, no intermediate blocks in the
 store), and at most `max_blocks_in_flight` blocks are being made or waiting to be consumed at
 any time, so a dataset larger than the object store streams through it.
+
+A source may also be a `Stage`: a boundary the fusion stops at (a map_batches class on an
+actor pool, an all-to-all exchange), which `_stream` expands into the blocks it makes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +23,7 @@ import pyarrow as pa
 
 from .._core.object_ref import ObjectRef
 from . import block as B
+from . import progress
 
 
 @dataclass
@@ -27,6 +32,8 @@ class DataContext:
 
     max_blocks_in_flight: int = 0  # 0: twice the cluster's CPUs
     target_max_block_rows: int = 200_000  # from_items / range split into blocks of about this size
+    enable_progress_bars: bool = True  # progress of long consumptions (progress.py); Ray's name
+    progress_bar_min_seconds: float = 1.0  # shown only once the work has taken this long
 
     _current: ClassVar[DataContext | None] = None
 
@@ -45,15 +52,17 @@ class _Stats:
 
 
 class Dataset:
+    _known_schema: pa.Schema | None = None  # set where the blocks' schema is known without running anything
+
     def __init__(self, sources: list, ops: tuple = (), names: tuple = ()) -> None:
-        self._sources = sources  # each: a zero-argument callable returning a block, or a block's ObjectRef
+        self._sources = sources  # each: a zero-argument callable returning a block, a block's ObjectRef, a Stage
         self._ops = ops  # per-block functions block -> block, applied in order
         self._names = names
         self._last_stats: _Stats | None = None
 
     def __repr__(self) -> str:
         chain = " -> ".join(("Read",) + self._names)
-        return f"Dataset(num_blocks={len(self._sources)}, plan={chain})"
+        return f"Dataset(num_blocks={_count_blocks(self)}, plan={chain})"
 
     # -- transforms (lazy) -----------------------------------------------------------------
     def _with(self, op: Callable[[pa.Table], pa.Table], name: str) -> Dataset:
@@ -62,7 +71,12 @@ class Dataset:
     def map_batches(self, fn: Any, *, batch_size: int | None | str = "default", batch_format: str = "default",
                     fn_args: tuple = (), fn_kwargs: dict | None = None, fn_constructor_args: tuple = (),
                     fn_constructor_kwargs: dict | None = None, compute: Any = None, zero_copy_batch: bool = False,
-                    **_remote_args: Any) -> Dataset:
+                    concurrency: int | tuple | None = None, **_remote_args: Any) -> Dataset:
+        """`fn` on batches of each block. A function (or a class without compute/concurrency,
+        one instance per worker process) is fused into the per-block task; a class with
+        `compute=ActorPoolStrategy(...)` or `concurrency=` runs on a pool of actors, a stage of
+        its own (actor_pool.py)."""
+        from .actor_pool import ActorStage, resolve_compute
         if batch_format not in B.BATCH_FORMATS:
             raise ValueError(f"map_batches: batch_format must be one of {', '.join(B.BATCH_FORMATS)}, "
                              f"got {batch_format!r}.")
@@ -73,6 +87,11 @@ class Dataset:
         is_class = isinstance(fn, type)
         fn_kwargs = fn_kwargs or {}
         ctor_kwargs = fn_constructor_kwargs or {}
+        pool = resolve_compute(fn, compute, concurrency, name)
+        if pool is not None:  # a stage boundary: the blocks so far go through the actors
+            loop = (size, batch_format, tuple(fn_args), fn_kwargs, name)
+            stage = ActorStage(self, fn, tuple(fn_constructor_args), ctor_kwargs, loop, pool, _remote_args)
+            return Dataset([stage], (), self._names + (name,))
 
         def op(block: pa.Table, _state: dict = {}) -> pa.Table:  # noqa: B006 - per-process instance cache
             call = fn
@@ -81,11 +100,7 @@ class Dataset:
                 if key not in _state:
                     _state[key] = fn(*fn_constructor_args, **ctor_kwargs)
                 call = _state[key]
-            outs = []
-            for i, batch in enumerate(B.batches(block, size)):
-                out = call(B.to_batch(batch, batch_format), *fn_args, **fn_kwargs)
-                outs.append(B.from_batch(out, f"{name} on batch {i} ({batch.num_rows} rows)"))
-            return B.concat(outs)
+            return B.map_batches(call, block, size, batch_format, fn_args, fn_kwargs, name)
 
         return self._with(op, name)
 
@@ -139,7 +154,9 @@ class Dataset:
     def union(self, *others: Dataset) -> Dataset:
         """The rows of this dataset, then of each other one (schemas must agree)."""
         parts = [self, *others]
-        return Dataset([_Bound(s, d._ops) for d in parts for s in d._sources], (), ("Union",))
+        out = Dataset([_Bound(s, d._ops) for d in parts for s in d._sources], (), ("Union",))
+        out._known_schema = _check_union_schemas(parts)
+        return out
 
     def limit(self, n: int) -> Dataset:
         """The first n rows; the stream stops once they are made."""
@@ -149,6 +166,47 @@ class Dataset:
             out.append(b.slice(0, n - taken))
             taken += out[-1].num_rows
         return from_blocks(out)
+
+    # -- all-to-all (see all_to_all.py) --
+    def repartition(self, num_blocks: int, *, shuffle: bool = False) -> Dataset:
+        """num_blocks blocks of nearly equal row counts, rows in order; shuffle=True shuffles
+        the rows into them instead."""
+        from . import all_to_all
+        return all_to_all.repartition(self, num_blocks, shuffle)
+
+    def random_shuffle(self, *, seed: int | None = None, num_blocks: int | None = None,
+                       **_remote_args: Any) -> Dataset:
+        """The rows in a random order (the same order every time for a given seed)."""
+        from . import all_to_all
+        return all_to_all.random_shuffle(self, seed, num_blocks)
+
+    def sort(self, key: str | list[str], descending: bool | list[bool] = False) -> Dataset:
+        """Rows sorted by the key column(s), across blocks; nulls last."""
+        from . import all_to_all
+        return all_to_all.sort(self, key, descending)
+
+    def groupby(self, key: str | list[str] | None) -> Any:
+        """A GroupedData (grouped.py); key None makes one group of every row."""
+        from .grouped import GroupedData
+        return GroupedData(self, key)
+
+    def aggregate(self, *aggs: Any) -> dict:
+        """The aggregations (runtime.data.aggregate) over all rows, as {name: value}."""
+        return self.groupby(None).aggregate(*aggs).take_all()[0]
+
+    def std(self, on: str, ddof: int = 1, ignore_nulls: bool = True) -> Any:
+        from .aggregate import Std
+        return self.aggregate(Std(on, ddof, ignore_nulls))[f"std({on})"]
+
+    def zip(self, other: Dataset) -> Dataset:
+        """Row i: the columns of row i of both datasets (taken names from other get _1, _2...)."""
+        from . import all_to_all
+        return all_to_all.zip_datasets(self, other)
+
+    def split_at_indices(self, indices: list[int]) -> list[Dataset]:
+        """Rows [0, i0), [i0, i1), ..., [ik, end) as len(indices)+1 datasets (as numpy.split)."""
+        from . import all_to_all
+        return all_to_all.split_at_indices(self, indices)
 
     # -- consumption -----------------------------------------------------------------------
     def iter_batches(self, *, batch_size: int | None = 256, batch_format: str = "default") -> Iterator[Any]:
@@ -237,7 +295,12 @@ class Dataset:
         return self._aggregate(on, "mean")
 
     def to_pandas(self) -> Any:
-        return B.concat(list(self._iter_blocks())).to_pandas()
+        return B.to_pandas(B.concat(list(self._iter_blocks())))
+
+    def to_dask(self, meta: Any = None, verify_meta: bool = True) -> Any:
+        """A dask DataFrame whose partitions are this dataset's blocks (dask_api.py)."""
+        from .dask_api import to_dask
+        return to_dask(self, meta=meta, verify_meta=verify_meta)
 
     def to_arrow_refs(self) -> list[ObjectRef]:
         return [ref for ref, _ in self._stream()]
@@ -282,11 +345,17 @@ class Dataset:
 
     def _iter_blocks(self, stop_after_rows: int | None = None) -> Iterator[pa.Table]:
         import runtime
-        for ref, _rows in self._stream(stop_after_rows):
-            yield runtime.get(ref)
+        schemas = _UnionSchemas() if "Union" in self._names else None  # checked here: the blocks are at hand
+        with contextlib.closing(self._stream(stop_after_rows)) as stream:
+            for ref, _rows in stream:
+                blk = runtime.get(ref)
+                if schemas is not None:
+                    schemas.check(blk.schema)
+                yield blk
 
     def _stream(self, stop_after_rows: int | None = None) -> Iterator[tuple[ObjectRef, int]]:
-        """(block ref, rows) in order, with at most max_blocks_in_flight tasks outstanding."""
+        """(block ref, rows) in order, with at most max_blocks_in_flight tasks outstanding.
+        Stage sources (an actor pool, ...) are expanded into the blocks they make."""
         import runtime
         ctx = DataContext.get_current()
         window = ctx.max_blocks_in_flight or max(2, 2 * int(runtime.cluster_resources().get("CPU", 1)))
@@ -294,28 +363,31 @@ class Dataset:
         started, made = time.perf_counter(), 0
         stats = _Stats()
         inflight: list[tuple[ObjectRef, ObjectRef]] = []
-        sources = iter(self._sources)
+        items = _expand(self._sources, self._ops)
+        shown = progress.start(" -> ".join(("Read",) + self._names), _count_blocks(self))
         exhausted = False
-        while True:
-            while not exhausted and len(inflight) < window:
-                src = next(sources, None)
-                if src is None:
-                    exhausted = True
+        try:
+            while True:
+                while not exhausted and len(inflight) < window:
+                    item = next(items, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    inflight.append(_submit(run, *item))
+                if not inflight:
                     break
-                ops = self._ops
-                if isinstance(src, _Bound):
-                    src, ops = src.source, src.ops + ops
-                inflight.append(tuple(run.options(num_returns=2).remote(src, ops)))
-            if not inflight:
-                break
-            ref, rows_ref = inflight.pop(0)
-            rows = runtime.get(rows_ref)
-            stats.blocks += 1
-            stats.rows += rows
-            made += rows
-            yield ref, rows
-            if stop_after_rows is not None and made >= stop_after_rows:
-                break
+                ref, rows_ref = inflight.pop(0)
+                rows = runtime.get(rows_ref)
+                stats.blocks += 1
+                stats.rows += rows
+                made += rows
+                shown.update(stats.blocks, stats.rows)
+                yield ref, rows
+                if stop_after_rows is not None and made >= stop_after_rows:
+                    break
+        finally:  # also when the consumer stops early: a stage releases what it holds (actors)
+            items.close()
+            shown.close()
         stats.seconds = time.perf_counter() - started
         self._last_stats = stats
 
@@ -328,6 +400,110 @@ class _Bound:
     ops: tuple
 
 
+class Stage:
+    """A source standing for the blocks a stage boundary makes when the dataset is executed
+    (an actor pool, an all-to-all exchange): `_stream` expands it and applies the operators
+    after it to each of its blocks, as for any other source."""
+
+    def num_blocks(self) -> int | None:
+        """How many blocks it makes, if known without running anything (for progress)."""
+        return None
+
+    def blocks(self, *, tasks_after: bool) -> Iterator[tuple[ObjectRef, ObjectRef]]:
+        """(block ref, row-count ref) per block, in order. A generator: it is closed when the
+        consumer stops early, so it releases what it holds in `finally`. `tasks_after`: tasks
+        will run on these blocks meanwhile (a stage holding CPUs must leave them room)."""
+        raise NotImplementedError
+
+
+@dataclass
+class _Made:
+    """A block a stage has made (or is making): its ref and its row-count ref."""
+
+    block: ObjectRef
+    rows: ObjectRef
+
+
+def _expand(sources: list, ops: tuple) -> Iterator[tuple[Any, tuple]]:
+    """(source, operators) per block: unions unwrapped, stages expanded into `_Made` blocks."""
+    for src in sources:
+        src_ops = ops
+        while isinstance(src, _Bound):
+            src, src_ops = src.source, src.ops + src_ops
+        if not isinstance(src, Stage):
+            yield src, src_ops
+            continue
+        with contextlib.closing(src.blocks(tasks_after=bool(src_ops))) as made:
+            for block, rows in made:
+                yield _Made(block, rows), src_ops
+
+
+def _submit(run: Any, src: Any, ops: tuple) -> tuple[ObjectRef, ObjectRef]:
+    """The task making one block; a stage's block with no operators after it needs none."""
+    if isinstance(src, _Made):
+        if not ops:
+            return src.block, src.rows
+        src = src.block
+    return tuple(run.options(num_returns=2).remote(src, ops))
+
+
+def _unwrap(src: Any) -> Any:
+    while isinstance(src, _Bound):
+        src = src.source
+    return src
+
+
+def _count_blocks(ds: Dataset) -> int | None:
+    """The number of blocks the dataset makes, None where a stage cannot tell in advance."""
+    total = 0
+    for src in map(_unwrap, ds._sources):
+        n = src.num_blocks() if isinstance(src, Stage) else 1
+        if n is None:
+            return None
+        total += n
+    return total
+
+
+def _has_stages(ds: Dataset) -> bool:
+    return any(isinstance(_unwrap(s), Stage) for s in ds._sources)
+
+
+def _union_error(first: pa.Schema, other: pa.Schema) -> TypeError:
+    return TypeError(f"union: the datasets' schemas do not match, so their rows cannot form one dataset. "
+                     f"One has\n{first}\nand another has\n{other}\nMake the columns agree first (same names; "
+                     "types Arrow can widen, e.g. int32 and int64) with select_columns, drop_columns or "
+                     "map_batches, then union.")
+
+
+def _check_union_schemas(parts: list[Dataset]) -> pa.Schema | None:
+    """Check the parts' schemas now where they are known without running anything (stored
+    blocks, no operators); returns the common schema then, else None (checked as blocks come)."""
+    schemas = [d._known_schema if not d._ops else None for d in parts]
+    if any(s is None for s in schemas):
+        return None
+    pair = B.mismatched_schemas(schemas, same_names=True)
+    if pair is not None:
+        raise _union_error(*pair)
+    return pa.unify_schemas(schemas, promote_options="permissive")
+
+
+class _UnionSchemas:
+    """The lazy union check: each block's schema against the first one's."""
+
+    def __init__(self) -> None:
+        self.first: pa.Schema | None = None
+
+    def check(self, schema: pa.Schema) -> None:
+        if not len(schema):
+            return  # an empty block with no columns fits anything
+        if self.first is None:
+            self.first = schema
+            return
+        pair = B.mismatched_schemas([self.first, schema], same_names=True)
+        if pair is not None:
+            raise _union_error(*pair)
+
+
 def _execute(source: Any, ops: tuple) -> tuple[pa.Table, int]:
     """In a worker: make (or receive) one block and apply every operator to it."""
     blk = source() if callable(source) else source
@@ -335,6 +511,7 @@ def _execute(source: Any, ops: tuple) -> tuple[pa.Table, int]:
         blk = B.from_batch(blk, "a read task")
     for op in ops:
         blk = op(blk)
+    blk = B.compact(blk)  # stored next: not with the buffers of blocks it was sliced from
     return blk, blk.num_rows
 
 
@@ -375,5 +552,9 @@ def _remote(fn: Callable) -> Any:
 
 def from_blocks(blocks: list[pa.Table]) -> Dataset:
     import runtime
-    return Dataset([runtime.put(b) for b in blocks] or [runtime.put(pa.table({}))])
+    ds = Dataset([runtime.put(B.compact(b)) for b in blocks] or [runtime.put(pa.table({}))])
+    schemas = [b.schema for b in blocks if b.num_columns]
+    if schemas and B.mismatched_schemas(schemas, same_names=True) is None:
+        ds._known_schema = pa.unify_schemas(schemas, promote_options="permissive")  # union checks it at once
+    return ds
 

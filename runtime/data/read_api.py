@@ -47,7 +47,7 @@ def from_pandas(dfs: Any) -> Dataset:
     for d in dfs:
         if not isinstance(d, pd.DataFrame):
             raise TypeError(f"from_pandas takes pandas DataFrames, got {type(d).__name__}.")
-    return from_blocks([pa.Table.from_pandas(d, preserve_index=False) for d in dfs])
+    return from_blocks([B.from_batch(d, "from_pandas") for d in dfs])  # object columns Arrow cannot hold: pickled
 
 
 def from_arrow(tables: Any) -> Dataset:

@@ -41,8 +41,9 @@ def text_of(cell) -> str:
     return "".join(parts)
 
 
-def test_there_are_three_notebooks_at_least():
-    assert {"01-tour.ipynb", "02-actors-and-state.ipynb", "03-resources-and-placement.ipynb"} <= set(NAMES)
+def test_the_demo_notebooks_are_all_there():
+    assert {"01-tour.ipynb", "02-actors-and-state.ipynb", "03-resources-and-placement.ipynb",
+            "04-datasets-and-dask.ipynb"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -79,3 +80,13 @@ def test_resources_notebook_runs(tmp_path):
     assert "hello from a half-CPU cell" in out and "{'CPU': 0.5}" in out
     assert "CREATED - CPUs left outside the group: 0" in out and "CPU_group_1_" in out  # placement groups
     assert "in bundle 0 of pair" in out and "STRICT_SPREAD needs 2 nodes" in out and "CPUs free again: 2.0" in out
+
+
+@pytest.mark.slow
+def test_datasets_and_dask_notebook_runs(tmp_path):
+    out = executed_text("04-datasets-and-dask.ipynb", tmp_path)
+    assert "rows: 200000" in out and "miles: double" in out  # read_parquet, schema
+    assert "per_mile" in out  # map_batches added the column
+    assert out.count("same as pandas: True") == 2  # the Dataset groupby and the Dask one
+    assert "longest match pandas: True" in out  # sort
+    assert "long trips match pandas: True" in out and "partitions: 4" in out  # to_dask / from_dask

@@ -1,0 +1,210 @@
+"""Aggregations (Ray's `ray.data.aggregate`): `Count`, `Sum`, `Min`, `Max`, `Mean`, `Std`, for
+`ds.groupby(key).aggregate(...)` and `ds.aggregate(...)`.
+
+Each runs in two steps so that a block is read once and only small tables move:
+
+- partial, per block (map side): `Table.group_by(keys).aggregate(...)` computes the *states*
+  of each group present in the block, e.g. the sum and the count of non-null values for a mean;
+  states shared by several aggregations (the sum of `x` for `Sum("x")` and `Mean("x")`) are
+  computed once;
+- combine (reduce side): the partial tables are concatenated and grouped again; states are
+  combined (sum of counts and sums, min of mins, max of maxes; `Std` merges per-block
+  (count, mean, M2) with Chan's parallel formula, which stays accurate for large values) and
+  finalized into one value per group. The output is sorted by the keys.
+
+Nulls in the aggregated column are skipped (Ray's `ignore_nulls=True`, pandas' default): a
+group whose values are all null gets null; `Std` of fewer than `ddof + 1` values is NaN (as
+Ray and pandas). `Count()` counts rows; `Count(on, ignore_nulls=True)` counts non-null values.
+Null keys form a group of their own, as in Ray (pandas: `groupby(..., dropna=False)`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import block as B
+
+_ROW = "__orrery_row__"
+# How a partial state is combined across blocks; states missing here ("mean", "variance") are
+# combined by their aggregation's own finalize.
+_COMBINE = {"count_all": "sum", "count": "sum", "sum": "sum", "min": "min", "max": "max"}
+
+State = tuple[str | None, str]  # (column, Arrow hash aggregation); column None: count of rows
+
+
+def state_name(state: State) -> str:
+    """The column Arrow's group_by names the state (`x_sum`, `count_all`)."""
+    col, fn = state
+    return fn if col is None else f"{col}_{fn}"
+
+
+class AggregateFn:
+    """Base of the aggregations: `name` is the output column, `on` the aggregated column."""
+
+    def __init__(self, name: str, on: str | None) -> None:
+        if on is not None and not isinstance(on, str):
+            raise TypeError(f"{type(self).__name__}: on must be a column name, got {on!r}.")
+        self.name, self.on = name, on
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.on!r})"
+
+    def states(self) -> list[State]:
+        raise NotImplementedError
+
+    def finalize(self, combined: dict[str, pa.ChunkedArray], partials: pa.Table, gid: np.ndarray,
+                 groups: int) -> pa.Array | pa.ChunkedArray:
+        """One value per group from the combined states (and, for Std, the partial rows and
+        their group ids)."""
+        raise NotImplementedError
+
+    def empty_value(self) -> Any:
+        """The value of a global aggregation over no rows."""
+        return None
+
+
+def _only_ignore_nulls(agg: str, ignore_nulls: bool) -> None:
+    if not ignore_nulls:
+        raise ValueError(f"{agg}: only ignore_nulls=True (skip nulls, as pandas) is supported.")
+
+
+class Count(AggregateFn):
+    """Rows per group (`count()`), or non-null values of `on` with ignore_nulls=True."""
+
+    def __init__(self, on: str | None = None, ignore_nulls: bool = False, alias_name: str | None = None) -> None:
+        super().__init__(alias_name or f"count({on or ''})", on)
+        self._state: State = (on, "count") if on is not None and ignore_nulls else (None, "count_all")
+
+    def states(self) -> list[State]:
+        return [self._state]
+
+    def finalize(self, combined: dict, partials: pa.Table, gid: np.ndarray, groups: int) -> Any:
+        return combined[state_name(self._state)]
+
+    def empty_value(self) -> Any:
+        return 0
+
+
+class _OneState(AggregateFn):
+    """An aggregation whose state is its result: Sum, Min, Max."""
+
+    fn = ""
+
+    def __init__(self, on: str, ignore_nulls: bool = True, alias_name: str | None = None) -> None:
+        _only_ignore_nulls(type(self).__name__, ignore_nulls)
+        super().__init__(alias_name or f"{self.fn}({on})", _required(on, type(self).__name__))
+
+    def states(self) -> list[State]:
+        return [(self.on, self.fn)]
+
+    def finalize(self, combined: dict, partials: pa.Table, gid: np.ndarray, groups: int) -> Any:
+        return combined[state_name((self.on, self.fn))]
+
+
+class Sum(_OneState):
+    fn = "sum"
+
+
+class Min(_OneState):
+    fn = "min"
+
+
+class Max(_OneState):
+    fn = "max"
+
+
+class Mean(AggregateFn):
+    def __init__(self, on: str, ignore_nulls: bool = True, alias_name: str | None = None) -> None:
+        _only_ignore_nulls("Mean", ignore_nulls)
+        super().__init__(alias_name or f"mean({on})", _required(on, "Mean"))
+
+    def states(self) -> list[State]:
+        return [(self.on, "sum"), (self.on, "count")]
+
+    def finalize(self, combined: dict, partials: pa.Table, gid: np.ndarray, groups: int) -> Any:
+        total = pc.cast(combined[state_name((self.on, "sum"))], pa.float64())
+        return pc.divide(total, pc.cast(combined[state_name((self.on, "count"))], pa.float64()))
+
+
+class Std(AggregateFn):
+    """Sample standard deviation (ddof=1 by default) of the non-null values."""
+
+    def __init__(self, on: str, ddof: int = 1, ignore_nulls: bool = True, alias_name: str | None = None) -> None:
+        _only_ignore_nulls("Std", ignore_nulls)
+        super().__init__(alias_name or f"std({on})", _required(on, "Std"))
+        self.ddof = ddof
+
+    def states(self) -> list[State]:
+        return [(self.on, "count"), (self.on, "mean"), (self.on, "variance")]
+
+    def finalize(self, combined: dict, partials: pa.Table, gid: np.ndarray, groups: int) -> Any:
+        """Chan et al.: M2 = sum(M2_i) + sum(n_i * (mean_i - mean)^2) over the partial rows."""
+        def column(fn: str) -> np.ndarray:
+            col = partials.column(state_name((self.on, fn)))
+            return pc.fill_null(col, 0).to_numpy().astype(np.float64)
+        n_i, mean_i, var_i = column("count"), column("mean"), column("variance")
+        n = np.bincount(gid, n_i, minlength=groups)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.bincount(gid, n_i * mean_i, minlength=groups) / n
+            m2 = np.bincount(gid, n_i * var_i + n_i * (mean_i - mean[gid]) ** 2, minlength=groups)
+            std = np.where(n - self.ddof > 0, np.sqrt(m2 / (n - self.ddof)), np.nan)
+        return pa.array(std, mask=n == 0)
+
+
+def _required(on: Any, agg: str) -> str:
+    if not isinstance(on, str):
+        raise TypeError(f"{agg}: on must be the name of the column to aggregate, got {on!r}.")
+    return on
+
+
+# -- the two steps ---------------------------------------------------------------------------
+
+def _states(aggs: list[AggregateFn]) -> list[State]:
+    return list(dict.fromkeys(s for a in aggs for s in a.states()))
+
+
+def check_columns(block: pa.Table, keys: list[str], aggs: list[AggregateFn], what: str) -> None:
+    from .all_to_all import require_columns
+    require_columns(block, keys + [a.on for a in aggs if a.on is not None], what)
+
+
+def partial(block: pa.Table, keys: list[str], aggs: list[AggregateFn]) -> pa.Table:
+    """The states of every group in one block: the key columns, then one column per state."""
+    states = _states(aggs)
+    out = block.group_by(keys, use_threads=False).aggregate([(col or [], fn) for col, fn in states])
+    return out.select(keys + [state_name(s) for s in states])
+
+
+def combine(partials: list[pa.Table], keys: list[str], aggs: list[AggregateFn]) -> pa.Table:
+    """The final value of every aggregation for every group in the partial tables, sorted by
+    the keys."""
+    t = B.concat(partials)
+    if t.num_columns == 0:  # no rows at all
+        if keys:
+            return pa.table({c: pa.array([], pa.null()) for c in keys + [a.name for a in aggs]})
+        return pa.table({a.name: [a.empty_value()] for a in aggs})
+    simple = [s for s in _states(aggs) if s[1] in _COMBINE]
+    specs = [(state_name(s), _COMBINE[s[1]]) for s in simple]
+    if keys:
+        specs.append((_ROW, "list"))
+        t = t.append_column(_ROW, pa.array(np.arange(t.num_rows, dtype=np.int64)))
+    g = t.group_by(keys, use_threads=False).aggregate(specs)
+    combined = {state_name(s): g.column(f"{state_name(s)}_{_COMBINE[s[1]]}") for s in simple}
+    gid = _group_ids(g.column(f"{_ROW}_list"), t.num_rows) if keys else np.zeros(t.num_rows, np.int64)
+    out = {k: g.column(k) for k in keys}
+    for a in aggs:
+        out[a.name] = a.finalize(combined, t, gid, g.num_rows)
+    table = pa.table(out)
+    return table.sort_by([(k, "ascending") for k in keys]) if keys else table
+
+
+def _group_ids(lists: pa.ChunkedArray, rows: int) -> np.ndarray:
+    """Each row's group (its index in the grouped table), from the groups' lists of row numbers."""
+    lists = lists.combine_chunks()
+    gid = np.empty(rows, np.int64)
+    gid[pc.list_flatten(lists).to_numpy()] = pc.list_parent_indices(lists).to_numpy()
+    return gid
