@@ -3,8 +3,8 @@
 Messages (client -> proxy; `*` marks one-way messages, the rest are requests):
 
     init {namespace, runtime_env}        -> {job_id, node_id, namespace, owner, gcs_address, ...}
-    task* {fid, options, task_id, cell}  [fn blob if new] + value(args, kwargs)
-    create_actor {cid, options, cell}    [class blob if new] + value(args, kwargs) -> {actor_id, meta, owned}
+    task* {fid, task_id, num_returns, cell}  [fn blob if new] + value(args, kwargs, options)
+    create_actor {cid, cell}             [class blob if new] + value(args, kwargs, options) -> {actor_id, meta, owned}
     actor_call* {actor_id, meta, method, num_returns, task_id, cell} + value(args, kwargs)
     put {cell} + value                   -> {ref}
     get {refs, timeout}                  -> value(list)

@@ -143,16 +143,15 @@ class ClientSession:
         from .._core.ids import TaskID
         from .._core.remote_function import RemoteFunction
         fid = msg["fid"]
-        if msg.get("blob"):
-            self.functions[fid] = RemoteFunction(cloudpickle.loads(bufs[0]), {})
-            bufs = bufs[1:]
-        args, kwargs, options = unpack(bufs)
-        try:
-            rf = self.functions[fid]
+        try:  # a function or an argument that cannot be unpickled here fails the task's results
+            if msg.get("blob"):
+                self.functions[fid] = RemoteFunction(cloudpickle.loads(bufs[0]), {})
+                bufs = bufs[1:]
+            args, kwargs, options = unpack(bufs)
             self._cell(msg)
-            refs = rf._submit(args, kwargs, {**rf._options, **options}, task_id=TaskID(msg["task_id"]))
+            refs = self.functions[fid]._submit(args, kwargs, options, task_id=TaskID(msg["task_id"]))
         except BaseException as e:  # noqa: BLE001 - the client's refs raise it on get
-            self._fail(msg["task_id"], options.get("num_returns", 1), e)
+            self._fail(msg["task_id"], msg["num_returns"], e)
             return
         self._hold_returns(refs)
 
@@ -174,16 +173,16 @@ class ClientSession:
         args, kwargs, options = unpack(bufs)
         ac = self.classes[cid]
         self._cell(msg)
-        handle = ac._create(args, kwargs, {**ac._options, **options})
+        handle = ac._create(args, kwargs, options)
         owned, handle._owned = handle._owned, False  # the client's handle decides when it goes
         self.handles[handle._actor_id] = handle
         return {"actor_id": handle._actor_id, "meta": handle._meta, "owned": owned}
 
     def actor_call(self, msg: dict, bufs: list) -> None:
         from .._core.actor import ActorMethod, _rebuild_handle
-        args, kwargs = unpack(bufs)
         aid = msg["actor_id"]
         try:
+            args, kwargs = unpack(bufs)
             handle = self.handles.get(aid) or self.handles.setdefault(aid, _rebuild_handle(aid, msg["meta"]))
             self._cell(msg)
             refs = ActorMethod(handle, msg["method"], msg["num_returns"])._submit(

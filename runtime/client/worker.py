@@ -18,6 +18,7 @@ import asyncio
 import collections
 import hashlib
 import logging
+import os
 import sys
 import threading
 from concurrent.futures import Future as ConcurrentFuture
@@ -229,8 +230,9 @@ class ClientWorker:
     def submit_function(self, fid: bytes, blob: bytes, args: tuple, kwargs: dict, options: dict) -> list:
         bufs, _ = pack((args, kwargs, options))
         task_id = bytes(TaskID.new())
-        msg = {"op": "task", "fid": fid, "task_id": task_id, "cell": self.current_cell}
-        refs = self._returns(task_id, options.get("num_returns", 1))
+        num_returns = options.get("num_returns", 1)
+        msg = {"op": "task", "fid": fid, "task_id": task_id, "num_returns": num_returns, "cell": self.current_cell}
+        refs = self._returns(task_id, num_returns)
         with self._send_lock:
             self._send(msg, self._with_code(msg, fid, blob, bufs))
         return refs
@@ -329,8 +331,6 @@ def connect_client(address: str, namespace: str | None, runtime_env: dict | None
                    config: SystemConfig) -> ClientWorker:
     """Connect to the client server at client://HOST:PORT; a clear ConnectionError within
     a few seconds when nothing (or something else) answers there."""
-    import os
-
     from .._core import launcher
     from .protocol import parse_client_address
     host, port = parse_client_address(address)

@@ -206,6 +206,25 @@ def test_notebook_magics_over_a_thin_client(cli):
     wait_for(lambda: not _proxies(info), timeout=20, what="the proxy to exit after %cluster stop")
 
 
+def test_code_the_head_cannot_import_fails_the_call_not_the_session(tmp_path, cli):
+    """A function from a module that exists only beside the client cannot be unpickled by the
+    proxy: get() raises that error, and the session goes on working."""
+    info = _head(cli)
+    (tmp_path / "only_here.py").write_text("def f(x):\n    return x + 1\n")
+    out = cli.driver(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import runtime, only_here
+        runtime.init("client://{info['client_address']}")
+        try:
+            runtime.get(runtime.remote(only_here.f).remote(1), timeout=30)
+        except ModuleNotFoundError as e:
+            print("raised:", e)
+        print("still works:", runtime.get(runtime.remote(lambda x: x * 3).remote(2)))
+    """, timeout=60)
+    assert "raised: No module named 'only_here'" in out and "still works: 6" in out
+
+
 @pytest.mark.fault
 def test_a_client_on_another_host_reaches_the_head_only_through_its_client_port(netns, tmp_path, cli):
     """The client runs in its own network namespace with a TMPDIR of its own: it can reach the
