@@ -69,6 +69,10 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
              "--save", "", "--appendonly", "yes" if appendonly else "no", "--daemonize", "no",
+             # `always`: the AOF is written and fsynced before Redis replies. With the default
+             # `everysec` Redis may put off the write for up to 2 s while a background fsync runs,
+             # yet still reply, so a SIGKILL loses writes it acknowledged (CI saw it once).
+             "--appendfsync", "always" if appendonly else "everysec",
              "--logfile", str(log)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + deadline_s

@@ -16,7 +16,9 @@ Durability: a write is durable once `write` / `put` / the outermost `batch()` re
 `TickWriter`'s `drain()` returned). With SQLite (WAL, synchronous=NORMAL) a committed
 transaction survives the head process being killed; only an operating-system crash or power
 loss can lose the last transactions (never corrupt the file). With Redis it is as durable as
-the Redis server is configured to be (`appendonly yes` to survive a Redis restart).
+the Redis server is configured to be: `appendonly yes` to survive a Redis restart, and
+`appendfsync always` to survive Redis being killed (with the default `everysec` Redis may
+acknowledge a write up to about 2 s before it reaches the AOF file).
 
 Why SQLite writes run inline on the event loop: in WAL mode with synchronous=NORMAL a commit
 appends to the WAL file and does not fsync, so a commit costs about 20-100 us for one row and
