@@ -327,8 +327,9 @@ class Dataset:
         os.makedirs(path, exist_ok=True)
         writer = _remote(_write_block)
         refs = []
-        for i, (ref, _rows) in enumerate(self._stream()):
-            refs.append(writer.remote(ref, os.path.join(path, f"part-{i:05d}.{fmt}"), fmt))
+        for i, (ref, rows) in enumerate(self._stream()):
+            if rows:  # as Ray: no file for an empty block (it may not even have the columns)
+                refs.append(writer.remote(ref, os.path.join(path, f"part-{i:05d}.{fmt}"), fmt))
         import runtime
         runtime.get(refs)
 

@@ -70,6 +70,63 @@ def test_nested_arrow_types_pandas_cannot_hold(shared_runtime):
     assert ds.take_all()[0] == {"tags": ["a", "b"], "point": {"x": 1, "y": 2}}
 
 
+def _nested_table(n: int = 3000) -> pa.Table:
+    """Types pandas cannot hold as such: lists with nulls, structs of lists, maps, decimals,
+    fixed-size lists, timestamps."""
+    ids = np.random.default_rng(3).permutation(n)
+    return pa.table({
+        "id": ids, "g": ids % 5,
+        "tags": [[f"t{j}" for j in range(i % 4)] if i % 7 else None for i in ids],
+        "point": [{"x": int(i), "y": [float(i), None]} for i in ids],
+        "m": pa.array([[("a", int(i))] if i % 2 else [] for i in ids], type=pa.map_(pa.string(), pa.int64())),
+        "dec": pa.array(ids).cast(pa.decimal128(22, 2)),
+        "ts": pa.array(ids.astype("datetime64[ms]")),
+        "fsl": pa.FixedSizeListArray.from_arrays(pa.array(np.repeat(ids, 2).astype("float32")), 2)})
+
+
+def _table(ds: rd.Dataset) -> pa.Table:
+    """The dataset's blocks as one table (empty blocks left out: they may have no columns)."""
+    return pa.concat_tables([t for t in runtime.get(ds.to_arrow_refs()) if t.num_rows])
+
+
+def test_nested_arrow_types_through_every_operator(shared_runtime, tmp_path):
+    """Checked against pyarrow on the same table: the columns keep their exact types."""
+    table = _nested_table()
+    ds = rd.from_arrow([table.slice(i, 500) for i in range(0, table.num_rows, 500)])
+    by_id = table.sort_by("id")
+    assert ds.schema() == table.schema
+    assert _table(ds.sort("id")).equals(by_id)
+    assert _table(ds.sort("id", descending=True)).equals(table.sort_by([("id", "descending")]))
+    for shuffled in (ds.random_shuffle(seed=1), ds.repartition(7), ds.repartition(3, shuffle=True)):
+        assert _table(shuffled).sort_by("id").equals(by_id)
+    thirds = by_id.filter(pa.array(by_id["id"].to_numpy() % 3 == 0))
+    assert _table(ds.filter(lambda r: r["id"] % 3 == 0)).sort_by("id").equals(thirds)
+    assert _table(ds.union(ds)).sort_by("id").equals(pa.concat_tables([table, table]).sort_by("id"))
+    head, tail = ds.split_at_indices([1234])
+    assert pa.concat_tables([_table(head), _table(tail)]).equals(table)
+    assert _table(ds.select_columns(["id"]).zip(ds.drop_columns(["id"]))).equals(table)
+    groups = ds.groupby("g").map_groups(lambda t: t.sort_by("id"), batch_format="pyarrow")
+    assert _table(groups).sort_by("id").equals(by_id)
+    assert ds.sort("id").take(1) == by_id.slice(0, 1).to_pylist()
+    batch = next(iter(ds.sort("id").iter_batches(batch_size=100, batch_format="pyarrow")))
+    assert batch.equals(by_id.slice(0, 100))
+    ds.write_parquet(str(tmp_path / "nested"))
+    assert _table(rd.read_parquet(str(tmp_path / "nested"))).sort_by("id").equals(by_id)
+
+
+def test_write_skips_empty_blocks(shared_runtime, tmp_path):
+    """More blocks than groups: map_groups leaves empty blocks (without columns); as in Ray,
+    they get no file, so the files read back as one schema."""
+    ds = rd.range(1000, override_num_blocks=8).add_column("g", lambda df: df["id"] % 2)
+    out = ds.groupby("g").map_groups(lambda df: df.assign(n=len(df)), batch_format="pandas")
+    assert len(out.to_arrow_refs()) > 2  # some of them empty
+    for fmt in ("parquet", "csv", "json"):
+        getattr(out, f"write_{fmt}")(str(tmp_path / fmt))
+        assert 1 <= len(list((tmp_path / fmt).iterdir())) <= 2
+        back = getattr(rd, f"read_{fmt}")(str(tmp_path / fmt)).to_pandas().sort_values("id")
+        assert back["id"].tolist() == list(range(1000)) and set(back["n"]) == {500}
+
+
 def test_empty_dataset(shared_runtime):
     ds = rd.from_items([])
     assert ds.count() == 0 and ds.take_all() == [] and ds.sum("x") is None
