@@ -16,17 +16,28 @@ Nulls in the aggregated column are skipped (Ray's `ignore_nulls=True`, pandas' d
 group whose values are all null gets null; `Std` of fewer than `ddof + 1` values is NaN (as
 Ray and pandas). `Count()` counts rows; `Count(on, ignore_nulls=True)` counts non-null values.
 Null keys form a group of their own, as in Ray (pandas: `groupby(..., dropna=False)`).
+
+`AggregateFn(init, merge, accumulate_row=... | accumulate_block=..., finalize=..., name=...)` is
+Ray's accumulator-style custom aggregation: per block, each group's accumulator starts from
+`init(key)` and takes the group's rows (`accumulate_row(acc, row)`, row a dict) or the group's
+rows as one Arrow table (`accumulate_block(acc, table)`); the accumulators travel pickled in a
+binary column of the partial table and are merged group by group in the combine step, then
+`finalize`d. `key` is None for a global aggregation, the key's value for one key, a tuple for
+several.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import cloudpickle
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import block as B
+from . import pyobject
 
 _ROW = "__orrery_row__"
 # How a partial state is combined across blocks; states missing here ("mean", "variance") are
@@ -43,9 +54,68 @@ def state_name(state: State) -> str:
 
 
 class AggregateFn:
-    """Base of the aggregations: `name` is the output column, `on` the aggregated column."""
+    """An aggregation; `name` is its output column, `on` the column it reads (None: rows).
 
-    def __init__(self, name: str, on: str | None) -> None:
+    Constructed directly, it is Ray's custom accumulator-style aggregation (see the module's
+    docstring); the built-in ones (Count, Sum, ...) are subclasses computed by Arrow."""
+
+    def __init__(self, init: Callable[[Any], Any], merge: Callable[[Any, Any], Any],
+                 accumulate_row: Callable[[Any, dict], Any] | None = None,
+                 accumulate_block: Callable[[Any, pa.Table], Any] | None = None,
+                 finalize: Callable[[Any], Any] | None = None, name: str | None = None) -> None:
+        for arg, fn in (("init", init), ("merge", merge), ("accumulate_row", accumulate_row),
+                        ("accumulate_block", accumulate_block), ("finalize", finalize)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"AggregateFn: {arg} must be a function, got {fn!r}.")
+        if (accumulate_row is None) == (accumulate_block is None):
+            raise ValueError("AggregateFn: give exactly one of accumulate_row (called with the accumulator "
+                             "and each row, a dict) and accumulate_block (called with the accumulator and "
+                             "a group's rows as a pyarrow.Table).")
+        if not isinstance(name, str) or not name:
+            raise ValueError("AggregateFn: name the aggregation (name='...'); the name is its output column.")
+        self.name, self.on = name, None
+        self._init, self._merge, self._finalize = init, merge, finalize or (lambda acc: acc)
+        self._accumulate_row, self._accumulate_block = accumulate_row, accumulate_block
+        self.state_column = f"__orrery_acc__{name}"
+
+    def __repr__(self) -> str:
+        return f"AggregateFn(name={self.name!r})"
+
+    def states(self) -> list[State]:
+        """The Arrow hash aggregations it needs per block (none for a custom one)."""
+        return []
+
+    def accumulate(self, group: pa.Table, key: Any) -> bytes:
+        """A custom aggregation's accumulator for one group of one block, pickled."""
+        acc = self._init(key)
+        if self._accumulate_block is not None:
+            acc = self._accumulate_block(acc, group)
+        else:
+            for row in B.rows_of(group):
+                acc = self._accumulate_row(acc, row)
+        return cloudpickle.dumps(acc, protocol=5)
+
+    def finalize(self, combined: dict[str, pa.ChunkedArray], partials: pa.Table, gid: np.ndarray,
+                 groups: int) -> pa.Array | pa.ChunkedArray:
+        """One value per group from the combined states (and, for Std and custom aggregations,
+        the partial rows and their group ids)."""
+        accs: list[Any] = [None] * groups
+        seen = np.zeros(groups, bool)
+        for g, raw in zip(gid.tolist(), partials.column(self.state_column).to_pylist()):
+            acc = cloudpickle.loads(raw)
+            accs[g] = self._merge(accs[g], acc) if seen[g] else acc
+            seen[g] = True
+        return pyobject.column([self._finalize(acc) for acc in accs])
+
+    def empty_value(self) -> Any:
+        """The value of a global aggregation over no rows."""
+        return None
+
+
+class _ArrowAggregate(AggregateFn):
+    """Base of the built-in aggregations, computed from Arrow hash-aggregation states."""
+
+    def __init__(self, name: str, on: str | None) -> None:  # noqa: super().__init__ is the custom form
         if on is not None and not isinstance(on, str):
             raise TypeError(f"{type(self).__name__}: on must be a column name, got {on!r}.")
         self.name, self.on = name, on
@@ -56,23 +126,13 @@ class AggregateFn:
     def states(self) -> list[State]:
         raise NotImplementedError
 
-    def finalize(self, combined: dict[str, pa.ChunkedArray], partials: pa.Table, gid: np.ndarray,
-                 groups: int) -> pa.Array | pa.ChunkedArray:
-        """One value per group from the combined states (and, for Std, the partial rows and
-        their group ids)."""
-        raise NotImplementedError
-
-    def empty_value(self) -> Any:
-        """The value of a global aggregation over no rows."""
-        return None
-
 
 def _only_ignore_nulls(agg: str, ignore_nulls: bool) -> None:
     if not ignore_nulls:
         raise ValueError(f"{agg}: only ignore_nulls=True (skip nulls, as pandas) is supported.")
 
 
-class Count(AggregateFn):
+class Count(_ArrowAggregate):
     """Rows per group (`count()`), or non-null values of `on` with ignore_nulls=True."""
 
     def __init__(self, on: str | None = None, ignore_nulls: bool = False, alias_name: str | None = None) -> None:
@@ -89,7 +149,7 @@ class Count(AggregateFn):
         return 0
 
 
-class _OneState(AggregateFn):
+class _OneState(_ArrowAggregate):
     """An aggregation whose state is its result: Sum, Min, Max."""
 
     fn = ""
@@ -117,7 +177,7 @@ class Max(_OneState):
     fn = "max"
 
 
-class Mean(AggregateFn):
+class Mean(_ArrowAggregate):
     def __init__(self, on: str, ignore_nulls: bool = True, alias_name: str | None = None) -> None:
         _only_ignore_nulls("Mean", ignore_nulls)
         super().__init__(alias_name or f"mean({on})", _required(on, "Mean"))
@@ -130,7 +190,7 @@ class Mean(AggregateFn):
         return pc.divide(total, pc.cast(combined[state_name((self.on, "count"))], pa.float64()))
 
 
-class Std(AggregateFn):
+class Std(_ArrowAggregate):
     """Sample standard deviation (ddof=1 by default) of the non-null values."""
 
     def __init__(self, on: str, ddof: int = 1, ignore_nulls: bool = True, alias_name: str | None = None) -> None:
@@ -172,11 +232,36 @@ def check_columns(block: pa.Table, keys: list[str], aggs: list[AggregateFn], wha
     require_columns(block, keys + [a.on for a in aggs if a.on is not None], what)
 
 
+def _custom(aggs: list[AggregateFn]) -> list[AggregateFn]:
+    return [a for a in aggs if not isinstance(a, _ArrowAggregate)]
+
+
 def partial(block: pa.Table, keys: list[str], aggs: list[AggregateFn]) -> pa.Table:
-    """The states of every group in one block: the key columns, then one column per state."""
-    states = _states(aggs)
-    out = block.group_by(keys, use_threads=False).aggregate([(col or [], fn) for col, fn in states])
-    return out.select(keys + [state_name(s) for s in states])
+    """The states of every group in one block: the key columns, then one column per state,
+    then one column of pickled accumulators per custom aggregation."""
+    states, custom = _states(aggs), _custom(aggs)
+    specs = [(col or [], fn) for col, fn in states]
+    if not keys:  # one group: every row
+        out = block.group_by([], use_threads=False).aggregate(specs) if specs else None
+        columns = {state_name(s): out.column(state_name(s)) for s in states}
+        for a in custom:
+            columns[a.state_column] = pa.array([a.accumulate(block, None)], pa.binary())
+        return pa.table(columns)
+    if custom:
+        specs.append((_ROW, "list"))
+        block = block.append_column(_ROW, pa.array(np.arange(block.num_rows, dtype=np.int64)))
+    out = block.group_by(keys, use_threads=False).aggregate(specs)
+    result = out.select(keys + [state_name(s) for s in states])
+    if custom:
+        rows = out.column(f"{_ROW}_list").to_pylist()
+        key_values = list(zip(*(out.column(k).to_pylist() for k in keys)))
+        key_values = [kv[0] if len(keys) == 1 else kv for kv in key_values]
+        block = block.drop_columns([_ROW])
+        groups = [block.take(pa.array(r, pa.int64())) for r in rows]
+        for a in custom:
+            accs = [a.accumulate(g, kv) for g, kv in zip(groups, key_values)]
+            result = result.append_column(a.state_column, pa.array(accs, pa.binary()))
+    return result
 
 
 def combine(partials: list[pa.Table], keys: list[str], aggs: list[AggregateFn]) -> pa.Table:
@@ -192,12 +277,12 @@ def combine(partials: list[pa.Table], keys: list[str], aggs: list[AggregateFn]) 
     if keys:
         specs.append((_ROW, "list"))
         t = t.append_column(_ROW, pa.array(np.arange(t.num_rows, dtype=np.int64)))
-    g = t.group_by(keys, use_threads=False).aggregate(specs)
+    g = t.group_by(keys, use_threads=False).aggregate(specs) if specs else None  # None: custom ones only, no keys
     combined = {state_name(s): g.column(f"{state_name(s)}_{_COMBINE[s[1]]}") for s in simple}
     gid = _group_ids(g.column(f"{_ROW}_list"), t.num_rows) if keys else np.zeros(t.num_rows, np.int64)
     out = {k: g.column(k) for k in keys}
     for a in aggs:
-        out[a.name] = a.finalize(combined, t, gid, g.num_rows)
+        out[a.name] = a.finalize(combined, t, gid, g.num_rows if g is not None else 1)
     table = pa.table(out)
     return table.sort_by([(k, "ascending") for k in keys]) if keys else table
 

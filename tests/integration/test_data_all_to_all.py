@@ -13,7 +13,7 @@ import pytest
 
 import runtime
 import runtime.data as rd
-from runtime.data.aggregate import Count, Max, Mean, Min, Std, Sum
+from runtime.data.aggregate import AggregateFn, Count, Max, Mean, Min, Std, Sum
 
 pytestmark = pytest.mark.slow
 
@@ -124,6 +124,47 @@ def test_global_aggregation(shared_runtime, frame):
     assert got["mean(x)"] == pytest.approx(frame.x.mean(), rel=1e-12)
     assert got["std(x)"] == pytest.approx(frame.x.std(), rel=1e-9) == pytest.approx(ds.std("x"))
     assert ds.groupby(None).max("i").take_all() == [{"max(i)": len(frame) - 1}]
+
+
+def test_custom_aggregate_fn_as_in_ray(shared_runtime, frame):
+    """Ray's AggregateFn(init, merge, accumulate_row | accumulate_block, finalize, name), next
+    to built-in ones, in one and in several key ranges, against pandas."""
+    ds = rd.from_items([{"number": i} for i in range(1, 10)])  # the example of Ray's docs
+    prod = AggregateFn(init=lambda column: 1, accumulate_row=lambda a, row: a * row["number"],
+                       merge=lambda a1, a2: a1 * a2, name="prod")
+    assert ds.aggregate(prod) == {"prod": 362880}
+
+    strings = AggregateFn(  # a set per group; the group's rows as one table
+        init=lambda key: set(), accumulate_block=lambda acc, t: acc | set(t.column("s").drop_null().to_pylist()),
+        merge=lambda a, b: a | b, finalize=sorted, name="strings")
+    spread = AggregateFn(  # (min, max) of the non-null values, row by row; init sees the key
+        init=lambda key: (key, np.inf, -np.inf),
+        accumulate_row=lambda acc, row: acc if row["x"] is None else (acc[0], min(acc[1], row["x"]), max(acc[2], row["x"])),
+        merge=lambda a, b: (a[0], min(a[1], b[1]), max(a[2], b[2])),
+        finalize=lambda acc: {"key": acc[0], "range": float(acc[2] - acc[1]) if acc[2] >= acc[1] else None},
+        name="spread")
+    g = frame.groupby("k", dropna=False)
+    want_range = (g.x.max() - g.x.min()).sort_index(na_position="last")
+    want_strings = g.s.agg(lambda s: sorted(s.dropna().unique())).sort_index(na_position="last")
+    for target_rows in (200_000, 2):
+        with block_rows(target_rows):
+            got = blocks_of(frame).groupby("k").aggregate(strings, Mean("x"), spread).to_pandas()
+        assert list(got.columns) == ["k", "strings", "mean(x)", "spread"]
+        assert [list(v) for v in got.strings] == want_strings.tolist()
+        np.testing.assert_allclose(got["mean(x)"], g.x.mean().sort_index(na_position="last"), rtol=1e-9)
+        assert [d["key"] for d in got.spread[:-1]] == got.k[:-1].tolist()  # null key last: init(None)
+        assert got.spread.iloc[-1]["key"] is None
+        np.testing.assert_allclose([d["range"] if d["range"] is not None else np.nan for d in got.spread],
+                                   want_range.to_numpy(), rtol=1e-9)
+    everything = blocks_of(frame).aggregate(strings, Count())
+    assert everything == {"strings": ["a", "b", "c"], "count()": len(frame)}
+    assert rd.from_items([]).aggregate(prod) == {"prod": None}  # as the built-ins: None over no rows
+    assert rd.from_items([]).groupby("k").aggregate(prod).take_all() == []
+    for kwargs, match in [(dict(accumulate_row=len, accumulate_block=len), "exactly one of accumulate_row"),
+                          (dict(accumulate_row=len, name=""), "name the aggregation"),
+                          (dict(accumulate_row=3), "accumulate_row must be a function")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            AggregateFn(init=list, merge=list.__add__, **{"name": "n", **kwargs})
 
 
 def test_map_groups(shared_runtime, frame):
