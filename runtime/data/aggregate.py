@@ -13,7 +13,8 @@ Each runs in two steps so that a block is read once and only small tables move:
   finalized into one value per group. The output is sorted by the keys.
 
 Nulls in the aggregated column are skipped (Ray's `ignore_nulls=True`, pandas' default): a
-group whose values are all null gets null; `Std` of fewer than `ddof + 1` values is NaN (as
+group whose values are all null gets null; with `ignore_nulls=False` a group with any null
+value gets null (as Ray); `Std` of fewer than `ddof + 1` values is NaN (as
 Ray and pandas). `Count()` counts rows; `Count(on, ignore_nulls=True)` counts non-null values.
 Null keys form a group of their own, as in Ray (pandas: `groupby(..., dropna=False)`).
 
@@ -127,11 +128,6 @@ class _ArrowAggregate(AggregateFn):
         raise NotImplementedError
 
 
-def _only_ignore_nulls(agg: str, ignore_nulls: bool) -> None:
-    if not ignore_nulls:
-        raise ValueError(f"{agg}: only ignore_nulls=True (skip nulls, as pandas) is supported.")
-
-
 class Count(_ArrowAggregate):
     """Rows per group (`count()`), or non-null values of `on` with ignore_nulls=True."""
 
@@ -149,19 +145,46 @@ class Count(_ArrowAggregate):
         return 0
 
 
-class _OneState(_ArrowAggregate):
+class _OfValues(_ArrowAggregate):
+    """An aggregation of the values of `on`. ignore_nulls=True (the default, as Ray and pandas)
+    skips nulls; with ignore_nulls=False a group with a null value gets null (as Ray), known
+    from its count of non-null values being less than its count of rows."""
+
+    def __init__(self, name: str, on: str, ignore_nulls: bool) -> None:
+        super().__init__(name, _required(on, type(self).__name__))
+        if not isinstance(ignore_nulls, bool):
+            raise TypeError(f"{type(self).__name__}: ignore_nulls must be True or False, got {ignore_nulls!r}.")
+        self.ignore_nulls = ignore_nulls
+
+    def value_states(self) -> list[State]:
+        raise NotImplementedError
+
+    def value(self, combined: dict, partials: pa.Table, gid: np.ndarray, groups: int) -> Any:
+        raise NotImplementedError
+
+    def states(self) -> list[State]:
+        return self.value_states() + ([] if self.ignore_nulls else [(self.on, "count"), (None, "count_all")])
+
+    def finalize(self, combined: dict, partials: pa.Table, gid: np.ndarray, groups: int) -> Any:
+        out = self.value(combined, partials, gid, groups)
+        if self.ignore_nulls:
+            return out
+        has_null = pc.less(combined[state_name((self.on, "count"))], combined[state_name((None, "count_all"))])
+        return pc.if_else(has_null, pa.scalar(None, out.type), out)
+
+
+class _OneState(_OfValues):
     """An aggregation whose state is its result: Sum, Min, Max."""
 
     fn = ""
 
     def __init__(self, on: str, ignore_nulls: bool = True, alias_name: str | None = None) -> None:
-        _only_ignore_nulls(type(self).__name__, ignore_nulls)
-        super().__init__(alias_name or f"{self.fn}({on})", _required(on, type(self).__name__))
+        super().__init__(alias_name or f"{self.fn}({on})", on, ignore_nulls)
 
-    def states(self) -> list[State]:
+    def value_states(self) -> list[State]:
         return [(self.on, self.fn)]
 
-    def finalize(self, combined: dict, partials: pa.Table, gid: np.ndarray, groups: int) -> Any:
+    def value(self, combined: dict, partials: pa.Table, gid: np.ndarray, groups: int) -> Any:
         return combined[state_name((self.on, self.fn))]
 
 
@@ -177,31 +200,29 @@ class Max(_OneState):
     fn = "max"
 
 
-class Mean(_ArrowAggregate):
+class Mean(_OfValues):
     def __init__(self, on: str, ignore_nulls: bool = True, alias_name: str | None = None) -> None:
-        _only_ignore_nulls("Mean", ignore_nulls)
-        super().__init__(alias_name or f"mean({on})", _required(on, "Mean"))
+        super().__init__(alias_name or f"mean({on})", on, ignore_nulls)
 
-    def states(self) -> list[State]:
+    def value_states(self) -> list[State]:
         return [(self.on, "sum"), (self.on, "count")]
 
-    def finalize(self, combined: dict, partials: pa.Table, gid: np.ndarray, groups: int) -> Any:
+    def value(self, combined: dict, partials: pa.Table, gid: np.ndarray, groups: int) -> Any:
         total = pc.cast(combined[state_name((self.on, "sum"))], pa.float64())
         return pc.divide(total, pc.cast(combined[state_name((self.on, "count"))], pa.float64()))
 
 
-class Std(_ArrowAggregate):
+class Std(_OfValues):
     """Sample standard deviation (ddof=1 by default) of the non-null values."""
 
     def __init__(self, on: str, ddof: int = 1, ignore_nulls: bool = True, alias_name: str | None = None) -> None:
-        _only_ignore_nulls("Std", ignore_nulls)
-        super().__init__(alias_name or f"std({on})", _required(on, "Std"))
+        super().__init__(alias_name or f"std({on})", on, ignore_nulls)
         self.ddof = ddof
 
-    def states(self) -> list[State]:
+    def value_states(self) -> list[State]:
         return [(self.on, "count"), (self.on, "mean"), (self.on, "variance")]
 
-    def finalize(self, combined: dict, partials: pa.Table, gid: np.ndarray, groups: int) -> Any:
+    def value(self, combined: dict, partials: pa.Table, gid: np.ndarray, groups: int) -> Any:
         """Chan et al.: M2 = sum(M2_i) + sum(n_i * (mean_i - mean)^2) over the partial rows."""
         def column(fn: str) -> np.ndarray:
             col = partials.column(state_name((self.on, fn)))

@@ -194,9 +194,8 @@ class Dataset:
         """The aggregations (runtime.data.aggregate) over all rows, as {name: value}."""
         return self.groupby(None).aggregate(*aggs).take_all()[0]
 
-    def std(self, on: str, ddof: int = 1, ignore_nulls: bool = True) -> Any:
-        from .aggregate import Std
-        return self.aggregate(Std(on, ddof, ignore_nulls))[f"std({on})"]
+    def std(self, on: str | list[str] | None = None, ddof: int = 1, ignore_nulls: bool = True) -> Any:
+        return self._aggregate("std", on, ignore_nulls, ddof=ddof)
 
     def zip(self, other: Dataset) -> Dataset:
         """Row i: the columns of row i of both datasets (taken names from other get _1, _2...)."""
@@ -261,38 +260,32 @@ class Dataset:
         s = self.schema()
         return list(s.names) if s is not None else []
 
-    def _aggregate(self, on: str, how: str) -> Any:
-        import pyarrow.compute as pc
-        parts = []
-        for blk in self._iter_blocks():
-            if blk.num_rows == 0:
-                continue
-            if on not in blk.column_names:
-                raise KeyError(f"{how}: no column {on!r}; the columns are {blk.column_names}.")
-            col = blk.column(on)
-            if how == "mean":
-                parts.append((pc.sum(col).as_py() or 0, pc.count(col).as_py()))
-            else:
-                parts.append(getattr(pc, {"sum": "sum", "min": "min", "max": "max"}[how])(col).as_py())
-        if how == "mean":
-            total, n = sum(p[0] for p in parts), sum(p[1] for p in parts)
-            return total / n if n else None
-        values = [p for p in parts if p is not None]
-        if not values:
+    def _aggregate(self, how: str, on: str | list[str] | None, ignore_nulls: bool, **kwargs: Any) -> Any:
+        """Ray's `Dataset.sum/min/max/mean/std`: one column gives a value, a list of columns (or
+        None: every column) a dict {"sum(col)": value}; None over no rows. Computed by tasks
+        (partial aggregates per block), not in the driver."""
+        from . import aggregate as A
+        from .all_to_all import key_list
+        cls = {"sum": A.Sum, "min": A.Min, "max": A.Max, "mean": A.Mean, "std": A.Std}[how]
+        columns = self.columns() if on is None else key_list(on, how)
+        if not columns:
             return None
-        return {"sum": sum, "min": min, "max": max}[how](values)
+        out = self.aggregate(*(cls(c, ignore_nulls=ignore_nulls, **kwargs) for c in columns))
+        if isinstance(on, str):
+            return out[f"{how}({on})"]
+        return out if any(v is not None for v in out.values()) else None
 
-    def sum(self, on: str) -> Any:
-        return self._aggregate(on, "sum")
+    def sum(self, on: str | list[str] | None = None, ignore_nulls: bool = True) -> Any:
+        return self._aggregate("sum", on, ignore_nulls)
 
-    def min(self, on: str) -> Any:
-        return self._aggregate(on, "min")
+    def min(self, on: str | list[str] | None = None, ignore_nulls: bool = True) -> Any:
+        return self._aggregate("min", on, ignore_nulls)
 
-    def max(self, on: str) -> Any:
-        return self._aggregate(on, "max")
+    def max(self, on: str | list[str] | None = None, ignore_nulls: bool = True) -> Any:
+        return self._aggregate("max", on, ignore_nulls)
 
-    def mean(self, on: str) -> Any:
-        return self._aggregate(on, "mean")
+    def mean(self, on: str | list[str] | None = None, ignore_nulls: bool = True) -> Any:
+        return self._aggregate("mean", on, ignore_nulls)
 
     def to_pandas(self) -> Any:
         return B.to_pandas(B.concat(list(self._iter_blocks())))

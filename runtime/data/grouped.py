@@ -1,8 +1,8 @@
 """`Dataset.groupby(key)`: `GroupedData` (Ray's `ray.data.grouped_data.GroupedData`).
 
 Aggregations run as an all-to-all stage (all_to_all.py) with map-side partial aggregation
-(aggregate.py): each block is reduced to one row of states per group as it streams in, so
-the full data is never held. The partial tables are then combined: by one task when they are
+(aggregate.py): each block is reduced to one row of states per group as it streams in, in
+the task that makes it (fused after its other operators), so the full data is never held. The partial tables are then combined: by one task when they are
 small (at most `DataContext.target_max_block_rows` rows in all, the usual case of few
 groups), else range-partitioned by key like a sort, one combine task per key range. Either
 way the output is sorted by the key, across blocks.
@@ -111,30 +111,31 @@ def _groups(block: pa.Table, keys: list[str]) -> Iterator[pa.Table]:
 # -- execution -------------------------------------------------------------------------------
 
 def _aggregate_plan(parent: Dataset, keys: list[str], aggs: list[A.AggregateFn]) -> Iterator[ReduceTask]:
-    """Partial aggregates per block as it streams in, then one or more combine tasks."""
+    """Partial aggregates per block, fused into the tasks that make the blocks (no task of its
+    own), then one combine task, or one per key range when there are many groups."""
     import runtime
-    partial = _remote(_partial_task).options(num_returns=3)
-    got = [partial.remote(ref, keys, aggs) for ref, rows in parent._stream() if rows]
-    sizes = runtime.get([rows for _, _, rows in got])
+    partials = parent._with(functools.partial(_partial_op, keys, aggs), "PartialAggregate")
+    got = [(ref, rows) for ref, rows in partials._stream() if rows]
     target = DataContext.get_current().target_max_block_rows
-    n = min(len(got), -(-sum(sizes) // target))
+    n = min(len(got), -(-sum(rows for _, rows in got) // target))
     if not keys or n <= 1:
-        yield ReduceTask(_combine, (keys, aggs), [p for p, _, _ in got])
+        yield ReduceTask(_combine, (keys, aggs), [ref for ref, _ in got])
         return
     orders = [(k, "ascending") for k in keys]
-    bounds = boundaries(runtime.get([s for _, s, _ in got]), orders, n, distinct=True)
+    sample = _remote(all_to_all._sample)
+    bounds = boundaries(runtime.get([sample.remote(ref, keys, "groupby") for ref, _ in got]), orders, n, distinct=True)
     n = bounds.num_rows + 1
-    parts = [all_to_all._split_remote(all_to_all._range_split_task, n, p, orders, bounds) for p, _, _ in got]
+    parts = [all_to_all._split_remote(all_to_all._range_split_task, n, ref, orders, bounds) for ref, _ in got]
     for j in range(n):
         yield ReduceTask(_combine, (keys, aggs), [p[j] for p in parts])
 
 
-def _partial_task(block: pa.Table, keys: list[str], aggs: list[A.AggregateFn]) -> tuple[pa.Table, pa.Table, int]:
-    """In a worker: the block's partial aggregate, a sample of its keys, and its row count."""
-    A.check_columns(block, keys, aggs, "groupby")
-    part = A.partial(block, keys, aggs)
-    sample = all_to_all._sample(part, keys, "groupby") if keys else pa.table({})
-    return part, sample, part.num_rows
+def _partial_op(keys: list[str], aggs: list[A.AggregateFn], block: pa.Table) -> pa.Table:
+    """In a worker, after the block's other operators: its partial aggregate (no rows: none)."""
+    if block.num_rows == 0:
+        return pa.table({})
+    A.check_columns(block, keys, aggs, "groupby" if keys else "aggregate")
+    return A.partial(block, keys, aggs)
 
 
 def _combine(arg: tuple, inputs: list[pa.Table]) -> pa.Table:

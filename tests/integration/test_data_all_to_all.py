@@ -126,6 +126,36 @@ def test_global_aggregation(shared_runtime, frame):
     assert ds.groupby(None).max("i").take_all() == [{"max(i)": len(frame) - 1}]
 
 
+def test_ignore_nulls_false_and_dataset_aggregates_as_ray(shared_runtime, frame):
+    """ignore_nulls=False: a group with a null value gets null (Ray's rule); the others match
+    pandas. Dataset.sum/min/max/mean/std take a column, a list of columns or None (every
+    column), as Ray's."""
+    df = frame.assign(y=np.where((frame.k == 1) & (frame.i % 10 == 0), np.nan, frame.i.astype(float)))
+    ds = blocks_of(df)
+    g = df.groupby("k", dropna=False).y
+    has_null = g.apply(lambda v: v.isna().any()).sort_index(na_position="last").to_numpy()
+    assert has_null.sum() == 1  # only k == 1
+    for how, want in (("sum", g.sum()), ("min", g.min()), ("max", g.max()), ("mean", g.mean()), ("std", g.std())):
+        want = want.sort_index(na_position="last").to_numpy()
+        skipped = getattr(ds.groupby("k"), how)("y").to_pandas()[f"{how}(y)"].to_numpy(dtype=float)
+        np.testing.assert_allclose(skipped, want, rtol=1e-9)
+        strict = getattr(ds.groupby("k"), how)("y", ignore_nulls=False).to_pandas()[f"{how}(y)"].to_numpy(dtype=float)
+        assert np.isnan(strict[has_null]).all()
+        np.testing.assert_allclose(strict[~has_null], want[~has_null], rtol=1e-9)
+    assert ds.sum("y", ignore_nulls=False) is None and ds.sum("y") == pytest.approx(df.y.sum(), rel=1e-12)
+
+    numeric = blocks_of(frame[["k", "x", "i"]])
+    assert numeric.sum(["x", "i"]) == pytest.approx({"sum(x)": frame.x.sum(), "sum(i)": frame.i.sum()}, rel=1e-12)
+    assert numeric.mean() == pytest.approx({f"mean({c})": frame[c].mean() for c in ("k", "x", "i")}, rel=1e-12)
+    assert numeric.max("i") == len(frame) - 1 and numeric.min(["i"]) == {"min(i)": 0}
+    assert numeric.std("x") == pytest.approx(frame.x.std(), rel=1e-9)
+    assert rd.from_items([]).sum() is None and rd.from_pandas(frame.iloc[:0]).sum(["x", "i"]) is None
+    with pytest.raises(KeyError, match=r"aggregate: no column 'nope'"):
+        numeric.sum("nope")
+    with pytest.raises(TypeError, match="ignore_nulls must be True or False"):
+        Sum("x", ignore_nulls="no")
+
+
 def test_custom_aggregate_fn_as_in_ray(shared_runtime, frame):
     """Ray's AggregateFn(init, merge, accumulate_row | accumulate_block, finalize, name), next
     to built-in ones, in one and in several key ranges, against pandas."""
