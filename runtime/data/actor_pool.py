@@ -9,8 +9,11 @@ the stage are fused per block into tasks as usual.
 
 The pool starts at `min_size` actors and grows, up to `max_size`, whenever a block is waiting
 and every actor is busy. Each actor has one block at a time; output order is the input order.
-The actors are killed when the stream ends: after the last block, when the consumer stops
-early (`take(5)`), or on an error.
+Once the last block is handed out the pool shrinks: each actor is killed as soon as it has no
+more work (its CPUs then serve the tasks after the stage), not when the slowest one is done.
+The actors are killed at the latest when the stream ends, or when the consumer stops early
+(`take(5)`), or on an error. (The pool does not shrink while blocks still come: an actor
+started again would build the class again, a model loaded again, say.)
 
 Actors hold their CPUs for their whole life, so a pool that took every CPU of the cluster
 would starve the tasks that run the operators after it (and, with the bounded stream window,
@@ -145,7 +148,7 @@ class ActorStage(Stage):
                 block, rows = actor.run.options(num_returns=2).remote(arg, ops)
                 pool.assign(rows, actor)
                 yield block, rows
-            pool.drain()  # the consumer still wants the last blocks: let them finish first
+            pool.drain()  # the last blocks: wait for them, killing each actor once it is done
         finally:  # also on an early stop (the generator is closed) and on errors
             with contextlib.suppress(Exception):
                 inputs.close()
@@ -213,9 +216,20 @@ class _Pool:
             self._idle.append(self._busy.pop(ref))
 
     def drain(self) -> None:
+        """No more blocks to hand out: kill each actor as soon as it has nothing to do. (Its
+        results outlive it: they are the driver's objects, as the results of every task.)"""
+        self._release_idle()
+        while self._busy:
+            self._reap(timeout=None)
+            self._release_idle()
+
+    def _release_idle(self) -> None:
         import runtime
-        if self._busy:
-            runtime.wait(list(self._busy), num_returns=len(self._busy))
+        for actor in self._idle:
+            with contextlib.suppress(Exception):
+                runtime.kill(actor)
+            self.actors.remove(actor)
+        self._idle.clear()
 
     def shutdown(self) -> None:
         import runtime

@@ -4,6 +4,7 @@ union's schema check, and columns of Python objects Arrow cannot hold."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 
 import runtime
 import runtime.data as rd
-from runtime._testing.sync import wait_for
+from runtime._testing.sync import wait_for, wait_for_path
 from runtime.data import DataContext
 from runtime.util import state
 
@@ -74,6 +75,50 @@ def test_actor_pool_matches_the_task_path_and_grows_to_max_size(shared_runtime):
     wait_pool_gone()
     again = ds.map_batches(Scale, fn_constructor_args=(2,), concurrency=(1, 2)).map(lambda r: {"y": r["y"]})
     assert again.sum("y") == 2 * sum(range(4000))
+    wait_pool_gone()
+
+
+class SlowLast:
+    """Holds the last block until the test creates the file `release` (at most 60 s)."""
+
+    def __init__(self, release: str, last: int) -> None:
+        self.release, self.last = release, last
+
+    def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
+        if (df["id"] == self.last).any():
+            wait_for_path(self.release)
+        return df.assign(pid=os.getpid())
+
+
+def test_actor_pool_shrinks_once_the_last_block_is_handed_out(shared_runtime, tmp_path):
+    """Two actors; the last block is held back. The other actor, with nothing left to do, is
+    killed while that block is still running, not when the stream ends."""
+    import threading
+    release = tmp_path / "release"
+    seen_dead = threading.Event()
+    earlier = {a["actor_id"] for a in state.list_actors() if a["class_name"] == "_MapWorker"}
+
+    def one_of_ours_dead() -> bool:
+        return any(a["state"] == "DEAD" for a in state.list_actors()
+                   if a["class_name"] == "_MapWorker" and a["actor_id"] not in earlier)
+
+    def watch() -> None:
+        with contextlib.suppress(AssertionError):  # wait_for's timeout: seen_dead stays unset
+            wait_for(one_of_ours_dead, timeout=30, what="a pool actor killed while the last block runs")
+            seen_dead.set()
+        release.touch()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        got = rd.range(800, override_num_blocks=8).map_batches(
+            SlowLast, fn_constructor_args=(str(release), 799), batch_size=None,
+            compute=rd.ActorPoolStrategy(size=2)).to_pandas()
+    finally:
+        release.touch()
+        watcher.join()
+    assert got.id.tolist() == list(range(800)) and got.pid.nunique() == 2  # every block, in order, both actors
+    assert seen_dead.is_set(), "the idle actor lived until the last block was done"
     wait_pool_gone()
 
 
