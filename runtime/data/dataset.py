@@ -262,8 +262,8 @@ class Dataset:
 
     def _aggregate(self, how: str, on: str | list[str] | None, ignore_nulls: bool, **kwargs: Any) -> Any:
         """Ray's `Dataset.sum/min/max/mean/std`: one column gives a value, a list of columns (or
-        None: every column) a dict {"sum(col)": value}; None over no rows. Computed by tasks
-        (partial aggregates per block), not in the driver."""
+        None: every column) a dict {"sum(col)": value}; values are None over no rows. Computed
+        by tasks (partial aggregates per block), not in the driver."""
         from . import aggregate as A
         from .all_to_all import key_list
         cls = {"sum": A.Sum, "min": A.Min, "max": A.Max, "mean": A.Mean, "std": A.Std}[how]
@@ -271,9 +271,7 @@ class Dataset:
         if not columns:
             return None
         out = self.aggregate(*(cls(c, ignore_nulls=ignore_nulls, **kwargs) for c in columns))
-        if isinstance(on, str):
-            return out[f"{how}({on})"]
-        return out if any(v is not None for v in out.values()) else None
+        return out[f"{how}({on})"] if isinstance(on, str) else out
 
     def sum(self, on: str | list[str] | None = None, ignore_nulls: bool = True) -> Any:
         return self._aggregate("sum", on, ignore_nulls)

@@ -50,20 +50,30 @@ class GroupedData:
     def count(self) -> Dataset:
         return self.aggregate(A.Count())
 
-    def sum(self, on: str | list[str], ignore_nulls: bool = True) -> Dataset:
-        return self.aggregate(*(A.Sum(c, ignore_nulls) for c in _on_list(on, "sum")))
+    def sum(self, on: str | list[str] | None = None, ignore_nulls: bool = True) -> Dataset:
+        return self.aggregate(*(A.Sum(c, ignore_nulls) for c in self._on_list(on, "sum")))
 
-    def min(self, on: str | list[str], ignore_nulls: bool = True) -> Dataset:
-        return self.aggregate(*(A.Min(c, ignore_nulls) for c in _on_list(on, "min")))
+    def min(self, on: str | list[str] | None = None, ignore_nulls: bool = True) -> Dataset:
+        return self.aggregate(*(A.Min(c, ignore_nulls) for c in self._on_list(on, "min")))
 
-    def max(self, on: str | list[str], ignore_nulls: bool = True) -> Dataset:
-        return self.aggregate(*(A.Max(c, ignore_nulls) for c in _on_list(on, "max")))
+    def max(self, on: str | list[str] | None = None, ignore_nulls: bool = True) -> Dataset:
+        return self.aggregate(*(A.Max(c, ignore_nulls) for c in self._on_list(on, "max")))
 
-    def mean(self, on: str | list[str], ignore_nulls: bool = True) -> Dataset:
-        return self.aggregate(*(A.Mean(c, ignore_nulls) for c in _on_list(on, "mean")))
+    def mean(self, on: str | list[str] | None = None, ignore_nulls: bool = True) -> Dataset:
+        return self.aggregate(*(A.Mean(c, ignore_nulls) for c in self._on_list(on, "mean")))
 
-    def std(self, on: str | list[str], ddof: int = 1, ignore_nulls: bool = True) -> Dataset:
-        return self.aggregate(*(A.Std(c, ddof, ignore_nulls) for c in _on_list(on, "std")))
+    def std(self, on: str | list[str] | None = None, ddof: int = 1, ignore_nulls: bool = True) -> Dataset:
+        return self.aggregate(*(A.Std(c, ddof, ignore_nulls) for c in self._on_list(on, "std")))
+
+    def _on_list(self, on: Any, what: str) -> list[str]:
+        """The columns to aggregate: those named, or (None) every column but the keys, as Ray."""
+        if on is not None:
+            return all_to_all.key_list(on, what)
+        columns = [c for c in self._dataset.columns() if c not in self._keys]
+        if not columns:
+            raise ValueError(f"{what}: there is no column to aggregate besides the keys {self._keys}; "
+                             "name the column(s) with on='x' or on=['x', 'y'].")
+        return columns
 
     def map_groups(self, fn: Callable[[Any], Any], *, batch_format: str = "default", fn_args: tuple = (),
                    fn_kwargs: dict | None = None, **_remote_args: Any) -> Dataset:
@@ -84,13 +94,6 @@ class GroupedData:
             return B.concat(outs)
 
         return ds._with(op, name)
-
-
-def _on_list(on: Any, what: str) -> list[str]:
-    if on is None:
-        raise ValueError(f"{what}: name the column(s) to aggregate (on='x' or on=['x', 'y']); "
-                         "on=None (every column) is not supported.")
-    return all_to_all.key_list(on, what)
 
 
 def _groups(block: pa.Table, keys: list[str]) -> Iterator[pa.Table]:

@@ -149,7 +149,12 @@ def test_ignore_nulls_false_and_dataset_aggregates_as_ray(shared_runtime, frame)
     assert numeric.mean() == pytest.approx({f"mean({c})": frame[c].mean() for c in ("k", "x", "i")}, rel=1e-12)
     assert numeric.max("i") == len(frame) - 1 and numeric.min(["i"]) == {"min(i)": 0}
     assert numeric.std("x") == pytest.approx(frame.x.std(), rel=1e-9)
-    assert rd.from_items([]).sum() is None and rd.from_pandas(frame.iloc[:0]).sum(["x", "i"]) is None
+    assert rd.from_items([]).sum() is None  # no columns at all
+    assert rd.from_pandas(frame.iloc[:0]).sum(["x", "i"]) == {"sum(x)": None, "sum(i)": None}
+    every = numeric.groupby("k").sum().to_pandas()  # on=None: every column but the key, as Ray
+    want = frame.groupby("k", dropna=False)[["x", "i"]].sum(min_count=1).sort_index(na_position="last")
+    assert list(every.columns) == ["k", "sum(x)", "sum(i)"]
+    np.testing.assert_allclose(every[["sum(x)", "sum(i)"]].to_numpy(dtype=float), want.to_numpy(dtype=float), rtol=1e-9)
     with pytest.raises(KeyError, match=r"aggregate: no column 'nope'"):
         numeric.sum("nope")
     with pytest.raises(TypeError, match="ignore_nulls must be True or False"):
