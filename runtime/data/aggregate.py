@@ -42,7 +42,7 @@ from . import pyobject
 
 _ROW = "__orrery_row__"
 # How a partial state is combined across blocks; states missing here ("mean", "variance") are
-# combined by their aggregation's own finalize.
+# combined by their aggregation's own `result`.
 _COMBINE = {"count_all": "sum", "count": "sum", "sum": "sum", "min": "min", "max": "max"}
 
 State = tuple[str | None, str]  # (column, Arrow hash aggregation); column None: count of rows
@@ -96,8 +96,8 @@ class AggregateFn:
                 acc = self._accumulate_row(acc, row)
         return cloudpickle.dumps(acc, protocol=5)
 
-    def finalize(self, combined: dict[str, pa.ChunkedArray], partials: pa.Table, gid: np.ndarray,
-                 groups: int) -> pa.Array | pa.ChunkedArray:
+    def result(self, combined: dict[str, pa.ChunkedArray], partials: pa.Table, gid: np.ndarray,
+               groups: int) -> pa.Array | pa.ChunkedArray:
         """One value per group from the combined states (and, for Std and custom aggregations,
         the partial rows and their group ids)."""
         accs: list[Any] = [None] * groups
@@ -111,6 +111,47 @@ class AggregateFn:
     def empty_value(self) -> Any:
         """The value of a global aggregation over no rows."""
         return None
+
+
+class AggregateFnV2(AggregateFn):
+    """Ray's newer form of a custom aggregation: subclass it and define
+    `aggregate_block(block) -> accumulator` (block: the rows of one group of one block, a
+    pyarrow.Table), `combine(acc, other) -> accumulator` and, if needed,
+    `finalize(acc) -> value`. As in Ray, a None accumulator means "no value": with
+    ignore_nulls=True it is skipped when combining, with ignore_nulls=False it makes the
+    result None."""
+
+    def __init__(self, name: str, zero_factory: Callable[[], Any], *, on: str | None, ignore_nulls: bool) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{type(self).__name__}: name must be a non-empty string (the output column), got {name!r}.")
+        if not callable(zero_factory):
+            raise TypeError(f"{type(self).__name__}: zero_factory must be a function, got {zero_factory!r}.")
+        super().__init__(init=lambda _key: zero_factory(), merge=self._combine_or_none,
+                         accumulate_block=lambda _acc, block: self.aggregate_block(block),
+                         finalize=lambda acc: None if acc is None else self.finalize(acc), name=name)
+        if on is not None and not isinstance(on, str):
+            raise TypeError(f"{type(self).__name__}: on must be a column name or None, got {on!r}.")
+        self.on, self._target_col_name, self._ignore_nulls = on, on, ignore_nulls
+
+    def get_target_column(self) -> str | None:
+        return self._target_col_name
+
+    def get_agg_name(self) -> str:
+        return self.name.split("(", 1)[0]
+
+    def aggregate_block(self, block: pa.Table) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define aggregate_block(self, block)")
+
+    def combine(self, current_accumulator: Any, new: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define combine(self, current_accumulator, new)")
+
+    def finalize(self, accumulator: Any) -> Any:
+        return accumulator
+
+    def _combine_or_none(self, a: Any, b: Any) -> Any:
+        if a is None or b is None:
+            return (b if a is None else a) if self._ignore_nulls else None
+        return self.combine(a, b)
 
 
 class _ArrowAggregate(AggregateFn):
@@ -138,7 +179,7 @@ class Count(_ArrowAggregate):
     def states(self) -> list[State]:
         return [self._state]
 
-    def finalize(self, combined: dict, partials: pa.Table, gid: np.ndarray, groups: int) -> Any:
+    def result(self, combined: dict, partials: pa.Table, gid: np.ndarray, groups: int) -> Any:
         return combined[state_name(self._state)]
 
     def empty_value(self) -> Any:
@@ -165,7 +206,7 @@ class _OfValues(_ArrowAggregate):
     def states(self) -> list[State]:
         return self.value_states() + ([] if self.ignore_nulls else [(self.on, "count"), (None, "count_all")])
 
-    def finalize(self, combined: dict, partials: pa.Table, gid: np.ndarray, groups: int) -> Any:
+    def result(self, combined: dict, partials: pa.Table, gid: np.ndarray, groups: int) -> Any:
         out = self.value(combined, partials, gid, groups)
         if self.ignore_nulls:
             return out
@@ -303,7 +344,7 @@ def combine(partials: list[pa.Table], keys: list[str], aggs: list[AggregateFn]) 
     gid = _group_ids(g.column(f"{_ROW}_list"), t.num_rows) if keys else np.zeros(t.num_rows, np.int64)
     out = {k: g.column(k) for k in keys}
     for a in aggs:
-        out[a.name] = a.finalize(combined, t, gid, g.num_rows if g is not None else 1)
+        out[a.name] = a.result(combined, t, gid, g.num_rows if g is not None else 1)
     table = pa.table(out)
     return table.sort_by([(k, "ascending") for k in keys]) if keys else table
 

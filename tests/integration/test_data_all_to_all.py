@@ -6,16 +6,20 @@ larger than the object store, and bad input."""
 from __future__ import annotations
 
 import contextlib
+import sys
 
+import cloudpickle
 import numpy as np
 import pandas as pd
 import pytest
 
 import runtime
 import runtime.data as rd
-from runtime.data.aggregate import AggregateFn, Count, Max, Mean, Min, Std, Sum
+from runtime.data.aggregate import AggregateFn, AggregateFnV2, Count, Max, Mean, Min, Std, Sum
 
 pytestmark = pytest.mark.slow
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests' modules (AbsMax)
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +204,42 @@ def test_custom_aggregate_fn_as_in_ray(shared_runtime, frame):
                           (dict(accumulate_row=3), "accumulate_row must be a function")]:
         with pytest.raises((ValueError, TypeError), match=match):
             AggregateFn(init=list, merge=list.__add__, **{"name": "n", **kwargs})
+
+
+class AbsMax(AggregateFnV2):
+    """As Ray's own AbsMax, written against pyarrow: the block is a pyarrow.Table."""
+
+    def __init__(self, on: str, ignore_nulls: bool = True) -> None:
+        super().__init__(f"abs_max({on})", zero_factory=lambda: 0, on=on, ignore_nulls=ignore_nulls)
+
+    def aggregate_block(self, block):
+        import pyarrow.compute as pc
+        col = block.column(self.get_target_column())
+        if col.null_count and not self._ignore_nulls:
+            return None
+        return pc.max(pc.abs(col)).as_py()  # None when every value is null
+
+    def combine(self, current_accumulator, new):
+        return max(current_accumulator, new)
+
+    def finalize(self, accumulator):
+        return float(accumulator)
+
+
+def test_aggregate_fn_v2_subclass_as_in_ray(shared_runtime, frame):
+    df = frame.assign(x=frame.x - 1e6)  # negative values too
+    g = df.groupby("k", dropna=False).x
+    want = g.apply(lambda v: v.abs().max()).sort_index(na_position="last").to_numpy()
+    has_null = g.apply(lambda v: v.isna().any()).sort_index(na_position="last").to_numpy()
+    with block_rows(2):
+        got = blocks_of(df).groupby("k").aggregate(AbsMax("x"), Count()).to_pandas()
+        strict = blocks_of(df).groupby("k").aggregate(AbsMax("x", ignore_nulls=False)).to_pandas()
+    assert list(got.columns) == ["k", "abs_max(x)", "count()"] and AbsMax("x").get_agg_name() == "abs_max"
+    np.testing.assert_allclose(got["abs_max(x)"].to_numpy(dtype=float), want, rtol=1e-12)  # k == 5: all null
+    assert strict["abs_max(x)"].isna().to_numpy().tolist() == has_null.tolist()
+    assert blocks_of(df).aggregate(AbsMax("x")) == {"abs_max(x)": pytest.approx(df.x.abs().max())}
+    with pytest.raises(ValueError, match="name must be a non-empty string"):
+        AggregateFnV2("", zero_factory=int, on="x", ignore_nulls=True)
 
 
 def test_map_groups(shared_runtime, frame):
