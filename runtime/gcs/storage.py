@@ -537,6 +537,7 @@ class TickWriter:
         self._backoff = 0.0
         self._waiters: list[tuple[int, asyncio.Future]] = []
         self.last_error: BaseException | None = None
+        self._closed = False
 
     def put(self, table: str, key: str, value: bytes) -> None:
         self._change(_check_table(table), _check_key(key), _check_value(value))
@@ -550,6 +551,9 @@ class TickWriter:
         return len(self._pending) + (len(self._inflight[0]) if self._inflight else 0)
 
     def _change(self, table: str, key: str, value: bytes | None) -> None:
+        if self._closed:  # the control store is shutting down: what it changes now (nodes whose
+            logger.debug("control store closed; not stored: %s/%s", table, key)  # connections
+            return  # close as it stops) is not state to recover, and the storage may be closed
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -672,10 +676,11 @@ class TickWriter:
                 from self.last_error
 
     def close(self) -> None:
-        """Flush, and stop the writer thread. The storage stays open."""
+        """Flush, and stop the writer thread; later changes are dropped. The storage stays open."""
         try:
             self.flush()
         finally:
+            self._closed = True
             if self._handle is not None:
                 self._handle.cancel()
                 self._handle = None

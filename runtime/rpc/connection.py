@@ -182,9 +182,15 @@ class Connection(asyncio.Protocol):
         self.send_threadsafe(*_reply_message(call_id, result))
 
     def _reply(self, call_id: int, result: Any) -> None:
+        if self.closed:  # the caller went away while its request was handled: nobody to answer
+            logger.debug("%s: reply to request %d dropped, the connection is closed", self.name, call_id)
+            return
         self.send(*_reply_message(call_id, result))
 
     def _reply_error(self, call_id: int, exc: BaseException) -> None:
+        if self.closed:
+            logger.debug("%s: error reply to request %d dropped, the connection is closed: %s", self.name, call_id, exc)
+            return
         try:
             blob = pickle.dumps(exc)
         except Exception:
