@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import builtins
 import linecache
+import types
 from typing import Any
 
 import runtime
@@ -19,8 +20,13 @@ Shipped = tuple
 
 
 def run_cell(source: str, filename: str, first_line: int, namespace: dict, pull: list[str],
-             last_expr: bool, max_bytes: int) -> dict:
-    """Run the cell; return the values of `pull` (those it defined) and of its last expression."""
+             last_expr: bool, max_bytes: int, value_apart: bool = False) -> dict | tuple[dict, Any]:
+    """Run the cell; return the values of `pull` (those it defined) and of its last expression.
+    Modules the cell imported are not sent back: the notebook has its own (and `import time`
+    in a cell must not replace a notebook's `time` that is something else).
+
+    value_apart: return (names, value) instead, for a task with num_returns=2 whose second
+    ref is the `--async` handle: `runtime.get(handle)` is then the value itself."""
     # Tracebacks show the cell's own lines: the source is in linecache under the cell's name,
     # with the line numbers the notebook shows.
     padded = "\n" * (first_line - 1) + source
@@ -34,12 +40,15 @@ def run_cell(source: str, filename: str, first_line: int, namespace: dict, pull:
     ns.setdefault("__name__", "__main__")
     ns["__builtins__"] = builtins
     exec(compile(tree, filename, "exec"), ns)  # noqa: S102 - running the user's cell is the point
+    value = eval(compile(last, filename, "eval"), ns) if last is not None else None  # noqa: S307
     result: dict[str, Any] = {"names": {}}
-    if last is not None:
-        result["value"] = ship_back(eval(compile(last, filename, "eval"), ns), max_bytes)  # noqa: S307
     for name in pull:
-        if name in ns:
+        if name in ns and not isinstance(ns[name], types.ModuleType):
             result["names"][name] = ship_back(ns[name], max_bytes)
+    if value_apart:
+        return result, value
+    if last is not None:
+        result["value"] = ship_back(value, max_bytes)
     return result
 
 
@@ -74,14 +83,15 @@ class SessionActor:
         self.cells = 0
 
     def run(self, source: str, filename: str, first_line: int, inputs: dict, pull: list[str],
-            last_expr: bool, max_bytes: int) -> dict:
+            last_expr: bool, max_bytes: int, value_apart: bool = False) -> dict | tuple[dict, Any]:
         self.ns.update(inputs)
-        result = run_cell(source, filename, first_line, self.ns, pull, last_expr, max_bytes)
+        out = run_cell(source, filename, first_line, self.ns, pull, last_expr, max_bytes, value_apart)
+        result = out[0] if value_apart else out
         self.cells += 1
         for name in result["names"]:
             if name not in self.pulled:
                 self.pulled.append(name)
-        return result
+        return out
 
     def pulled_values(self, max_bytes: int) -> dict:
         return {n: ship_back(self.ns[n], max_bytes) for n in self.pulled if n in self.ns}

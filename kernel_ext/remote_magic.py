@@ -164,24 +164,24 @@ class RemoteCell:
         self.pull = [] if args.no_pull else (outs if outs is not None else list(self.code.writes))
         self.options = task_options(args, defaults)
 
-    def submit(self) -> runtime.ObjectRef:
+    def submit(self, value_apart: bool = False) -> Any:
+        """The task's ref; with value_apart, two refs: (names, the cell's value)."""
         router().expect(self.label)
         try:
-            return self._submit()
+            return self._submit(value_apart)
         except BaseException:
             router().expected.discard(self.label)
             raise
 
-    def _submit(self) -> runtime.ObjectRef:
+    def _submit(self, value_apart: bool) -> Any:
+        args = (self.code.source, self.filename, self.first_line, self.namespace, self.pull, self.code.last_expr,
+                self.max_bytes, value_apart)
+        returns = 2 if value_apart else 1
         if self.args.session:  # the session's actor runs it in its own namespace
             from . import sessions
             actor = sessions.get_or_create(self.args.session, self.options)
-            return actor.run.options(name=self.label).remote(
-                self.code.source, self.filename, self.first_line, self.namespace, self.pull, self.code.last_expr,
-                self.max_bytes)
-        task = _remote_cell_task.options(name=self.label, **self.options)
-        return task.remote(self.code.source, self.filename, self.first_line, self.namespace, self.pull,
-                           self.code.last_expr, self.max_bytes)
+            return actor.run.options(name=self.label, num_returns=returns).remote(*args)
+        return _remote_cell_task.options(name=self.label, num_returns=returns, **self.options).remote(*args)
 
     def run_spread(self, n: int) -> Any:
         from .spread import run_spread
@@ -307,8 +307,10 @@ def syntax_error_lines(e: SyntaxError, count: int) -> list[str]:
 
 
 def run_async(cell: RemoteCell, as_name: str | None) -> runtime.ObjectRef:
-    """Submit and return at once; this cell's output area keeps following the work."""
-    ref = cell.submit()
+    """Submit and return at once with the handle: an ObjectRef of the cell's value (get or await
+    it). This cell's output area keeps following the work; the names the cell assigned are
+    bound in the notebook when it is done."""
+    names_ref, handle_ref = cell.submit(value_apart=True)
     lines: list[str] = []
     handle = display({"text/plain": f"[{cell.label}] running ..."}, raw=True, display_id=True)
     started = time.monotonic()
@@ -324,7 +326,7 @@ def run_async(cell: RemoteCell, as_name: str | None) -> runtime.ObjectRef:
     def on_done() -> None:
         elapsed = time.monotonic() - started
         try:
-            result = runtime.get(ref, timeout=0)
+            result = runtime.get(names_ref, timeout=0)
         except TaskError as e:
             show(f"failed after {elapsed:.1f} s: {type(e.cause).__name__ if e.cause else 'Error'}: {e.cause}\n")
             return
@@ -336,7 +338,7 @@ def run_async(cell: RemoteCell, as_name: str | None) -> runtime.ObjectRef:
             cell.shell.user_ns[n] = result["names"][n][1]
         show(f"done in {elapsed:.1f} s" + (f"; set {', '.join(names)}" if names else "") + "\n")
 
-    router().follow(ref, on_output, on_done, cell.label)
+    router().follow(names_ref, on_output, on_done, cell.label)
     if as_name:
-        cell.shell.user_ns[as_name] = ref
-    return ref
+        cell.shell.user_ns[as_name] = handle_ref
+    return handle_ref

@@ -106,12 +106,30 @@ def test_timeout_cancels_the_cell(ip):
 
 def test_async_cell_binds_awaitable_ref_and_later_names(ip):
     from runtime._testing.sync import wait_for
+    ip.user_ns["time"] = "the notebook's own"
     run(ip, "%%remote --async --as handle\nimport time\nz = 7\nz + 1")
     handle = ip.user_ns["handle"]
     assert isinstance(handle, ObjectRef)
-    result = runtime.get(handle, timeout=30)
-    assert result["value"] == ("value", 8)
+    assert runtime.get(handle, timeout=30) == 8  # the cell's value, not our envelope
     wait_for(lambda: ip.user_ns.get("z") == 7, timeout=10, what="the async cell's names are bound when it is done")
+    assert ip.user_ns["time"] == "the notebook's own"  # the module the cell imported stays there
+
+
+def test_async_session_cell_handle_is_the_value(ip):
+    try:
+        run(ip, "%%remote --async --as h --session async_s\nw = [1, 2]\nsum(w)")
+        assert runtime.get(ip.user_ns["h"], timeout=30) == 3
+        assert run(ip, "%%remote --session async_s --no-pull\nw + [3]") == [1, 2, 3]  # the session kept w
+    finally:
+        runtime.kill(runtime.get_actor("session:async_s", namespace="kernel_ext"))
+
+
+def test_blocking_cell_does_not_send_back_its_imports(ip):
+    import time as time_module
+    ip.user_ns["np"] = "not numpy"
+    run(ip, "%%remote\nimport json as np\nimport time\nx = np.dumps([1])")
+    assert ip.user_ns["x"] == "[1]" and ip.user_ns["np"] == "not numpy"
+    assert ip.user_ns.get("time", time_module) is time_module
 
 
 def test_cluster_status_and_gc(ip, capsys):

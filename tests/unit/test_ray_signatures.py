@@ -1,0 +1,128 @@
+"""Valid Ray code never gets a TypeError from our API: every keyword Ray 2.60 accepts on the
+public names of API.md is accepted here, positional parameters come in Ray's order, and nothing
+Ray lets a caller leave out is required here.
+
+Ray's signatures are read from tests/data/ray_signatures.json, written by
+benchmarks/ray_signatures.py from a real Ray install (`make ray-signatures`)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import pathlib
+
+import pytest
+
+DATA = json.loads((pathlib.Path(__file__).parents[1] / "data" / "ray_signatures.json").read_text())
+
+# Public names of API.md that another issue builds. Listed so that the test says which ones are
+# missing and fails once one lands without being taken off this list (then it is compared).
+NOT_BUILT = {
+    "ray.job_submission.": "issue 12 (the dashboard's job API)",
+    "ray.util.metrics.": "issue 12 (metrics)",
+}
+
+
+def ours(ray_name: str) -> str:
+    return "runtime" + ray_name[len("ray"):]
+
+
+def resolve(dotted: str):
+    parts = dotted.split(".")
+    for i in range(1, len(parts) + 1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+            return obj
+        except (ImportError, AttributeError):
+            continue
+    raise LookupError(f"{dotted} does not exist")
+
+
+def not_built(ray_name: str) -> str | None:
+    return next((why for prefix, why in NOT_BUILT.items() if ray_name.startswith(prefix)), None)
+
+
+def signature_problems(ray_params: list[dict], fn) -> list[str]:
+    """What valid Ray calls would fail on `fn`."""
+    sig = inspect.signature(fn)
+    params = [p for p in sig.parameters.values() if p.name != "self"]
+    by_name = {p.name: p for p in params}
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    var_pos = any(p.kind is p.VAR_POSITIONAL for p in params)
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    problems = []
+    ray_positional = [p for p in ray_params if p["kind"] in ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD")]
+    for i, rp in enumerate(ray_positional):
+        if i >= len(positional) and not var_pos:
+            problems.append(f"takes fewer positional arguments than Ray ({rp['name']!r} is Ray's #{i + 1})")
+        elif i < len(positional) and rp["kind"] == "POSITIONAL_OR_KEYWORD" and positional[i].name != rp["name"]:
+            problems.append(f"positional #{i + 1} is {positional[i].name!r}, Ray's is {rp['name']!r}")
+    for rp in ray_params:
+        if rp["kind"] == "VAR_POSITIONAL" and not var_pos:
+            problems.append(f"has no *{rp['name']} as Ray has")
+        elif rp["kind"] == "VAR_KEYWORD" and not var_kw:
+            problems.append(f"has no **{rp['name']} as Ray has")
+        elif rp["kind"] in ("KEYWORD_ONLY", "POSITIONAL_OR_KEYWORD"):
+            p = by_name.get(rp["name"])
+            if p is None or p.kind is p.POSITIONAL_ONLY:
+                problems.append(f"does not take Ray's keyword {rp['name']!r}")
+            elif p.default is p.empty and not rp["required"]:
+                problems.append(f"requires {rp['name']!r}, which Ray lets a caller leave out")
+    ray_names = {rp["name"] for rp in ray_params}
+    for p in params:
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ray_names:
+            problems.append(f"requires {p.name!r}, which Ray does not have")
+    return problems
+
+
+FUNCTIONS = sorted(DATA["functions"])
+
+
+@pytest.mark.parametrize("ray_name", FUNCTIONS)
+def test_signature_accepts_what_ray_accepts(ray_name):
+    why = not_built(ray_name)
+    if why is not None:
+        with pytest.raises(LookupError):
+            resolve(ours(ray_name))
+        pytest.skip(f"{ours(ray_name)}: not built yet, {why}")
+    fn = resolve(ours(ray_name))
+    assert signature_problems(DATA["functions"][ray_name], fn) == [], f"{ours(ray_name)}{inspect.signature(fn)}"
+
+
+@pytest.mark.parametrize("ray_name", DATA["names"])
+def test_name_exists(ray_name):
+    why = not_built(ray_name)
+    if why is not None:
+        with pytest.raises(LookupError):
+            resolve(ours(ray_name))
+        pytest.skip(f"{ours(ray_name)}: not built yet, {why}")
+    resolve(ours(ray_name))
+
+
+def test_remote_and_options_accept_rays_option_names():
+    from runtime._core import options
+    assert set(DATA["options"]["task"]) - options.TASK_OPTIONS == set()
+    assert set(DATA["options"]["actor"]) - options.ACTOR_OPTIONS == set()
+    assert set(DATA["options"]["method_call"]) - options.METHOD_OPTIONS == set()
+    assert set(DATA["options"]["method_decorator"]) - options.METHOD_OPTIONS == set()
+
+
+def test_the_checker_finds_what_would_break():
+    """The comparison itself: each kind of mismatch is reported."""
+    ray = [{"name": "a", "kind": "POSITIONAL_OR_KEYWORD", "required": True},
+           {"name": "b", "kind": "KEYWORD_ONLY", "required": False},
+           {"name": "kw", "kind": "VAR_KEYWORD", "required": False}]
+
+    def good(a, *, b=None, c=None, **kw): ...
+    def swapped(x, *, a, b=None, **kw): ...
+    def missing(a, **kw): ...
+    def strict(a, *, b, **kw): ...
+    def closed(a, *, b=None): ...
+    assert signature_problems(ray, good) == []
+    assert any("positional #1" in p for p in signature_problems(ray, swapped))
+    assert signature_problems(ray, missing) == ["does not take Ray's keyword 'b'"]
+    assert signature_problems(ray, strict) == ["requires 'b', which Ray lets a caller leave out"]
+    assert signature_problems(ray, closed) == ["has no **kw as Ray has"]
