@@ -53,13 +53,14 @@ class ClusterProcesses:
     nodes: list = field(default_factory=list)  # add_node() descriptions, the head's first
     node_ip: str = "127.0.0.1"  # the head's address: drivers on it listen there
     client_address: str = ""  # HOST:PORT of the client server (thin clients), if the head serves one
+    ops: dict = field(default_factory=dict)  # dashboard and metrics settings (`runtime start --dashboard-port` ...)
 
     def info(self) -> dict:
         return {"session_dir": self.session_dir, "session_name": self.session_name, "token": self.token,
                 "gcs_address": self.gcs_address, "node_address": self.node_address,
                 "node_tcp_address": self.node_tcp_address, "shm_dir": self.shm_dir, "sock_dir": self.sock_dir,
                 "pids": {k: (p.pid if hasattr(p, "pid") else p) for k, p in self.procs.items()},
-                "node_ip": self.node_ip, "client_address": self.client_address,
+                "node_ip": self.node_ip, "client_address": self.client_address, "ops": self.ops,
                 "node_dirs": [{"shm_dir": n["shm_dir"], "sock_dir": n["sock_dir"]} for n in self.nodes]}
 
 
@@ -86,13 +87,21 @@ def _detect_gpus() -> int:
 def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = None, resources: dict | None = None,
                   object_store_memory: int | None = None, config: SystemConfig, persistent: bool = False,
                   port: int = 0, node_ip: str = "127.0.0.1", token: str | None = None,
-                  labels: dict | None = None, client_port: int | None = None) -> ClusterProcesses:
+                  labels: dict | None = None, client_port: int | None = None, temp_dir: str | None = None,
+                  ops: dict | None = None) -> ClusterProcesses:
     """Start a control store and a head node. `client_port`: also serve thin clients
-    (client://) there (0 picks a free port; None: no client server)."""
+    (client://) there (0 picks a free port; None: no client server). `temp_dir`: where the
+    session directory goes (`ray start --temp-dir`); a link to it in cluster_root() keeps it
+    discoverable. `ops`: the dashboard and metrics settings, recorded in cluster.json."""
     if object_store_memory is not None and (not isinstance(object_store_memory, int) or object_store_memory <= 0):
         raise ValueError(f"object_store_memory must be a positive number of bytes, got {object_store_memory!r}.")
     session_name = f"session_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{secrets.token_hex(3)}"
     session_dir = os.path.join(cluster_root(), session_name)
+    if temp_dir:
+        session_dir = os.path.join(os.path.abspath(temp_dir), session_name)
+        os.makedirs(cluster_root(), exist_ok=True)
+        os.makedirs(session_dir)
+        os.symlink(session_dir, os.path.join(cluster_root(), session_name))
     os.makedirs(os.path.join(session_dir, "logs"), exist_ok=True)
     token = token or secrets.token_hex(16)
     token_file = os.path.join(session_dir, "token")
@@ -107,7 +116,8 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
         os.set_inheritable(owner_r, True)
     cluster = ClusterProcesses(session_dir=session_dir, session_name=session_name, token=token,
                                gcs_address=socket_address(gcs_sock), node_address="", node_tcp_address="",
-                               shm_dir="", owner_fd=owner_w, owner_read_fd=owner_r, config=config, node_ip=node_ip)
+                               shm_dir="", owner_fd=owner_w, owner_read_fd=owner_r, config=config, node_ip=node_ip,
+                               ops=ops or {})
     if client_sock is not None:
         cluster.client_address = socket_address(client_sock).removeprefix("tcp:")
     _start_gcs(cluster, gcs_sock, client_sock)
@@ -210,7 +220,7 @@ def attach(info: dict, config: SystemConfig) -> ClusterProcesses:
                             gcs_address=info["gcs_address"], node_address=info["node_address"],
                             node_tcp_address=info.get("node_tcp_address", ""), shm_dir=info.get("shm_dir", ""),
                             config=config, node_ip=info.get("node_ip", "127.0.0.1"),
-                            client_address=info.get("client_address", ""))
+                            client_address=info.get("client_address", ""), ops=info.get("ops") or {})
 
 
 def remote_cluster_info(address: str, token: str) -> dict:

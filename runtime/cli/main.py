@@ -40,7 +40,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
                        port=args.port, autoscaling_config=args.autoscaling_config, node_ip=args.node_ip,
                        labels=_parse_resources(args.labels, "--labels"),
                        token=args.token or os.environ.get("RUNTIME_CLUSTER_TOKEN"),
-                       client_port=None if args.client_server_port < 0 else args.client_server_port)
+                       client_port=None if args.client_server_port < 0 else args.client_server_port,
+                       temp_dir=args.temp_dir, ops=_ops_settings(args))
     if code != 0:
         return code
     if cluster_config is not None:
@@ -51,12 +52,13 @@ def _cmd_start(args: argparse.Namespace) -> int:
 def _start_head(config: Any, *, num_cpus: float | None, num_gpus: float | None, resources: dict | None,
                 object_store_memory: int | None, port: int, autoscaling_config: str | None = None,
                 node_ip: str = "127.0.0.1", token: str | None = None, labels: dict | None = None,
-                client_port: int | None = None) -> int:
+                client_port: int | None = None, temp_dir: str | None = None, ops: dict | None = None) -> int:
     if launcher.read_current_cluster() is not None:
         print("A cluster is already running on this machine; `runtime stop` it first.", file=sys.stderr)
         return 1
     start = dict(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, object_store_memory=object_store_memory,
-                 config=config, persistent=True, port=port, node_ip=node_ip, token=token, labels=labels)
+                 config=config, persistent=True, port=port, node_ip=node_ip, token=token, labels=labels,
+                 temp_dir=temp_dir, ops=ops)
     try:
         cluster = launcher.start_cluster(**start, client_port=client_port)
     except OSError as e:
@@ -90,6 +92,23 @@ def _start_head(config: Any, *, num_cpus: float | None, num_gpus: float | None, 
         print(f"Thin clients (notebooks on other machines): runtime.init('client://{cluster.client_address}') "
               "with RUNTIME_CLUSTER_TOKEN set to the token.")
     return 0
+
+
+def _ops_settings(args: argparse.Namespace) -> dict:
+    """The operations-plane flags of `ray start --head`, recorded with the cluster (the dashboard
+    and the metrics exporter read them from there)."""
+    return {"dashboard": {"enabled": args.include_dashboard, "host": args.dashboard_host,
+                          "port": args.dashboard_port},
+            "metrics_export_port": args.metrics_export_port}
+
+
+def _bool_arg(text: str) -> bool:
+    """Ray's `--include-dashboard BOOL` (click's bool: true/false, 1/0, yes/no, on/off)."""
+    value = {"true": True, "1": True, "yes": True, "y": True, "on": True,
+             "false": False, "0": False, "no": False, "n": False, "off": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
 
 
 def _restart_head(config: Any) -> int:
@@ -254,6 +273,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if snapshot is None:
         return 1
     nodes, total, avail, stores, groups, demand = snapshot
+    info = launcher.read_current_cluster() or {}
+    dashboard = (info.get("ops") or {}).get("dashboard")
+    if dashboard:
+        print(f"Dashboard: http://{dashboard['host']}:{dashboard['port']} (port recorded; not served yet)"
+              if dashboard["enabled"] else "Dashboard: off (--include-dashboard false)")
     print(f"Nodes: {sum(1 for n in nodes if n['Alive'])} alive, {sum(1 for n in nodes if not n['Alive'])} dead")
     for n in nodes:
         labels = " ".join(f"{k}={v}" for k, v in (n.get("Labels") or {}).items())
@@ -337,8 +361,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--client-server-port", type=int, default=DEFAULT_CLIENT_PORT,
                    help=f"port for thin clients, client://HOST:PORT (default {DEFAULT_CLIENT_PORT}, or a free one if "
                    "taken; 0 picks a free one; -1 turns it off)")
-    s.add_argument("--node-ip", default="127.0.0.1",
+    s.add_argument("--node-ip", "--node-ip-address", dest="node_ip", default="127.0.0.1",
                    help="this node's address that the other nodes reach it at (default 127.0.0.1: one machine)")
+    s.add_argument("--temp-dir", help="root directory for the head's session directory (logs, token, tables); "
+                   "default TMPDIR/orrery. `address='auto'` still finds the cluster")
+    s.add_argument("--dashboard-host", default="127.0.0.1", help="address the dashboard binds to (default 127.0.0.1)")
+    s.add_argument("--dashboard-port", type=int, default=8265, help="dashboard and job API port (default 8265)")
+    s.add_argument("--include-dashboard", type=_bool_arg, default=True, metavar="BOOL",
+                   help="false: no dashboard on this head (default true)")
+    s.add_argument("--metrics-export-port", type=int, help="port of the Prometheus metrics endpoint")
+    s.add_argument("--disable-usage-stats", action="store_true",
+                   help="accepted as Ray's; no effect (nothing is ever collected or sent)")
     s.set_defaults(fn=_cmd_start)
     up = sub.add_parser("up", help="start a cluster from a cluster YAML, with the autoscaler")
     up.add_argument("config")

@@ -237,3 +237,40 @@ def test_start_address_joins_a_node_with_custom_resources_and_stop_ends_it(cli):
     assert bad.returncode == 1 and "No cluster started on this machine listens" in bad.stderr, bad.stderr
     cli.run("stop")
     wait_for(lambda: not _port_open(port), timeout=10, what=f"port {port} closed after stop")
+
+
+def test_head_takes_rays_start_flags_and_a_detached_actor_outlives_its_driver(cli, tmp_path):
+    """`ray start --head` flags a Ray user passes (issue 11): accepted, recorded, and the
+    cluster they start serves a detached named actor to a second driver after the first exits."""
+    temp_dir = tmp_path / "ray-temp"
+    dashboard_port, metrics_port = _free_port(), _free_port()
+    cli.run("start", "--head", "--num-cpus", "2", "--port", str(_free_port()), "--dashboard-port",
+            str(dashboard_port), "--dashboard-host", "127.0.0.1", "--include-dashboard", "false",
+            "--metrics-export-port", str(metrics_port), "--node-ip-address", "127.0.0.1",
+            "--temp-dir", str(temp_dir), "--disable-usage-stats")
+    from runtime._core import launcher
+    info = launcher.read_current_cluster()
+    assert info["session_dir"].startswith(str(temp_dir)) and (temp_dir / info["session_name"] / "token").exists()
+    assert info["ops"] == {"dashboard": {"enabled": False, "host": "127.0.0.1", "port": dashboard_port},
+                           "metrics_export_port": metrics_port}
+    assert "Dashboard: off" in cli.run("status").stdout
+
+    assert "created" in cli.driver(_DETACHED_CREATOR)  # this driver has exited when it returns
+    got = cli.driver("""
+        import runtime
+        runtime.init(address="auto", namespace="keepers")
+        keeper = runtime.get_actor("keeper")
+        print("items", runtime.get(keeper.items_list.remote(), timeout=60), flush=True)
+        runtime.kill(keeper)
+    """)
+    assert "items [0, 1, 2]" in got
+    cli.run("stop")
+
+
+def test_head_records_the_dashboard_port_and_rejects_a_bad_bool(cli):
+    port = _free_port()
+    cli.run("start", "--head", "--num-cpus", "1", "--port", str(_free_port()), "--dashboard-port", str(port))
+    assert f"Dashboard: http://127.0.0.1:{port}" in cli.run("status").stdout
+    cli.run("stop")
+    bad = cli.run("start", "--head", "--include-dashboard", "maybe", check=False)
+    assert bad.returncode == 2 and "expected true or false, got 'maybe'" in bad.stderr
