@@ -37,8 +37,8 @@ def _placement_group_html(pg: Any) -> str:
     try:
         row = placement_group_table(pg)
     except Exception:  # noqa: BLE001 - a display must never raise
-        row = {"state": "unknown", "bundle_nodes": [], "pending_reason": ""}
-    nodes = row.get("bundle_nodes") or []
+        row = {"state": "unknown", "bundles_to_node_id": {}, "pending_reason": ""}
+    nodes = list(row.get("bundles_to_node_id", {}).values())
     bundles = "".join(f"<li>{i}: {html.escape(str(b))}"
                       + (f" on node <code>{html.escape(nodes[i][:8])}</code>" if i < len(nodes) else "") + "</li>"
                       for i, b in enumerate(pg.bundle_specs))

@@ -14,6 +14,7 @@ actor pool, an all-to-all exchange), which `_stream` expands into the blocks it 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -300,9 +301,20 @@ class Dataset:
         """Run the plan now; the result holds its blocks in the object store."""
         return Dataset([ref for ref, _ in self._stream()])
 
-    def split(self, n: int) -> list[Dataset]:
-        refs = self.to_arrow_refs()
-        return [Dataset(refs[i::n]) for i in range(n)]
+    def split(self, n: int, *, equal: bool = False, locality_hints: list | None = None) -> list[Dataset]:
+        """n datasets of consecutive rows: sizes differ by at most one row, or with equal=True
+        are all len // n (as Ray, the remainder rows are dropped). locality_hints (actors
+        that will read each split) is accepted as Ray's and not used: blocks stay where they are."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"split: n must be a positive int, got {n!r}.")
+        if locality_hints is not None and len(locality_hints) != n:
+            raise ValueError(f"split: locality_hints must have n={n} entries, got {len(locality_hints)}.")
+        done = self.materialize()
+        total = sum(rows for _, rows in done._stream())
+        base, extra = divmod(total, n)
+        sizes = [base] * n if equal else [base + (i < extra) for i in range(n)]
+        cuts = list(itertools.accumulate(sizes))
+        return done.split_at_indices(cuts)[:n]
 
     def write_parquet(self, path: str) -> None:
         self._write(path, "parquet")

@@ -82,6 +82,8 @@ class PlacementGroupRecord:
     bundle_nodes: list[str] = field(default_factory=list)
     reason: str = "not scheduled yet"
     created_at: float = field(default_factory=time.time)
+    placed_ms: float | None = None  # from creation to the last bundle reserved (Ray's end-to-end latency)
+    attempts: int = 0  # tries at reserving the bundles
     waiters: list[asyncio.Future] = field(default_factory=list)
     cell: dict | None = None
 
@@ -90,7 +92,13 @@ class PlacementGroupRecord:
                 "strategy": self.strategy, "state": self.state, "bundles": self.bundles,
                 "bundle_nodes": list(self.bundle_nodes), "job_id": self.job_id, "is_detached": self.detached,
                 "pending_reason": self.reason if self.state in ("PENDING", "RESCHEDULING") else "",
-                "creation_time": self.created_at, "cell": self.cell}
+                "creation_time": self.created_at, "cell": self.cell,
+                "stats": {"scheduling_attempt": self.attempts, "end_to_end_creation_latency_ms": self.placed_ms,
+                          "scheduling_state": _SCHEDULING_STATE.get(self.state, self.state)}}
+
+
+# Ray's `stats.scheduling_state` for our states (its QUEUED covers both waiting states).
+_SCHEDULING_STATE = {"PENDING": "QUEUED", "RESCHEDULING": "QUEUED", "CREATED": "FINISHED", "REMOVED": "REMOVED"}
 
 
 class PlacementGroupManager:
@@ -252,6 +260,7 @@ class PlacementGroupManager:
         async with self._lock:
             if rec.state not in ("PENDING", "RESCHEDULING"):
                 return
+            rec.attempts += 1
             totals = {n: node["resources"] for n, node in self.store.nodes.items() if node["alive"]}
             never, why_never = choose_nodes(rec.bundles, rec.strategy, totals)
             if never is None:
@@ -276,6 +285,8 @@ class PlacementGroupManager:
             for node in by_node:
                 await self.store.node_conns[node].request({"op": "commit_bundles", "pg_id": rec.pg_id}, timeout=10)
             rec.bundle_nodes = placed
+            if rec.placed_ms is None:
+                rec.placed_ms = round((time.time() - rec.created_at) * 1000, 3)
             self._set(rec, "CREATED", "")
             logger.info("placement group %s created: bundles on %s", rec.pg_id[:8], [n[:8] for n in placed])
             self._notify(rec, True)

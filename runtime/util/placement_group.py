@@ -100,16 +100,21 @@ def get_placement_group(placement_group_name: str) -> PlacementGroup:
 
 
 def placement_group_table(placement_group: PlacementGroup | None = None) -> dict:
-    """One group's state (strategy, bundles, node of each bundle, pending_reason), or all, by id."""
+    """One group's row in Ray's shape, or every group's by id. A row has placement_group_id,
+    name, strategy, state, bundles and bundles_to_node_id (dicts by bundle index), stats
+    (scheduling_state, scheduling_attempt, end_to_end_creation_latency_ms) and, ours,
+    pending_reason: why a PENDING group is not placed yet."""
     if placement_group is not None:
-        return _with_bundle_map(_gcs({"op": "get_pg", "pg_id": placement_group.id}))
-    return {row["placement_group_id"]: _with_bundle_map(row) for row in _gcs({"op": "list_pgs"})["placement_groups"]}
+        return _table_row(_gcs({"op": "get_pg", "pg_id": placement_group.id}))
+    return {row["placement_group_id"]: _table_row(row) for row in _gcs({"op": "list_pgs"})["placement_groups"]}
 
 
-def _with_bundle_map(row: dict) -> dict:
-    # Ray's table names each bundle's node by index (int keys, which our wire format avoids).
-    row["bundles_to_node_id"] = dict(enumerate(row.get("bundle_nodes") or []))
-    return row
+def _table_row(row: dict) -> dict:
+    # Ray keys bundles by index (ints, which our wire format avoids: made here).
+    return {"placement_group_id": row["placement_group_id"], "name": row["name"], "strategy": row["strategy"],
+            "state": row["state"], "bundles": dict(enumerate(row["bundles"])),
+            "bundles_to_node_id": dict(enumerate(row.get("bundle_nodes") or [])), "stats": row.get("stats", {}),
+            "pending_reason": row.get("pending_reason", "")}
 
 
 def get_current_placement_group() -> PlacementGroup | None:

@@ -81,8 +81,8 @@ def test_placement_group_bundles_on_a_killed_node_are_placed_again(make_cluster)
         victim = next(n for n in c.worker_nodes if n is not spare)
         c.remove_node(victim, allow_graceful=False)
         wait_for(lambda: placement_group_table(pg)["state"] == "CREATED" and victim.node_id not in
-                 placement_group_table(pg)["bundle_nodes"], timeout=60, what="the group whole again")
-        assert set(placement_group_table(pg)["bundle_nodes"]) == {c.head_node.node_id, spare.node_id}
+                 placement_group_table(pg)["bundles_to_node_id"].values(), timeout=60, what="the group whole again")
+        assert set(placement_group_table(pg)["bundles_to_node_id"].values()) == {c.head_node.node_id, spare.node_id}
     finally:
         remove_placement_group(pg)
 

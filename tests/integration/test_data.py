@@ -63,6 +63,20 @@ def test_items_map_flat_map_union_limit_split(shared_runtime):
     assert sum(p.count() for p in parts) == 100
 
 
+def test_split_equal_drops_the_remainder_as_ray(shared_runtime):
+    ds = rd.range(10, override_num_blocks=3)
+    assert [p.count() for p in ds.split(3)] == [4, 3, 3]
+    equal = ds.split(3, equal=True)
+    assert [p.count() for p in equal] == [3, 3, 3]  # row 9 is dropped, as Ray does
+    assert [r["id"] for p in equal for r in p.take_all()] == list(range(9))
+    assert [p.count() for p in rd.range(2).split(4)] == [1, 1, 0, 0]
+    assert [p.count() for p in ds.split(2, equal=True, locality_hints=["a", "b"])] == [5, 5]
+    with pytest.raises(ValueError, match="locality_hints must have n=2 entries"):
+        ds.split(2, locality_hints=["a"])
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        ds.split(0)
+
+
 def test_nested_arrow_types_pandas_cannot_hold(shared_runtime):
     table = pa.table({"tags": pa.array([["a", "b"], [], None]), "point": pa.array([{"x": 1, "y": 2}] * 3)})
     ds = rd.from_arrow(table).map_batches(lambda t: t, batch_format="pyarrow")

@@ -60,8 +60,13 @@ def test_ready_reserves_and_tasks_run_in_their_bundle(cluster, pgs):
     assert runtime.get(pg.ready(), timeout=20) == pg
     assert pg.wait(5)
     row = placement_group_table(pg)
-    assert row["state"] == "CREATED" and row["strategy"] == "STRICT_PACK" and len(row["bundle_nodes"]) == 2
+    assert row["state"] == "CREATED" and row["strategy"] == "STRICT_PACK" and len(row["bundles_to_node_id"]) == 2
     assert cpu_free() == 0  # both CPUs are the group's now
+    # Ray's shape: bundles and their nodes by bundle index, stats; no argument: every group by id.
+    assert row["bundles"] == {0: {"CPU": 1.0}, 1: {"CPU": 1.0}} and row["placement_group_id"] == pg.id
+    assert set(row["bundles_to_node_id"]) == {0, 1} and row["name"] == ""
+    assert row["stats"]["scheduling_state"] == "FINISHED" and row["stats"]["end_to_end_creation_latency_ms"] >= 0
+    assert placement_group_table()[pg.id] == row
     got = runtime.get(assigned.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, 1)).remote())
     assert got[f"CPU_group_1_{pg.id}"] == 1.0
     # A task outside the group cannot use the reserved CPUs; it runs once the group is removed.
