@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 RAY_VENV := .venv-ray
 RAY_VERSION := 2.60.0
 
-.PHONY: demo lab test test-fast bench bench-ray clean lab-build
+.PHONY: demo lab test test-fast bench bench-ray ray-signatures clean lab-build
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench-ray: $(VENV)/.installed $(RAY_VENV)/.installed
 	$(VPY) benchmarks/run.py --backend runtime --out benchmarks/results/runtime.json
 	$(RAY_VENV)/bin/python benchmarks/run.py --backend ray --out benchmarks/results/ray.json
 	$(VPY) benchmarks/compare.py benchmarks/results/runtime.json benchmarks/results/ray.json
+
+# Ray's signatures of the public API, for tests/unit/test_ray_signatures.py (docs/ray_compatibility.md).
+ray-signatures: $(RAY_VENV)/.installed
+	$(RAY_VENV)/bin/python benchmarks/ray_signatures.py tests/data/ray_signatures.json
 
 clean:
 	rm -rf $(VENV) $(RAY_VENV) build dist *.egg-info benchmarks/results

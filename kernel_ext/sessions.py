@@ -45,5 +45,5 @@ def find(name: str) -> Any:
 
 def list_names() -> list[str]:
     from runtime.util import state
-    return sorted(a["name"][len(PREFIX):] for a in state.list_actors([("namespace", "=", NAMESPACE)])
+    return sorted(a["name"][len(PREFIX):] for a in state.list_actors(filters=[("namespace", "=", NAMESPACE)])
                   if a["name"].startswith(PREFIX) and a["state"] != "DEAD")

@@ -28,16 +28,29 @@ def is_initialized() -> bool:
 
 
 def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus: float | None = None,
-         resources: dict | None = None, object_store_memory: int | None = None, namespace: str | None = None,
-         runtime_env: dict | None = None, ignore_reinit_error: bool = False, include_dashboard: bool | None = None,
-         dashboard_port: int = 8265, _system_config: dict | None = None, log_to_driver: bool = True,
-         **kwargs: Any) -> ClusterContext:
-    """Start or join a cluster.
+         resources: dict | None = None, labels: dict | None = None, object_store_memory: int | None = None,
+         local_mode: bool = False, ignore_reinit_error: bool = False, include_dashboard: bool | None = None,
+         dashboard_host: str = "127.0.0.1", dashboard_port: int | None = None, job_config: Any = None,
+         configure_logging: bool = True, logging_level: int | str = "info", logging_format: str | None = None,
+         logging_config: Any = None, log_to_driver: bool = True, namespace: str | None = None,
+         runtime_env: dict | None = None, enable_resource_isolation: bool = False, cgroup_path: str | None = None,
+         system_reserved_cpu: float | None = None, system_reserved_memory: int | None = None,
+         proxy_server_url: str | None = None, _system_config: dict | None = None, **kwargs: Any) -> ClusterContext:
+    """Start or join a cluster. The parameters are Ray's, in Ray's order.
 
     Args:
         address: None starts an embedded cluster owned by this process; "auto" joins the
             cluster started on this machine with `runtime start --head`; "HOST:PORT" joins
             the cluster whose control store listens there.
+        labels: the embedded cluster's node labels.
+        include_dashboard, dashboard_host, dashboard_port: recorded with an embedded cluster.
+        job_config: a Ray `JobConfig`; its runtime_env and ray_namespace are used when the
+            runtime_env and namespace arguments are not given.
+        logging_level, logging_format: the level (and, if given, the format) of the
+            "runtime" logger in this process, when configure_logging is true.
+        local_mode, logging_config, enable_resource_isolation, cgroup_path,
+        system_reserved_cpu, system_reserved_memory, proxy_server_url: accepted as Ray's and
+            unused (docs/ray_compatibility.md says why); local_mode=True logs a warning.
 
     Example:
         >>> import runtime
@@ -48,6 +61,16 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
     """
     if kwargs:
         raise ValueError(f"Unknown argument(s) to init(): {', '.join(sorted(kwargs))}. See help(runtime.init).")
+    if configure_logging:
+        _configure_logging(logging_level, logging_format)
+    if local_mode:
+        logger.warning("init(local_mode=True) is not supported (Ray deprecated it); tasks run in worker processes "
+                       "as usual. To debug a task, call the function itself: f._function(...).")
+    if job_config is not None:
+        runtime_env = runtime_env if runtime_env is not None else getattr(job_config, "runtime_env", None) or None
+        namespace = namespace or getattr(job_config, "ray_namespace", None)
+    ops = {"dashboard": {"enabled": include_dashboard is not False, "host": dashboard_host,
+                         "port": 8265 if dashboard_port is None else dashboard_port}}
     with _init_lock:
         if is_initialized():
             if ignore_reinit_error:
@@ -69,12 +92,13 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         cluster = None
         if address is None:
             cluster = launcher.start_cluster(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                                             object_store_memory=object_store_memory, config=config)
+                                             object_store_memory=object_store_memory, config=config, labels=labels,
+                                             ops=ops)
             info = cluster.info()
         else:
-            if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
-                raise ValueError("num_cpus, num_gpus, resources and object_store_memory describe a new cluster; "
-                                 "they cannot be given when joining an existing one (address=...).")
+            if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory, labels)):
+                raise ValueError("num_cpus, num_gpus, resources, labels and object_store_memory describe a new "
+                                 "cluster; they cannot be given when joining an existing one (address=...).")
             info = _find_cluster(address)
         ns = namespace or uuid.uuid4().hex
         cw = CoreWorker(mode="driver", worker_id=uuid.uuid4().hex, token=info["token"],
@@ -99,6 +123,17 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         api_state.context = ClusterContext(address_info, cw.node_id, ns, {})
         atexit.register(shutdown)
         return api_state.context
+
+
+def _configure_logging(level: int | str, fmt: str | None) -> None:
+    """Ray's logging_level / logging_format, for this process's "runtime" logger."""
+    log = logging.getLogger("runtime")
+    log.setLevel(level.upper() if isinstance(level, str) else level)
+    if fmt is not None and not any(getattr(h, "_from_init", False) for h in log.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(fmt))
+        handler._from_init = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
 
 
 def _init_client(address: str, namespace: str | None, runtime_env: dict | None, config: SystemConfig,
@@ -177,8 +212,10 @@ def _teardown() -> None:
     api_state.job_runtime_env = None
 
 
-def shutdown() -> None:
-    """Disconnect; if this process started an embedded cluster, stop all its processes."""
+def shutdown(wait_for_processes: bool = True, _exiting_interpreter: bool = False) -> None:
+    """Disconnect; if this process started an embedded cluster, stop all its processes. Ray's
+    wait_for_processes and _exiting_interpreter are accepted: we always wait for the embedded
+    cluster's processes to end (they end within a second of the owner pipe closing)."""
     with _init_lock:
         _teardown()
     try:
@@ -226,11 +263,12 @@ def _check_refs(refs: Any, what: str) -> tuple[list[ObjectRef], bool]:
                     f"{refs!r:.60}. Pass the refs returned by .remote() or put().")
 
 
-def get(object_refs: Any, *, timeout: float | None = None) -> Any:
+def get(object_refs: Any, *, timeout: float | None = None, _use_object_store: bool = False) -> Any:
     """Block until the values are ready and return them (a list for a list).
 
     Raises the task's exception (`TaskError`, also an instance of the original class),
-    or `GetTimeoutError` after `timeout` seconds.
+    or `GetTimeoutError` after `timeout` seconds. `_use_object_store` (Ray's client mode) is
+    accepted and unused: values on this node are always read from the shared-memory store.
     """
     refs, single = _check_refs(object_refs, "runtime.get()")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
@@ -239,17 +277,20 @@ def get(object_refs: Any, *, timeout: float | None = None) -> Any:
     return values[0] if single else values
 
 
-def put(value: Any) -> ObjectRef:
-    """Store `value` in the cluster and return a ref to it."""
+def put(value: Any, *, _owner: ActorHandle | None = None, _tensor_transport: str | None = None) -> ObjectRef:
+    """Store `value` in the cluster and return a ref to it. Ray's `_owner` (an actor to own the
+    object) and `_tensor_transport` (GPU tensor transports) are accepted and unused: the caller
+    owns what it puts, and the object lives while refs to it exist."""
     return api_state.ensure_initialized().put(value)
 
 
-def wait(object_refs: list, *, num_returns: int = 1, timeout: float | None = None,
+def wait(ray_waitables: list, *, num_returns: int = 1, timeout: float | None = None,
          fetch_local: bool = True) -> tuple[list, list]:
-    """Return (ready, not_ready) once `num_returns` refs are ready or `timeout` passed; order is kept."""
-    if isinstance(object_refs, ObjectRef):
+    """Return (ready, not_ready) once `num_returns` refs are ready or `timeout` passed; order is kept.
+    (The first parameter has Ray's name, `ray_waitables`: a list of ObjectRefs.)"""
+    if isinstance(ray_waitables, ObjectRef):
         raise TypeError("wait() expects a list of ObjectRefs, got a single ObjectRef; use wait([ref]).")
-    refs, _ = _check_refs(object_refs, "runtime.wait()")
+    refs, _ = _check_refs(ray_waitables, "runtime.wait()")
     if len(set(refs)) != len(refs):
         raise ValueError("wait() got the same ObjectRef more than once; pass each ref once.")
     if not isinstance(num_returns, int) or num_returns < 1 and refs or num_returns > len(refs):
@@ -259,8 +300,10 @@ def wait(object_refs: list, *, num_returns: int = 1, timeout: float | None = Non
     return api_state.ensure_initialized().wait(refs, num_returns, timeout)
 
 
-def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
-    """Cancel the task that returns `object_ref`; `get` then raises TaskCancelledError."""
+def cancel(ray_waitable: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that returns `ray_waitable` (an ObjectRef; Ray's name for it); `get` then
+    raises TaskCancelledError."""
+    object_ref = ray_waitable
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expects an ObjectRef returned by .remote(), got {type(object_ref).__name__}.")
     cw = api_state.ensure_initialized()

@@ -7,13 +7,24 @@ from typing import Any
 
 from .bad_input import check_options
 
+# Every option Ray 2.60 accepts (tests/unit/test_ray_signatures.py checks against Ray's own
+# lists). Accepted and unused, because they mean nothing here (docs/ray_compatibility.md):
+# accelerator_type, label_selector, fallback_strategy, _labels (node labels select nodes only for
+# placement-group bundles so far), object_store_memory (a per-task store quota), _metadata,
+# enable_task_events (task events are always kept), generator back-pressure (_generator_*,
+# _num_objects_per_yield, _actor_generator_*), tensor transports (GPU-to-GPU),
+# allow_out_of_order_execution, max_pending_calls, concurrency_groups / concurrency_group.
 COMMON = {"num_cpus", "num_gpus", "memory", "resources", "scheduling_strategy", "runtime_env", "placement_group",
           "placement_group_bundle_index", "placement_group_capture_child_tasks", "accelerator_type", "name",
-          "label_selector", "_metadata", "enable_task_events"}
-TASK_OPTIONS = COMMON | {"num_returns", "max_retries", "retry_exceptions", "max_calls"}
+          "label_selector", "_metadata", "enable_task_events", "fallback_strategy", "_labels", "object_store_memory"}
+TASK_OPTIONS = COMMON | {"num_returns", "max_retries", "retry_exceptions", "max_calls",
+                         "_generator_backpressure_num_objects", "_num_objects_per_yield"}
 ACTOR_OPTIONS = COMMON | {"max_restarts", "max_task_retries", "max_concurrency", "namespace", "lifetime",
-                          "get_if_exists", "max_pending_calls", "concurrency_groups"}
-METHOD_OPTIONS = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group"}
+                          "get_if_exists", "max_pending_calls", "concurrency_groups", "allow_out_of_order_execution",
+                          "enable_tensor_transport", "_actor_generator_backpressure_num_objects"}
+METHOD_OPTIONS = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group",
+                  "enable_task_events", "tensor_transport", "_labels", "_generator_backpressure_num_objects",
+                  "_num_objects_per_yield"}
 RUNTIME_ENV_KEYS_NOW = {"env_vars"}
 RUNTIME_ENV_KEYS_LATER = {"working_dir", "py_modules", "pip", "conda", "excludes", "container", "uv", "image_uri",
                           "config", "nsight", "java_jars", "worker_process_setup_hook"}

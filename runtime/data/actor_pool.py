@@ -52,7 +52,10 @@ class ActorPoolStrategy:
     min_size: int | None = None
     max_size: int | None = None
     initial_size: int | None = None
-    max_tasks_in_flight_per_actor: int | None = None  # accepted for Ray's API; each actor runs one block at a time
+    # Accepted for Ray's API and unused: each actor runs one block at a time, on one thread.
+    max_tasks_in_flight_per_actor: int | None = None
+    max_concurrent_calls_per_actor: int | None = None
+    enable_true_multi_threading: bool = False
 
     def __post_init__(self) -> None:
         for field in ("size", "min_size", "max_size", "initial_size"):

@@ -60,10 +60,10 @@ class AggregateFn:
     Constructed directly, it is Ray's custom accumulator-style aggregation (see the module's
     docstring); the built-in ones (Count, Sum, ...) are subclasses computed by Arrow."""
 
-    def __init__(self, init: Callable[[Any], Any], merge: Callable[[Any, Any], Any],
+    def __init__(self, init: Callable[[Any], Any], merge: Callable[[Any, Any], Any], name: str | None = None,
                  accumulate_row: Callable[[Any, dict], Any] | None = None,
                  accumulate_block: Callable[[Any, pa.Table], Any] | None = None,
-                 finalize: Callable[[Any], Any] | None = None, name: str | None = None) -> None:
+                 finalize: Callable[[Any], Any] | None = None) -> None:
         for arg, fn in (("init", init), ("merge", merge), ("accumulate_row", accumulate_row),
                         ("accumulate_block", accumulate_block), ("finalize", finalize)):
             if fn is not None and not callable(fn):
@@ -219,7 +219,7 @@ class _OneState(_OfValues):
 
     fn = ""
 
-    def __init__(self, on: str, ignore_nulls: bool = True, alias_name: str | None = None) -> None:
+    def __init__(self, on: str | None = None, ignore_nulls: bool = True, alias_name: str | None = None) -> None:
         super().__init__(alias_name or f"{self.fn}({on})", on, ignore_nulls)
 
     def value_states(self) -> list[State]:
@@ -233,16 +233,23 @@ class Sum(_OneState):
     fn = "sum"
 
 
-class Min(_OneState):
+class _Extreme(_OneState):
+    # Ray's zero_factory (the accumulator's start) is accepted and unused: Arrow computes these.
+    def __init__(self, on: str | None = None, ignore_nulls: bool = True, alias_name: str | None = None,
+                 zero_factory: Callable[[], Any] | None = None) -> None:
+        super().__init__(on, ignore_nulls, alias_name)
+
+
+class Min(_Extreme):
     fn = "min"
 
 
-class Max(_OneState):
+class Max(_Extreme):
     fn = "max"
 
 
 class Mean(_OfValues):
-    def __init__(self, on: str, ignore_nulls: bool = True, alias_name: str | None = None) -> None:
+    def __init__(self, on: str | None = None, ignore_nulls: bool = True, alias_name: str | None = None) -> None:
         super().__init__(alias_name or f"mean({on})", on, ignore_nulls)
 
     def value_states(self) -> list[State]:
@@ -256,7 +263,7 @@ class Mean(_OfValues):
 class Std(_OfValues):
     """Sample standard deviation (ddof=1 by default) of the non-null values."""
 
-    def __init__(self, on: str, ddof: int = 1, ignore_nulls: bool = True, alias_name: str | None = None) -> None:
+    def __init__(self, on: str | None = None, ddof: int = 1, ignore_nulls: bool = True, alias_name: str | None = None) -> None:
         super().__init__(alias_name or f"std({on})", on, ignore_nulls)
         self.ddof = ddof
 

@@ -25,6 +25,7 @@ from . import all_to_all
 from . import block as B
 from .all_to_all import ReduceTask, boundaries
 from .dataset import DataContext, Dataset, _remote
+from .remote_args import takes_remote_args
 
 
 class GroupedData:
@@ -75,10 +76,18 @@ class GroupedData:
                              "name the column(s) with on='x' or on=['x', 'y'].")
         return columns
 
-    def map_groups(self, fn: Callable[[Any], Any], *, batch_format: str = "default", fn_args: tuple = (),
-                   fn_kwargs: dict | None = None, **_remote_args: Any) -> Dataset:
+    @takes_remote_args(keywords=("num_cpus", "num_gpus", "memory", "concurrency", "ray_remote_args_fn"))
+    def map_groups(self, fn: Callable[[Any], Any], *, zero_copy_batch: bool = False, compute: Any = None,
+                   batch_format: str = "default", fn_args: tuple = (), fn_kwargs: dict | None = None,
+                   fn_constructor_args: tuple = (), fn_constructor_kwargs: dict | None = None,
+                   _remote_args: dict) -> Dataset:
         """`fn` on each group as one batch (`batch_format` as in map_batches); the outputs,
-        group after group in key order, form the dataset."""
+        group after group in key order, form the dataset. A callable class is built once per
+        worker process (fn_constructor_args/kwargs); compute= (an actor pool) is not built for
+        map_groups and says so; task options as map_batches'."""
+        if compute is not None and compute != "tasks":
+            raise ValueError("map_groups(compute=...) is not supported: groups are mapped in tasks. Drop compute=, "
+                             "or map_batches the sorted dataset on an actor pool.")
         if batch_format not in B.BATCH_FORMATS:
             raise ValueError(f"map_groups: batch_format must be one of {', '.join(B.BATCH_FORMATS)}, "
                              f"got {batch_format!r}.")
@@ -86,14 +95,19 @@ class GroupedData:
         name = f"MapGroups({getattr(fn, '__name__', type(fn).__name__)})"
         ds = all_to_all.sort(self._dataset, keys, what="map_groups") if keys else self._dataset.repartition(1)
 
+        built: list = []
+
         def op(block: pa.Table) -> pa.Table:
+            if isinstance(fn, type) and not built:  # a callable class: one instance per worker process
+                built.append(fn(*fn_constructor_args, **(fn_constructor_kwargs or {})))
+            call = built[0] if built else fn
             outs = []
             for i, group in enumerate(_groups(block, keys)):
-                out = fn(B.to_batch(group, batch_format), *fn_args, **kwargs)
+                out = call(B.to_batch(group, batch_format), *fn_args, **kwargs)
                 outs.append(B.from_batch(out, f"{name} on group {i} of a block ({group.num_rows} rows)"))
             return B.concat(outs)
 
-        return ds._with(op, name)
+        return ds._with(op, name, _remote_args)
 
 
 def _groups(block: pa.Table, keys: list[str]) -> Iterator[pa.Table]:

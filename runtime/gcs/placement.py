@@ -39,15 +39,29 @@ def _sum(bundles: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def choose_nodes(bundles: list[dict[str, float]], strategy: str,
-                 available: dict[str, dict[str, float]]) -> tuple[list[str] | None, str]:
-    """The node of each bundle, or (None, why not). `available`: node id -> free resources."""
+def label_matches(labels: dict[str, str], selector: dict[str, str]) -> bool:
+    """Ray's label selector: {"key": "v"}, "!v" (not v), "in(a,b)", "!in(a,b)"."""
+    for key, want in selector.items():
+        have = labels.get(key)
+        negate = want.startswith("!")
+        want = want[1:] if negate else want
+        choices = [w.strip() for w in want[3:-1].split(",")] if want.startswith("in(") and want.endswith(")") \
+            else [want]
+        if (have in choices) == negate:
+            return False
+    return True
+
+
+def choose_nodes(bundles: list[dict[str, float]], strategy: str, available: dict[str, dict[str, float]],
+                 allowed: list[set[str]] | None = None) -> tuple[list[str] | None, str]:
+    """The node of each bundle, or (None, why not). `available`: node id -> free resources;
+    `allowed`: per bundle, the nodes its label selector lets it use (None: any)."""
     avail = {n: dict(r) for n, r in available.items()}
     nodes = sorted(avail)
     if strategy == "STRICT_PACK":
         total = _sum(bundles)
         for n in nodes:
-            if _fits(avail[n], total):
+            if _fits(avail[n], total) and (allowed is None or all(n in a for a in allowed)):
                 return [n] * len(bundles), ""
         return None, f"no node has {total} free for all bundles together (STRICT_PACK)"
     if strategy == "STRICT_SPREAD" and len(bundles) > len(nodes):
@@ -61,9 +75,10 @@ def choose_nodes(bundles: list[dict[str, float]], strategy: str,
             order = sorted(nodes, key=lambda n: (placed.count(n), n))  # the least-used node first
         else:  # STRICT_SPREAD
             order = [n for n in nodes if n not in used]
-        target = next((n for n in order if _fits(avail[n], b)), None)
+        target = next((n for n in order if _fits(avail[n], b) and (allowed is None or n in allowed[i])), None)
         if target is None:
-            return None, f"bundle {i} {b} fits on no node ({strategy})"
+            labels = " with the labels it selects" if allowed is not None else ""
+            return None, f"bundle {i} {b} fits on no node{labels} ({strategy})"
         _take(avail[target], b)
         placed.append(target)
     return placed, ""
@@ -86,6 +101,7 @@ class PlacementGroupRecord:
     attempts: int = 0  # tries at reserving the bundles
     waiters: list[asyncio.Future] = field(default_factory=list)
     cell: dict | None = None
+    label_selectors: list | None = None  # Ray's bundle_label_selector: one dict per bundle
 
     def public(self) -> dict:
         return {"placement_group_id": self.pg_id, "name": self.name, "namespace": self.namespace,
@@ -125,7 +141,7 @@ class PlacementGroupManager:
             if existing.state != "REMOVED":
                 raise ValueError(f"A placement group named {name!r} already exists in namespace {ns!r}.")
         rec = PlacementGroupRecord(msg["pg_id"], name, ns, strategy, bundles, job_id, bool(msg.get("detached")),
-                                   cell=msg.get("cell"))
+                                   cell=msg.get("cell"), label_selectors=msg.get("label_selectors") or None)
         self.groups[rec.pg_id] = rec
         if name:
             self.named[(ns, name)] = rec.pg_id
@@ -262,11 +278,14 @@ class PlacementGroupManager:
                 return
             rec.attempts += 1
             totals = {n: node["resources"] for n, node in self.store.nodes.items() if node["alive"]}
-            never, why_never = choose_nodes(rec.bundles, rec.strategy, totals)
+            allowed = None if rec.label_selectors is None else [
+                {n for n in totals if label_matches(self.store.nodes[n].get("labels") or {}, sel)}
+                for sel in rec.label_selectors]
+            never, why_never = choose_nodes(rec.bundles, rec.strategy, totals, allowed)
             if never is None:
                 rec.reason = f"infeasible: {why_never}, even with nothing else running; it waits for nodes that can hold it"
                 return
-            placed, why = choose_nodes(rec.bundles, rec.strategy, await self._available())
+            placed, why = choose_nodes(rec.bundles, rec.strategy, await self._available(), allowed)
             if placed is None:
                 rec.reason = f"waiting for resources: {why} with what is free now"
                 return

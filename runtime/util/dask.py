@@ -137,9 +137,10 @@ def _executor() -> Any:
     return _EXECUTOR
 
 
-def enable_dask_on_runtime(shuffle: str = "tasks") -> Any:
+def enable_dask_on_runtime(shuffle: str = "tasks", use_shuffle_optimization: bool = True) -> Any:
     """Make the runtime Dask's default scheduler, with task-based shuffles (returns Dask's config
-    context, so it can also be used as `with enable_dask_on_runtime(): ...`)."""
+    context, so it can also be used as `with enable_dask_on_runtime(): ...`). Ray's
+    use_shuffle_optimization is accepted and unused: Dask's own task shuffle runs as it is."""
     import dask
     return dask.config.set({"scheduler": runtime_dask_get, "dataframe.shuffle.method": shuffle})
 

@@ -62,7 +62,14 @@ class PlacementGroup:
 
 
 def placement_group(bundles: list[dict[str, float]], strategy: str = "PACK", name: str = "",
-                    lifetime: str | None = None, _soft_target_node_id: Any = None) -> PlacementGroup:
+                    lifetime: str | None = None, _soft_target_node_id: Any = None,
+                    bundle_label_selector: list[dict[str, str]] | None = None,
+                    topology_strategy: dict[str, str] | None = None) -> PlacementGroup:
+    """Reserve `bundles` of resources on the cluster's nodes by `strategy`; returns at once (use
+    `pg.ready()` or `pg.wait()`). bundle_label_selector: one selector per bundle, as Ray's
+    ({"zone": "a"}, "!a", "in(a,b)", "!in(a,b)"), matched against node labels
+    (`runtime start --labels`). topology_strategy (placement within label domains) is not built:
+    a clear error says so. _soft_target_node_id is accepted and unused."""
     if not isinstance(bundles, list) or not bundles:
         raise ValueError("placement_group() needs a non-empty list of bundles, like [{'CPU': 1}, {'CPU': 1}].")
     for i, b in enumerate(bundles):
@@ -77,12 +84,21 @@ def placement_group(bundles: list[dict[str, float]], strategy: str = "PACK", nam
         raise ValueError(f"Unknown placement strategy {strategy!r}; use one of {', '.join(STRATEGIES)}.")
     if lifetime not in (None, "detached"):
         raise ValueError(f"lifetime must be None or 'detached', got {lifetime!r}.")
+    if topology_strategy:
+        raise ValueError("placement_group(topology_strategy=...) is not supported: placing bundles within label "
+                         "domains is not built. Use strategy= with bundle_label_selector= instead.")
+    if bundle_label_selector is not None and (
+            not isinstance(bundle_label_selector, list) or len(bundle_label_selector) not in (0, len(bundles))
+            or not all(isinstance(s, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in s.items())
+                       for s in bundle_label_selector)):
+        raise ValueError(f"bundle_label_selector must be a list of {len(bundles)} dicts of label to str, one per "
+                         f"bundle, like [{{'zone': 'a'}}]; got {bundle_label_selector!r}.")
     cw = api_state.ensure_initialized()
     pg_id = ActorID.new().hex()
     clean = [{k: float(v) for k, v in b.items() if v > 0} for b in bundles]
     _gcs({"op": "create_pg", "pg_id": pg_id, "bundles": clean, "strategy": strategy, "name": name,
           "namespace": cw.namespace, "detached": lifetime == "detached", "job_id": cw.job_id,
-          "cell": cw.current_cell})
+          "cell": cw.current_cell, "label_selectors": bundle_label_selector or None})
     return PlacementGroup(pg_id, clean, strategy, name)
 
 

@@ -29,7 +29,10 @@ class NodeAffinitySchedulingStrategy:
 
     _strategy_kind = "node_affinity"
 
-    def __init__(self, node_id: str, soft: bool) -> None:
+    def __init__(self, node_id: str, soft: bool, _spill_on_unavailable: bool = False,
+                 _fail_on_unavailable: bool = False) -> None:
+        # Ray's _spill_on_unavailable / _fail_on_unavailable are accepted and unused: soft=True
+        # already runs elsewhere when the node cannot, and hard affinity to a dead node fails.
         if not isinstance(node_id, str) or not node_id:
             raise ValueError("NodeAffinitySchedulingStrategy needs a node id (hex string), e.g. from "
                              "runtime.get_runtime_context().get_node_id().")

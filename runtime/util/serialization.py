@@ -20,13 +20,14 @@ def _serializable(obj: Any) -> bool:
         return False
 
 
-def inspect_serializability(obj: Any, name: str | None = None, depth: int = 3,
+def inspect_serializability(base_obj: Any, name: str | None = None, depth: int = 3,
                             print_file: Any = None) -> tuple[bool, set]:
-    """Find what inside `obj` cannot be serialized.
+    """Find what inside `base_obj` cannot be serialized.
 
     Returns (serializable, failures) where failures is a set of (name, type name) pairs of
     the innermost members that failed. Prints a short tree of the search, like Ray.
     """
+    obj = base_obj
     out = print_file or sys.stdout
     name = name or getattr(obj, "__name__", None) or type(obj).__name__
     failures: set = set()

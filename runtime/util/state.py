@@ -1,11 +1,16 @@
 """State API: list what the cluster is doing (nodes, actors, objects, jobs, tasks).
 
 Every function returns plain dicts and accepts Ray-style filters: `[("state", "=", "ALIVE")]`.
+The `list_*` functions take Ray's parameters, in Ray's order: `address` (joins that cluster
+if this process has not joined one), `filters`, `limit` (default: every row, where Ray stops at
+100), `timeout` (seconds for the control store's answer); `detail` is accepted and changes
+nothing (rows always have every field), `raise_on_missing_output` and `_explain` are accepted
+and unused (the control store's answer is never partial).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from .._core import api_state
 
@@ -13,10 +18,30 @@ __all__ = ["cancel_task", "get_task", "list_actors", "list_jobs", "list_nodes", 
            "list_placement_groups", "list_tasks", "node_stats", "object_store_stats", "summarize_tasks"]
 
 
-def _gcs(msg: dict) -> dict:
+def _gcs(msg: dict, timeout: float | None = None) -> dict:
     cw = api_state.ensure_initialized()
-    reply, _ = cw.run_sync(cw.gcs_request(msg))
+    reply, _ = cw.run_sync(cw.gcs_request(msg, timeout=timeout))
     return reply
+
+
+def _listing(rows: Callable[[float | None], list[dict]]) -> Callable[..., list[dict]]:
+    """A `list_*` function with Ray's signature around rows(timeout)."""
+    def list_rows(address: str | None = None, filters: list | None = None, limit: int | None = None,
+                  timeout: float = 30, detail: bool = False, raise_on_missing_output: bool = True,
+                  _explain: bool = False) -> list[dict]:
+        _join(address)
+        return _filter(rows(timeout), filters, limit)
+    list_rows.__name__ = list_rows.__qualname__ = "list_" + rows.__name__.lstrip("_")
+    list_rows.__doc__ = rows.__doc__
+    return list_rows
+
+
+def _join(address: str | None) -> None:
+    """Ray's state calls take the cluster's address; a process that has not joined one joins it."""
+    from .._core import worker_state
+    if address is not None and worker_state.current_or_none() is None:
+        from .._core.api import init
+        init(address=address)
 
 
 def _filter(rows: list[dict], filters: list | None, limit: int | None) -> list[dict]:
@@ -27,13 +52,17 @@ def _filter(rows: list[dict], filters: list | None, limit: int | None) -> list[d
     return rows[:limit] if limit else rows
 
 
-def list_nodes(filters: list | None = None, limit: int | None = None) -> list[dict]:
-    rows = [{"node_id": n["node_id"], "state": "ALIVE" if n["alive"] else "DEAD", "node_ip": n["node_ip"],
+def _nodes(timeout: float | None = None) -> list[dict]:
+    """Nodes: node_id, state (ALIVE/DEAD), node_ip, is_head_node, resources_total, hostname,
+    death_reason, end_time, pid, labels."""
+    return [{"node_id": n["node_id"], "state": "ALIVE" if n["alive"] else "DEAD", "node_ip": n["node_ip"],
              "is_head_node": n["is_head"], "resources_total": n["resources"], "hostname": n["hostname"],
              "death_reason": n.get("death_reason", ""), "end_time": n.get("end_time"), "pid": n.get("pid"),
              "labels": n.get("labels") or {}}
-            for n in _gcs({"op": "list_nodes"})["nodes"]]
-    return _filter(rows, filters, limit)
+            for n in _gcs({"op": "list_nodes"}, timeout)["nodes"]]
+
+
+list_nodes = _listing(_nodes)
 
 
 def node_stats() -> list[dict]:
@@ -50,25 +79,29 @@ def node_stats() -> list[dict]:
     return out
 
 
-def list_actors(filters: list | None = None, limit: int | None = None) -> list[dict]:
-    return _filter(_gcs({"op": "list_actors"})["actors"], filters, limit)
+def _actors(timeout: float | None = None) -> list[dict]:
+    """Actors: actor_id, class_name, name, namespace, state, node, pid, restarts, cell."""
+    return _gcs({"op": "list_actors"}, timeout)["actors"]
 
 
-def list_jobs(filters: list | None = None, limit: int | None = None) -> list[dict]:
-    return _filter(_gcs({"op": "list_jobs"})["jobs"], filters, limit)
+def _jobs(timeout: float | None = None) -> list[dict]:
+    """Jobs (drivers and submitted jobs)."""
+    return _gcs({"op": "list_jobs"}, timeout)["jobs"]
 
 
-def list_objects(filters: list | None = None, limit: int | None = None) -> list[dict]:
+def _objects(timeout: float | None = None) -> list[dict]:
     """Every live object: id, size, owner, reference kinds, whether it is spilled."""
-    reply = _gcs({"op": "list_objects"})
-    return _filter(reply["objects"], filters, limit)
+    return _gcs({"op": "list_objects"}, timeout)["objects"]
+
+
+list_actors, list_jobs, list_objects = _listing(_actors), _listing(_jobs), _listing(_objects)
 
 
 def object_store_stats() -> list[dict]:
     return _gcs({"op": "list_objects"})["stores"]
 
 
-def list_tasks(filters: list | None = None, limit: int | None = None) -> list[dict]:
+def _tasks(timeout: float | None = None) -> list[dict]:
     """Tasks across the cluster, oldest first: submitted, running, and recently finished or failed.
 
     Rows: task_id, name, type, state (PENDING/RUNNING/FINISHED/FAILED/CANCELLED), job_id, actor_id,
@@ -78,18 +111,22 @@ def list_tasks(filters: list | None = None, limit: int | None = None) -> list[di
     """
     cw = api_state.ensure_initialized()
     cw.run_sync(cw.flush_task_events())
-    return _filter(_gcs({"op": "list_tasks"})["tasks"], filters, limit)
+    return _gcs({"op": "list_tasks"}, timeout)["tasks"]
+
+
+list_tasks = _listing(_tasks)
 
 
 def get_task(task_id: str) -> dict | None:
-    rows = list_tasks([("task_id", "=", task_id)])
+    rows = list_tasks(filters=[("task_id", "=", task_id)])
     return rows[0] if rows else None
 
 
-def summarize_tasks() -> dict[str, dict[str, int]]:
+def summarize_tasks(address: str | None = None, timeout: float = 30, raise_on_missing_output: bool = True,
+                    _explain: bool = False) -> dict[str, dict[str, int]]:
     """Counts by function name and state: {"f": {"FINISHED": 3, "RUNNING": 1}, ...}."""
     summary: dict[str, dict[str, int]] = {}
-    for t in list_tasks():
+    for t in list_tasks(address, timeout=timeout):
         by_state = summary.setdefault(t["name"], {})
         by_state[t["state"]] = by_state.get(t["state"], 0) + 1
     return summary
@@ -101,7 +138,10 @@ def cancel_task(task_id: str, force: bool = False) -> bool:
     return bool(_gcs({"op": "cancel_task", "task_id": task_id, "force": force})["cancelled"])
 
 
-def list_placement_groups(filters: list | None = None, limit: int | None = None) -> list[dict]:
+def _placement_groups(timeout: float | None = None) -> list[dict]:
     """Placement groups: placement_group_id, name, strategy, state, bundles, bundle_nodes (the node
     of each bundle), pending_reason (why it is not placed yet), is_detached, cell."""
-    return _filter(_gcs({"op": "list_pgs"})["placement_groups"], filters, limit)
+    return _gcs({"op": "list_pgs"}, timeout)["placement_groups"]
+
+
+list_placement_groups = _listing(_placement_groups)

@@ -25,11 +25,11 @@ HEARTBEAT_S = 0.2
 def test_a_hung_node_is_declared_dead_within_the_timeout(ray_start):
     node_pid = api_state.cluster.procs["node"].pid
     node_id = runtime.get_runtime_context().get_node_id()
-    assert state.list_nodes([("node_id", "=", node_id)])[0]["state"] == "ALIVE"
+    assert state.list_nodes(filters=[("node_id", "=", node_id)])[0]["state"] == "ALIVE"
     os.kill(node_pid, signal.SIGSTOP)
     stopped = time.monotonic()
     try:
-        row = wait_for(lambda: [n for n in state.list_nodes([("node_id", "=", node_id)]) if n["state"] == "DEAD"],
+        row = wait_for(lambda: [n for n in state.list_nodes(filters=[("node_id", "=", node_id)]) if n["state"] == "DEAD"],
                        timeout=TIMEOUT_S + 10, what="the stopped node declared dead")[0]
         detected_after = time.monotonic() - stopped
     finally:

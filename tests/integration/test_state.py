@@ -107,14 +107,14 @@ def test_cell_tag_goes_on_tasks_children_actors_and_objects(shared_runtime):
     runtime.get([ref, untagged, actor.is_set.remote()])
 
     def finished_in_cell():
-        rows = state.list_tasks([("cell_id", "=", "cell-7")])
+        rows = state.list_tasks(filters=[("cell_id", "=", "cell-7")])
         return rows if len(rows) == 2 and all(t["state"] == "FINISHED" for t in rows) else None
 
     tagged = wait_for(finished_in_cell, timeout=10, what="the cell's task and its child, finished")
     assert {t["name"].rsplit(".", 1)[-1] for t in tagged} == {"parent_of_child", "maybe_fail"}
     assert tagged[0]["cell"] == cell
     assert state.get_task(untagged.task_id())["cell"] is None
-    actors = state.list_actors([("cell_id", "=", "cell-7")])
+    actors = state.list_actors(filters=[("cell_id", "=", "cell-7")])
     assert [a["class_name"] for a in actors] == ["SignalActor"]
     objects = [o for o in state.list_objects() if o["object_id"] == obj.hex()]
     assert objects and objects[0]["cell"] == cell
