@@ -2,19 +2,28 @@
 
 The server process joins the cluster as a driver (`runtime.init(address=...)`) the first
 time an endpoint needs it. Every runtime call is blocking, and a call to a cluster that
-went away can block for a long time, so each one runs in a small thread pool and is
-awaited with a deadline: a request answers "not connected" within seconds, never hangs.
+went away can block for a long time, so each one runs in a daemon thread of its own and is
+awaited with a deadline: a request answers "not connected" within seconds, never hangs,
+and a stuck call cannot keep the server from exiting.
+
+The server never starts a cluster: runtime calls made without a connection raise instead of
+starting an embedded one (api_state.auto_init). With the address "auto" it follows the
+cluster that address means now: when that one stops, or another becomes current (a new
+`runtime start --head`), the next request joins the new one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import runtime
+from runtime._core import api_state, worker_state
 
 T = TypeVar("T")
 
@@ -31,31 +40,61 @@ def cluster_address() -> str:
     return os.environ.get("RUNTIME_ADDRESS") or "auto"
 
 
+def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future:
+    """fn(*args) in a daemon thread: its Future. (A ThreadPoolExecutor's threads are joined at
+    exit, so one call stuck on a cluster that went away would hang the server's shutdown.)"""
+    fut: Future = Future()
+
+    def run() -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting request
+            fut.set_exception(e)
+
+    threading.Thread(target=run, name="orrery-lab", daemon=True).start()
+    return fut
+
+
+def _current_gcs() -> str | None:
+    cw = worker_state.current_or_none()
+    return getattr(cw, "gcs_address", None)
+
+
+def _auto_gcs() -> str | None:
+    """The control store that address "auto" means now (None: no cluster runs here)."""
+    from runtime._core.api import _find_cluster
+    try:
+        return _find_cluster("auto")["gcs_address"]
+    except ConnectionError:
+        return None
+
+
 class ClusterConnection:
     """One per server process. Connection attempts are single-flight and retried on later requests."""
 
     def __init__(self, connect_timeout: float = CONNECT_TIMEOUT_S, call_timeout: float = CALL_TIMEOUT_S) -> None:
         self.connect_timeout = connect_timeout
         self.call_timeout = call_timeout
-        # A stuck call keeps its thread, so the pool has a few: one hung cluster call must
-        # not stop the next request from being answered with an error.
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="orrery-lab")
         self._connecting: Future | None = None
         self._resetting: Future | None = None
         self.address = cluster_address()
+        api_state.auto_init = False  # this process follows clusters; it never starts one
+        atexit.register(self.close)
 
     async def _await(self, fut: Future, timeout: float) -> Any:
         # shield: a deadline ends our wait, not the thread's work (which cannot be interrupted).
         return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), timeout)
 
     async def ensure_connected(self) -> None:
-        if runtime.is_initialized():
+        if runtime.is_initialized() and not await self._moved():
             return
         if self._resetting is not None and not self._resetting.done():
             raise NotConnected("Lost the cluster; reconnecting.")
         if self._connecting is None or self._connecting.done():
             self.address = cluster_address()
-            self._connecting = self._pool.submit(runtime.init, address=self.address, ignore_reinit_error=True)
+            self._connecting = in_thread(self._connect, self.address)
         fut = self._connecting
         try:
             await self._await(fut, self.connect_timeout)
@@ -68,10 +107,29 @@ class ClusterConnection:
             self._connecting = None
             raise NotConnected(f"Could not connect to the cluster at {self.address!r}: {e}") from None
 
+    @staticmethod
+    def _connect(address: str) -> None:
+        runtime.init(address=address, ignore_reinit_error=True)
+        atexit.unregister(runtime.shutdown)  # close() ends the connection at exit, with a deadline
+
+    async def _moved(self) -> bool:
+        """With "auto": is the cluster it means now another than the one joined (or none)? Then
+        the connection is reset, and the next request joins the new one."""
+        if self.address != "auto" or (self._connecting is not None and not self._connecting.done()):
+            return False
+        try:
+            wanted = await self._await(in_thread(_auto_gcs), self.call_timeout)
+        except asyncio.TimeoutError:
+            return False
+        if wanted == _current_gcs():
+            return False
+        self._reset()
+        return True
+
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking runtime call off the event loop, connecting first if needed."""
         await self.ensure_connected()
-        fut = self._pool.submit(fn, *args, **kwargs)
+        fut = in_thread(fn, *args, **kwargs)
         try:
             return await self._await(fut, self.call_timeout)
         except asyncio.TimeoutError:
@@ -86,7 +144,13 @@ class ClusterConnection:
         """Disconnect (in a thread) so the next request joins afresh, e.g. a restarted cluster."""
         if self._resetting is None or self._resetting.done():
             self._connecting = None
-            self._resetting = self._pool.submit(runtime.shutdown)
+            self._resetting = in_thread(runtime.shutdown)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def close(self, timeout: float = 2.0) -> None:
+        """At exit: disconnect, waiting at most `timeout` (a cluster that went away must not
+        hold the server up)."""
+        if runtime.is_initialized():
+            try:
+                in_thread(runtime.shutdown).result(timeout)
+            except Exception:  # noqa: BLE001 - exiting anyway
+                pass

@@ -14,9 +14,13 @@ DEFAULT_LIMIT = 1000
 
 
 def cluster_summary(address: str) -> dict:
+    """`address`: what the server was told ("auto", HOST:PORT); cluster_address: the control
+    store it joined, which is what "auto" means at the moment."""
+    from runtime._core import worker_state
     nodes = state.list_nodes()
     return {
         "address": address,
+        "cluster_address": worker_state.current().gcs_address.removeprefix("tcp:"),
         "nodes": len(nodes),
         "alive_nodes": sum(1 for n in nodes if n.get("state") == "ALIVE"),
         "resources_total": runtime.cluster_resources(),

@@ -13,10 +13,18 @@ context: Any = None
 current_cell: dict | None = None
 
 
+# A process that must never start a cluster of its own (the Jupyter server's extension, which
+# only follows clusters that others start) turns this off: a call without a connection then
+# raises ConnectionError instead of starting an embedded cluster.
+auto_init = True
+
+
 def ensure_initialized() -> Any:
     """The current core worker; like Ray, the first remote call starts a local cluster."""
     cw = worker_state.current_or_none()
     if cw is None:
+        if not auto_init:
+            raise ConnectionError("Not connected to a cluster (this process does not start one of its own).")
         from .api import init
         init()
         cw = worker_state.current()

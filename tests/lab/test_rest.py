@@ -174,3 +174,49 @@ def test_unreachable_address_answers_not_connected_quickly(lab_tmp, orrery_leak_
         assert body["connected"] is False and env["RUNTIME_ADDRESS"] in body["reason"], body
     finally:
         server.stop()
+
+
+def test_server_follows_clusters_never_starts_one_and_stops_quickly(cli, lab_tmp, orrery_leak_check):
+    """Issue 16.1: with no cluster, then a head, then none, then another head, the server's
+    answers follow; it never starts a cluster of its own; SIGTERM ends it within seconds."""
+    import signal
+
+    import psutil
+
+    from .jupyter_proc import free_port
+
+    env = dict(cli.env)
+    env.pop("RUNTIME_ADDRESS", None)
+    server = start_jupyter(lab_tmp, env, app="server")
+
+    def runtime_children():
+        return [p for p in psutil.Process(server.proc.pid).children(recursive=True)
+                if "runtime." in " ".join(p.cmdline())]
+
+    def connected_to(port):
+        body = server.get(f"{API}/clusters", timeout=15)
+        return body["connected"] and body["cluster_address"].endswith(f":{port}")
+
+    try:
+        assert server.get(f"{API}/clusters", timeout=15)["connected"] is False
+        first = free_port()
+        cli.run("start", "--head", "--port", str(first), "--num-cpus", "1")
+        wait_for(lambda: connected_to(first), timeout=30, what="the server joined the first head")
+        cli.run("stop")
+        wait_for(lambda: server.get(f"{API}/clusters", timeout=15)["connected"] is False, timeout=30,
+                 what="the server saw the first head go")
+        for _ in range(5):  # requests while no cluster runs start nothing
+            assert server.get(f"{API}/nodes", timeout=15)["connected"] is False
+        assert runtime_children() == [], "the Jupyter server started runtime processes of its own"
+        second = free_port()
+        cli.run("start", "--head", "--port", str(second), "--num-cpus", "1")
+        wait_for(lambda: connected_to(second), timeout=30, what="the server followed the second head")
+        assert runtime_children() == []
+        assert "init() was called twice" not in server.log()
+        t0 = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=30)
+        assert time.monotonic() - t0 < 10, f"the server took {time.monotonic() - t0:.1f} s to stop"
+    finally:
+        server.stop()
+        cli.run("stop")
