@@ -96,7 +96,8 @@ def parse_size(text: str) -> int:
 
 
 def format_size(n: int) -> str:
-    for unit, size in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+    """Sizes as every view shows them: binary units (GiB, MiB, KiB), as the CLI and the lab do."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{n} bytes"

@@ -24,14 +24,14 @@ def _remote_arguments(func: Any) -> Any:
     for arg in reversed([
         argument("--num-cpus", type=float, default=None, help="CPUs the cell's task holds (default 1)."),
         argument("--num-gpus", type=float, default=None, help="GPUs the cell's task holds."),
-        argument("--memory", default=None, help="Memory the task reserves, like 2GB."),
+        argument("--memory", default=None, help="Memory the task reserves, like 2GiB."),
         argument("--resources", default=None, help='Custom resources as JSON, like \'{"x86": 1}\'.'),
         argument("--env", default=None, help='Environment variables for the task as JSON.'),
         argument("--name", default=None, help="Label of the task (default: cell In[n])."),
         argument("--retries", type=int, default=None, help="Retries if the worker dies."),
         argument("--timeout", type=float, default=None, help="Cancel the cell after this many seconds."),
         argument("--max-bytes", default=None,
-                 help="Values larger than this stay in the cluster as ObjectRefs (default 100MB)."),
+                 help="Values larger than this stay in the cluster as ObjectRefs (default 100MiB)."),
     ]):
         func = arg(func)
     return func
@@ -243,7 +243,7 @@ class ClusterMagics(Magics):
     @argument("--reset", action="store_true", help="Forget all defaults.")
     @line_magic
     def remote_config(self, line: str) -> None:
-        """Set defaults for later %%remote cells, like: %remote_config --num-cpus 2 --max-bytes 1GB"""
+        """Set defaults for later %%remote cells, like: %remote_config --num-cpus 2 --max-bytes 1GiB"""
         args = parse_argstring(self.remote_config, line)
         if args.reset:
             self.defaults.clear()

@@ -26,7 +26,7 @@ from .remote_cell import run_cell
 
 # Names a notebook always has that are never shipped: IPython's own history and helpers.
 _NOT_SHIPPED = {"In", "Out", "get_ipython", "exit", "quit", "_ih", "_oh", "_dh", "_", "__", "___"}
-DEFAULT_MAX_BYTES = 100 * 10**6
+DEFAULT_MAX_BYTES = 100 * 2**20
 # Frames of our own cell runner (the worker's path may differ from ours: match the tail).
 _REMOTE_CELL_FILE = "kernel_ext/remote_cell.py"
 _remote_cell_task = runtime.remote(run_cell)

@@ -108,8 +108,17 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.write(fd, token.encode())
     os.close(fd)
-    gcs_sock = bind_socket(f"tcp:{node_ip}:{port}")
-    client_sock = bind_socket(f"tcp:{node_ip}:{client_port}") if client_port is not None else None
+    try:
+        gcs_sock = bind_socket(f"tcp:{node_ip}:{port}")
+    except OSError:
+        _remove_session_dir(session_dir)
+        raise
+    try:
+        client_sock = bind_socket(f"tcp:{node_ip}:{client_port}") if client_port is not None else None
+    except OSError:  # the caller may try another port: leave nothing bound or made behind
+        gcs_sock.close()
+        _remove_session_dir(session_dir)
+        raise
     owner_r = owner_w = None
     if not persistent:
         owner_r, owner_w = os.pipe()
@@ -127,6 +136,14 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
     cluster.shm_dir, cluster.sock_dir = head["shm_dir"], head["sock_dir"]
     _write_private_json(os.path.join(session_dir, "cluster.json"), {**cluster.info(), "started": time.time()})
     return cluster
+
+
+def _remove_session_dir(session_dir: str) -> None:
+    import shutil
+    shutil.rmtree(session_dir, ignore_errors=True)
+    link = os.path.join(cluster_root(), os.path.basename(session_dir))
+    if os.path.islink(link):
+        os.unlink(link)
 
 
 def _start_gcs(cluster: ClusterProcesses, sock: Any, client_sock: Any = None) -> None:

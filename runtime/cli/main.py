@@ -300,9 +300,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for g in live:
         where = ", ".join(f"{i}:{n[:8]}" for i, n in enumerate(g["bundle_nodes"])) or g["pending_reason"]
         print(f"  {g['placement_group_id'][:12]} {g['name'] or '-'} {g['strategy']} {g['state']}  {where}")
-    shown = [{k: v for k, v in d.items() if "_group_" not in k} for d in demand]
-    print("Pending demand: " + (", ".join(json.dumps(d) for d in shown if d) or "none"))
+    print("Pending demand: " + (pending_demand_text(demand) or "none"))
     return 0
+
+
+def pending_demand_text(demand: list[dict]) -> str:
+    """Waiting resource shapes, counted: "64 pending tasks: {CPU: 1}; 1 pending task: {GPU: 1}"."""
+    from collections import Counter
+    shapes = Counter(json.dumps({k: v for k, v in sorted(d.items()) if "_group_" not in k}) for d in demand)
+    parts = []
+    for shape, n in shapes.most_common():
+        text = ", ".join(f"{k}: {v:g}" for k, v in json.loads(shape).items())
+        if text:
+            parts.append(f"{n} pending task{'s' if n != 1 else ''}: {{{text}}}")
+    return "; ".join(parts)
 
 
 def _cmd_memory(args: argparse.Namespace) -> int:
@@ -396,4 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    sys.exit(args.fn(args))
+    try:
+        code = args.fn(args)
+    except BrokenPipeError:
+        # `runtime list tasks | head`: the reader has what it wanted. Point stdout at /dev/null
+        # so that the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    except (ConnectionError, ValueError) as e:  # said for the user already: no traceback
+        print(f"runtime {args.command}: {e}", file=sys.stderr)
+        code = 1
+    sys.exit(code)

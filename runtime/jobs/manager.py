@@ -79,7 +79,11 @@ class JobManager:
                "metadata": msg.get("metadata") or {}, "job_dir": jdir, "log_path": os.path.join(jdir, "job.log"),
                "artifact": msg.get("artifact") or "", "driver_pid": None}
         self.jobs[job_id] = job
-        env = {**os.environ, **(msg.get("env") or {}), "RUNTIME_ADDRESS": self.gcs_address.removeprefix("tcp:"),
+        # The head's own interpreter comes first on PATH, so `python` in an entrypoint is the one
+        # the cluster runs on (a head started from an unactivated venv has the system's first).
+        path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+        env = {**os.environ, "PATH": path, **(msg.get("env") or {}),
+               "RUNTIME_ADDRESS": self.gcs_address.removeprefix("tcp:"),
                "RUNTIME_JOB_ID": job_id, "RUNTIME_JOB_DIR": jdir, "KERNEL_EXT_NONINTERACTIVE": "1",
                "PYTHONUNBUFFERED": "1"}
         log = open(job["log_path"], "ab")

@@ -274,3 +274,63 @@ def test_head_records_the_dashboard_port_and_rejects_a_bad_bool(cli):
     cli.run("stop")
     bad = cli.run("start", "--head", "--include-dashboard", "maybe", check=False)
     assert bad.returncode == 2 and "expected true or false, got 'maybe'" in bad.stderr
+
+
+def test_cli_rough_edges(cli):
+    """Issue 16.7: a taken client port falls back without leaving the control store's port
+    bound; `| head` is quiet; an unknown job is one line; a job's `python` is the head's;
+    pending demand is counted."""
+    import os
+    import subprocess
+
+    from runtime.client.protocol import DEFAULT_PORT
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", DEFAULT_PORT))
+        taken.listen()
+    except OSError:
+        pass  # already taken by something else: the same case
+    port = _free_port()
+    try:
+        # PATH without this interpreter's directory, as a head started from an unactivated venv has
+        env = dict(cli.env, PATH="/usr/bin:/bin")
+        started = subprocess.run([sys.executable, "-m", "runtime", "start", "--head", "--port", str(port),
+                                  "--num-cpus", "1"], env=env, capture_output=True, text=True, timeout=60)
+        assert started.returncode == 0, started.stderr
+        assert "Thin clients" in started.stdout and f":{DEFAULT_PORT}" not in started.stdout
+    finally:
+        taken.close()
+
+    listing = subprocess.Popen([sys.executable, "-m", "runtime", "list", "nodes"], env=cli.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    listing.stdout.close()  # the reader leaves at once, as `| head -0` does
+    assert listing.wait(60) == 0 and b"Traceback" not in listing.stderr.read()
+    listing.stderr.close()
+
+    unknown = cli.run("job", "logs", "UNKNOWN", check=False)
+    assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
+    assert "No job 'UNKNOWN' on this cluster" in unknown.stderr
+
+    which = cli.run("job", "submit", "--", "sh", "-c", "command -v python").stdout
+    assert os.path.join(os.path.dirname(sys.executable), "python") in which, which
+
+    held = cli.start_driver("""
+        import sys
+        import runtime
+        runtime.init(address="auto")
+        @runtime.remote(resources={"missing": 1})
+        def never():
+            return 1
+        refs = [never.remote() for _ in range(3)]
+        print("submitted", flush=True)
+        sys.stdin.read()
+    """)
+    try:
+        assert held.stdout.readline().strip() == "submitted"
+        wait_for(lambda: "3 pending tasks: {CPU: 1, missing: 1}" in cli.run("status").stdout, timeout=20,
+                 what="the three waiting tasks counted in `runtime status`")
+    finally:
+        held.stdin.close()
+        held.wait(30)
+    cli.run("stop")
+    wait_for(lambda: not _port_open(port), timeout=10, what=f"port {port} closed after stop")

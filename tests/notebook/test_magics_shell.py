@@ -29,10 +29,10 @@ def test_cell_output_printed_in_the_cell(ip, capsys):
 
 
 def test_value_over_max_bytes_stays_in_cluster_as_ref_with_note(ip, capsys):
-    run(ip, "%%remote --max-bytes 1MB\nimport numpy as np\nbig = np.arange(1_000_000)\nsmall = 3")
+    run(ip, "%%remote --max-bytes 1MiB\nimport numpy as np\nbig = np.arange(1_000_000)\nsmall = 3")
     assert isinstance(ip.user_ns["big"], ObjectRef)
     assert ip.user_ns["small"] == 3
-    assert "big stays in the cluster: 8.0 MB is over --max-bytes 1.0 MB" in capsys.readouterr().err
+    assert "big stays in the cluster: 7.6 MiB is over --max-bytes 1.0 MiB" in capsys.readouterr().err
     np.testing.assert_array_equal(runtime.get(ip.user_ns["big"]), np.arange(1_000_000))
 
 
