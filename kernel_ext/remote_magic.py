@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import queue
 import sys
+import threading
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from IPython.display import display
 import runtime
 from runtime.exceptions import TaskCancelledError, TaskError
 from runtime.serialization.core import serialize
+from runtime.worker.output import write_stream
 
 from .cellcode import analyze, format_size, parse_size
 from .output_router import DONE, router
@@ -27,6 +29,7 @@ from .remote_cell import run_cell
 # Names a notebook always has that are never shipped: IPython's own history and helpers.
 _NOT_SHIPPED = {"In", "Out", "get_ipython", "exit", "quit", "_ih", "_oh", "_dh", "_", "__", "___"}
 DEFAULT_MAX_BYTES = 100 * 2**20
+OUTPUT_SLICE_S = 0.2  # an --async cell's output area is updated at most this often (as ipykernel's streams)
 # Frames of our own cell runner (the worker's path may differ from ours: match the tail).
 _REMOTE_CELL_FILE = "kernel_ext/remote_cell.py"
 _remote_cell_task = runtime.remote(run_cell)
@@ -275,9 +278,7 @@ _UNSET = object()
 
 
 def write_output(msg: dict) -> None:
-    stream = sys.stdout if msg["s"] == 1 else sys.stderr
-    stream.write(msg["d"])
-    stream.flush()
+    write_stream(msg["s"], msg["d"])
 
 
 def render_remote_traceback(err: TaskError, filename: str, count: int, label: str) -> list[str]:
@@ -314,17 +315,39 @@ def run_async(cell: RemoteCell, as_name: str | None) -> runtime.ObjectRef:
     lines: list[str] = []
     handle = display({"text/plain": f"[{cell.label}] running ..."}, raw=True, display_id=True)
     started = time.monotonic()
+    lock = threading.Lock()
+    timer: list[threading.Timer] = []
+    finished: list[bool] = []
 
     def show(status: str) -> None:
-        body = "".join(lines)
+        with lock:
+            body = "".join(lines)
         handle.update({"text/plain": body + f"[{cell.label}] {status}"}, raw=True)
 
-    def on_output(msg: dict) -> None:
-        lines.append(msg["d"])
+    def show_running() -> None:
+        with lock:
+            timer.clear()
+            if finished:
+                return
         show("running ...")
+
+    def on_output(msg: dict) -> None:
+        # One display update per time slice, not per line: a busy cell's lines would each be a
+        # message and the IOPub rate limit would drop them.
+        with lock:
+            lines.append(msg["d"])
+            if timer:
+                return
+            timer.append(threading.Timer(OUTPUT_SLICE_S, show_running))
+            timer[0].daemon = True
+            timer[0].start()
 
     def on_done() -> None:
         elapsed = time.monotonic() - started
+        with lock:
+            finished.append(True)
+            if timer:
+                timer.pop().cancel()
         try:
             result = runtime.get(names_ref, timeout=0)
         except TaskError as e:

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import runtime
+from runtime.worker.output import write_stream
 from runtime.exceptions import TaskCancelledError, TaskError
 
 from .output_router import DONE, router
@@ -59,9 +60,7 @@ def _follow(cell: Any, refs: list, q: queue.Queue) -> None:
             if item is DONE:
                 pending.discard(i)
                 continue
-            stream = sys.stdout if item["s"] == 1 else sys.stderr
-            stream.write(_prefix(i, item, mid_line))
-            stream.flush()
+            write_stream(item["s"], _prefix(i, item, mid_line))
     except KeyboardInterrupt:
         for ref in refs:
             runtime.cancel(ref, recursive=True)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import os
 import pickle
-import sys
 import threading
 import time
 from concurrent.futures import Future as ConcurrentFuture
@@ -688,6 +688,7 @@ class CoreWorker:
         spec.args_meta, spec.args_bufs = so.meta, so.buffers
         cell = spec.cell = self.current_cell
         if cell is not None:
+            spec.context = contextvars.copy_context()
             for oid in spec.return_ids:
                 self.object_cells[oid] = cell
         self.task_event(spec, te.PENDING)
@@ -877,8 +878,8 @@ class CoreWorker:
                 self._finish_task(spec, error=TaskCancelledError(spec.task_id.hex()))
             elif spec.max_retries != 0:
                 spec.max_retries -= 1
-                logger.warning("A worker died while running task `%s`; retrying (%s retries left).", spec.name,
-                               "infinite" if spec.max_retries < 0 else spec.max_retries)
+                output.in_context(spec, logger.warning, "A worker died while running task `%s`; retrying (%s "
+                                  "retries left).", spec.name, "infinite" if spec.max_retries < 0 else spec.max_retries)
                 sq.queue.appendleft(spec)
             else:
                 self._finish_task(spec, error=WorkerCrashedError(spec.name, f"worker {lease.worker_id[:8]} exited"))
@@ -1009,8 +1010,8 @@ class CoreWorker:
             if spec.max_retries > 0:
                 spec.max_retries -= 1
             self._forget_leases_on(lost_node)
-            logger.warning("Rebuilding the results of task `%s`: their only copy was on node %s, which is gone.",
-                           spec.name, lost_node[:8])
+            output.in_context(spec, logger.warning, "Rebuilding the results of task `%s`: their only copy was on "
+                              "node %s, which is gone.", spec.name, lost_node[:8])
             for o in spec.return_ids:
                 self.lineage.pop(o, None)
                 self.store.reset_pending(o)
@@ -1075,13 +1076,11 @@ class CoreWorker:
         if handler is not None and handler(msg):
             return
         text = self._prefix_output(msg)
+        spec = self.tasks.get(return_ids(msg["t"], 1)[0])
         if self.mode == "worker":  # up to whoever submitted the task that submitted this one
-            spec = self.tasks.get(return_ids(msg["t"], 1)[0])
             if output.forward_child(spec.parent if spec is not None else None, msg["s"], text):
                 return
-        stream = sys.stdout if msg["s"] == 1 else sys.stderr
-        stream.write(text)
-        stream.flush()
+        output.in_context(spec, output.write_stream, msg["s"], text)
 
     # -- cancel ------------------------------------------------------------------------------
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:

@@ -21,7 +21,7 @@ class TaskSpec:
     __slots__ = (
         "task_id", "parent", "name", "fid", "fn_blob", "args_meta", "args_bufs", "deps", "nested", "return_ids",
         "demand", "env", "max_retries", "retry_exceptions", "sched_key", "actor_id", "method",
-        "cancelled", "lease", "finished", "is_actor_creation", "owner_gone", "cell", "pg", "strategy",
+        "cancelled", "lease", "finished", "is_actor_creation", "owner_gone", "cell", "pg", "strategy", "context",
     )
 
     def __init__(self, **kw: Any) -> None:
@@ -42,6 +42,10 @@ class TaskSpec:
         self.is_actor_creation = False
         self.parent = None
         self.cell = None  # the notebook cell that submitted it (dict), if any
+        # The submitter's contextvars when a notebook cell submitted it: the task's output and
+        # warnings are written in it, so a kernel (ipykernel keeps the cell's message header
+        # in a contextvar) shows them under that cell, not under whichever cell runs now.
+        self.context = None
         self.pg = None  # [pg id, bundles, strategy, name]: its child tasks go into this placement group
         self.strategy = None  # None (DEFAULT), "SPREAD" or ["node", node id, soft]
         for k, v in kw.items():

@@ -116,6 +116,23 @@ def forward_child(parent_task_id: bytes | None, stream_no: int, text: str) -> bo
     return True
 
 
+def write_stream(stream_no: int, text: str) -> None:
+    """Write task output to this process's stdout (1) or stderr (2). A stream that batches by
+    itself (ipykernel's, which sends what was written every 0.2 s) is not flushed: a flush per
+    line of a busy task sends a message per line, past the IOPub rate limit, and lines are lost."""
+    stream = sys.stdout if stream_no == 1 else sys.stderr
+    stream.write(text)
+    if not hasattr(stream, "set_thread_parent"):
+        stream.flush()
+
+
+def in_context(spec: Any, fn: Any, *args: Any) -> Any:
+    """fn(*args) in the contextvars of whoever submitted `spec` (TaskSpec.context), so output and
+    warnings about a task land in the notebook cell that submitted it."""
+    ctx = getattr(spec, "context", None)
+    return fn(*args) if ctx is None else ctx.copy().run(fn, *args)
+
+
 class LinePrefixer:
     """Prefixes each line of a task's output with `(name pid=N) `, across partial writes."""
 
