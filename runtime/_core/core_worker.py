@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import json
 import logging
 import os
 import pickle
@@ -69,10 +70,11 @@ class Lease:
 class SchedulingQueue:
     """Tasks with the same resource demand and environment share leased workers."""
 
-    __slots__ = ("key", "demand", "env", "queue", "leases", "requesting", "strategy")
+    __slots__ = ("key", "demand", "env", "queue", "leases", "requesting", "strategy", "infeasible")
 
     def __init__(self, key: str, demand: dict, env: dict, strategy: Any = None) -> None:
         self.key, self.demand, self.env, self.strategy = key, demand, env, strategy
+        self.infeasible: str | None = None  # why no node can grant this demand, until one does
         self.queue: collections.deque[TaskSpec] = collections.deque()
         self.leases: list[Lease] = []
         self.requesting = 0
@@ -164,7 +166,7 @@ class CoreWorker:
         self._post_lock = threading.Lock()
         self._post_scheduled = False
         self._fetching: set[bytes] = set()
-        self._infeasible_warned: set[str] = set()
+        self._infeasible_warned: set[tuple] = set()  # (text, cell) already shown
         self.current_task_name = ""
         self.current_task_id = b""
         self.current_actor_id = ""
@@ -757,6 +759,8 @@ class CoreWorker:
         self._dispatch(sq)
 
     def _dispatch(self, sq: SchedulingQueue) -> None:
+        if sq.infeasible is not None:  # a task joined a queue already known to wait: its cell is told
+            self._say_infeasible(sq)
         for lease in sq.leases:
             if not sq.queue:
                 break
@@ -788,6 +792,7 @@ class CoreWorker:
                 self._finish_task(sq.queue.popleft(), error=e)
             return
         sq.requesting -= 1
+        sq.infeasible = None  # granted: the cluster can hold it now
         try:
             conn = await self.get_conn(reply["address"])
         except Exception:
@@ -1066,9 +1071,25 @@ class CoreWorker:
         return self._object_reply(msg["o"])
 
     def on_infeasible(self, conn: Connection, msg: dict, bufs: list) -> None:
-        if msg["text"] not in self._infeasible_warned:
-            self._infeasible_warned.add(msg["text"])
-            logger.warning(msg["text"])
+        """A lease request of ours can never be granted as the cluster is: say so where the
+        waiting tasks were submitted (each notebook cell once), else once in this process."""
+        demand = {k: float(v) for k, v in (msg.get("demand") or {}).items()}
+        queues = [sq for sq in self.queues.values() if sq.demand == demand]
+        for sq in queues:
+            sq.infeasible = msg["text"]
+            self._say_infeasible(sq)
+        if not any(s.context is not None for sq in queues for s in sq.queue):
+            if (msg["text"], None) not in self._infeasible_warned:
+                self._infeasible_warned.add((msg["text"], None))
+                logger.warning(msg["text"])
+
+    def _say_infeasible(self, sq: SchedulingQueue) -> None:
+        """Tell each notebook cell with a task waiting in `sq` why it waits (once per cell)."""
+        for spec in sq.queue:
+            key = (sq.infeasible, json.dumps(spec.cell, sort_keys=True, default=str))
+            if spec.context is not None and key not in self._infeasible_warned:
+                self._infeasible_warned.add(key)
+                output.in_context(spec, logger.warning, sq.infeasible)
 
     # -- task output ---------------------------------------------------------------------------
     def on_task_output(self, conn: Connection, msg: dict, bufs: list) -> None:

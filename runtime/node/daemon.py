@@ -53,6 +53,19 @@ class WorkerRecord:
     idle_since: float = 0.0
 
 
+def infeasible_text(demand: dict, nodes: list[dict]) -> str:
+    """Why a request can never be granted on this cluster: what is missing and what there is."""
+    def shown(res: dict) -> str:
+        keep = {k: v for k, v in sorted(res.items())
+                if k in demand or not (k.startswith("node:") or k in ("memory", "object_store_memory"))}
+        return "{" + ", ".join(f"{k}: {v:g}" for k, v in keep.items()) + "}"
+    missing = {k: v for k, v in demand.items() if all(n.get(k, 0.0) + 1e-9 < v for n in nodes)}
+    where = "no node of the cluster has" if len(nodes) > 1 else "the cluster's only node does not have"
+    return (f"A task or actor requires {shown(demand)}, but {where} {shown(missing or demand)} "
+            f"(nodes: {'; '.join(shown(n) for n in nodes)}). It waits until a node with enough "
+            "resources joins (an autoscaler may add one); interrupt it, or lower the request.")
+
+
 class NodeDaemon:
     def __init__(self, args: dict) -> None:
         self.args = args
@@ -457,15 +470,14 @@ class NodeDaemon:
     def _warn_infeasible(self, conn: Connection, demand: dict) -> None:
         if any(is_group_resource(k) for k in demand):
             return  # waits for its placement group, whose own state says why it is pending
-        where = "no node of the cluster has that much" if self.peers else f"this node has only {self.pool.total}"
-        text = (f"A task or actor requires {demand}, but {where}; it will wait "
-                "until a node with enough resources joins. Lower the request or add resources.")
+        text = infeasible_text(demand, [dict(self.pool.total)] + [dict(p.get("resources") or {})
+                                                                  for p in self.peers.values()])
         key = json.dumps(demand, sort_keys=True)
         if key not in self.infeasible_warned:
             self.infeasible_warned.add(key)
             logger.warning(text)
-        if not conn.closed:
-            conn.send({"op": "infeasible", "text": text})
+        if not conn.closed:  # the owner shows it where the task was submitted (a notebook cell)
+            conn.send({"op": "infeasible", "text": text, "demand": demand})
 
     def _schedule(self) -> None:
         self._report_resources()

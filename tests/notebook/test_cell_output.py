@@ -77,3 +77,18 @@ def test_output_and_warnings_go_to_the_submitting_cell(kernel, tmp_path):  # noq
     assert "late line" in text_submitting and "A worker died while running task `late`" in text_submitting
     assert "got 1" in text_later
     assert "late line" not in text_later and "worker died" not in text_later
+
+
+def test_infeasible_cell_says_why_at_once_and_keeps_waiting(kernel):  # noqa: F811
+    """Issue 16.5: `--num-gpus 1` on a CPU-only cluster says what is missing and what the
+    cluster has within seconds, in the cell, and waits until --timeout."""
+    from test_kernel import wait_for_stream
+    _, kc = kernel
+    for _ in range(2):  # each cell says it, not only the first
+        started = time.monotonic()
+        cell = kc.execute("%%remote --num-gpus 1 --timeout 8\nprint('never')")
+        wait_for_stream(kc, cell, "the cluster's only node does not have {GPU: 1}", timeout=10)
+        assert time.monotonic() - started < 5
+        reply = shell_reply(kc, cell, 60)
+        assert reply["content"]["status"] == "error" and "ran past --timeout 8" in reply["content"]["evalue"]
+        assert time.monotonic() - started >= 8

@@ -77,6 +77,7 @@ def test_actors_notebook_runs(tmp_path):
 def test_resources_notebook_runs(tmp_path):
     out = executed_text("03-resources-and-placement.ipynb", tmp_path)
     assert "still pending: 1" in out and "cancelled" in out
+    assert "requires {CPU: 1, TPU: 1}, but the cluster's only node does not have {TPU: 1}" in out
     assert "hello from a half-CPU cell" in out and "{'CPU': 0.5}" in out
     assert "CREATED - CPUs left outside the group: 0" in out and "CPU_group_1_" in out  # placement groups
     assert "in bundle 0 of pair" in out and "STRICT_SPREAD needs 2 nodes" in out and "CPUs free again: 2.0" in out
