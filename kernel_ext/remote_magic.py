@@ -18,7 +18,7 @@ from IPython.core.error import UsageError
 from IPython.display import display
 
 import runtime
-from runtime.exceptions import TaskCancelledError, TaskError
+from runtime.exceptions import TaskCancelledError, TaskError, WorkerCrashedError
 from runtime.serialization.core import serialize
 from runtime.worker.output import write_stream
 
@@ -218,7 +218,7 @@ class RemoteCell:
                 else:
                     runtime.cancel(ref, force=True, recursive=True)
                     print(f"Killed the worker running {self.label}.", file=sys.stderr)
-            raise KeyboardInterrupt(f"{self.label} was interrupted; its tasks were cancelled.") from None
+            raise plain_error(KeyboardInterrupt(f"{self.label} was interrupted; its tasks were cancelled.")) from None
 
     def _drain_until_done(self, route: queue.Queue, deadline: float | None, ref: runtime.ObjectRef) -> None:
         while True:
@@ -238,7 +238,9 @@ class RemoteCell:
         try:
             return runtime.get(ref)
         except TaskCancelledError:
-            raise KeyboardInterrupt(f"{self.label} was cancelled.") from None
+            raise plain_error(KeyboardInterrupt(f"{self.label} was cancelled.")) from None
+        except WorkerCrashedError as e:
+            raise plain_error(e, worker_crash_text(self.label, e, self.args.retries)) from None
         except TaskError as e:
             # IPython shows this instead of a local traceback (and so does ipykernel's error reply).
             e._render_traceback_ = lambda e=e: render_remote_traceback(e, self.filename, self.count, self.label)
@@ -275,6 +277,21 @@ def unship(name: str, shipped: tuple, max_bytes: int) -> Any:
 
 
 _UNSET = object()
+
+
+def plain_error(exc: BaseException, text: str | None = None) -> BaseException:
+    """`exc`, shown by IPython (and in the kernel's error reply) as one explanation, without the
+    frames of our magic: the user's code is not in them, and they hide what to do."""
+    line = text or f"{type(exc).__name__}: {exc}"
+    exc._render_traceback_ = lambda: line.splitlines()  # type: ignore[attr-defined]
+    return exc
+
+
+def worker_crash_text(label: str, e: WorkerCrashedError, retries: int | None) -> str:
+    tried = f" after --retries {retries}" if retries is not None else ""
+    return (f"WorkerCrashedError: the worker running {label} died unexpectedly{tried}"
+            f"{' (' + e.detail + ')' if e.detail else ''}. Add `--retries N` to the %%remote line to retry "
+            "it more, or see the node's log if it ran out of memory.")
 
 
 def write_output(msg: dict) -> None:

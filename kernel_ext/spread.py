@@ -16,13 +16,25 @@ from typing import Any
 
 import runtime
 from runtime.worker.output import write_stream
-from runtime.exceptions import TaskCancelledError, TaskError
+from runtime.exceptions import TaskCancelledError, TaskError, WorkerCrashedError
 
 from .output_router import DONE, router
+from .remote_magic import plain_error, render_remote_traceback, worker_crash_text
 
 
 class SpreadError(Exception):
-    """Some copies of a `--spread` cell failed; the message groups them by error."""
+    """Some copies of a `--spread` cell failed; the message groups them by error. Shown with the
+    remote traceback of the first worker of each group, at the cell's lines, and none of ours."""
+
+    def __init__(self, message: str, tracebacks: list[list[str]] | None = None) -> None:
+        super().__init__(message)
+        self.tracebacks = tracebacks or []
+
+    def _render_traceback_(self) -> list[str]:
+        lines = [f"SpreadError: {self}"]
+        for tb in self.tracebacks:
+            lines.extend(["", *tb])
+        return lines
 
 
 def run_spread(cell: Any, n: int, task: Any) -> Any:
@@ -64,7 +76,8 @@ def _follow(cell: Any, refs: list, q: queue.Queue) -> None:
     except KeyboardInterrupt:
         for ref in refs:
             runtime.cancel(ref, recursive=True)
-        raise KeyboardInterrupt(f"{cell.label} was interrupted; its {len(refs)} tasks were cancelled.") from None
+        raise plain_error(KeyboardInterrupt(f"{cell.label} was interrupted; its {len(refs)} tasks were "
+                                            "cancelled.")) from None
 
 
 def _prefix(i: int, msg: dict, mid_line: set) -> str:
@@ -81,22 +94,30 @@ def _prefix(i: int, msg: dict, mid_line: set) -> str:
 def _gather(cell: Any, refs: list) -> Any:
     results: list[Any] = []
     failures: dict[tuple, list[int]] = collections.defaultdict(list)
+    shown: dict[tuple, list[str]] = {}  # the first worker's traceback of each kind of failure
     for i, ref in enumerate(refs):
         try:
             results.append(runtime.get(ref))
+            continue
         except TaskCancelledError:
-            failures[("TaskCancelledError", "cancelled")].append(i)
-            results.append(None)
+            key, tb = ("TaskCancelledError", "cancelled"), None
+        except WorkerCrashedError as e:
+            key, tb = ("WorkerCrashedError", "the worker died"), [worker_crash_text(f"worker {i}", e, cell.args.retries)]
         except TaskError as e:
             cause = e.cause if e.cause is not None else e
-            first = (str(cause).strip().splitlines() or [""])[0]
-            failures[(type(cause).__name__, first)].append(i)
-            results.append(None)
+            key = (type(cause).__name__, (str(cause).strip().splitlines() or [""])[0])
+            tb = render_remote_traceback(e, cell.filename, cell.count, f"{cell.label} [worker {i}]")
+        failures[key].append(i)
+        if tb is not None:
+            shown.setdefault(key, tb)
+        results.append(None)
     if failures:
+        ordered = sorted(failures.items(), key=lambda kv: -len(kv[1]))
         groups = [f"{len(idx)} × {kind} on worker{'s' if len(idx) > 1 else ''} {', '.join(map(str, idx))}: {msg}"
-                  for (kind, msg), idx in sorted(failures.items(), key=lambda kv: -len(kv[1]))]
+                  for (kind, msg), idx in ordered]
         ok = len(refs) - sum(len(v) for v in failures.values())
-        raise SpreadError(f"{cell.label}: {ok} of {len(refs)} workers succeeded; " + "; ".join(groups))
+        raise SpreadError(f"{cell.label}: {ok} of {len(refs)} workers succeeded; " + "; ".join(groups),
+                          [shown[k] for k, _ in ordered if k in shown])
     names: dict[str, list] = {}
     for r in results:
         for name, shipped in r["names"].items():

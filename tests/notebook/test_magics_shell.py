@@ -161,6 +161,24 @@ def test_spread_groups_failures(ip):
     assert "1 of 4 workers succeeded; 3 × ValueError on workers 0, 2, 3: no good" in str(info.value)
 
 
+def _shown(ip, source: str, capsys) -> str:
+    """What IPython shows for a failing cell (its traceback text), as a notebook would."""
+    ip.run_cell(source, store_history=True)
+    return capsys.readouterr().out
+
+
+def test_errors_show_the_users_code_and_one_explanation_not_our_frames(ip, capsys):
+    """Issue 16.6: a --spread failure shows the failing worker's remote traceback at the cell's
+    line; a worker death under --retries names --retries; neither shows kernel_ext frames."""
+    shown = _shown(ip, "%%remote --spread 2\nx = 1\nif worker_index == 1:\n    raise ValueError('no good')\n1", capsys)
+    assert "SpreadError: cell In[" in shown and "1 × ValueError on worker 1: no good" in shown
+    assert "line 4" in shown and "raise ValueError('no good')" in shown, shown
+    assert "kernel_ext" not in shown and "magics.py" not in shown, shown
+    shown = _shown(ip, "%%remote --retries 1\nimport os\nos._exit(1)", capsys)
+    assert "WorkerCrashedError: the worker running cell In[" in shown and "after --retries 1" in shown, shown
+    assert "max_retries" not in shown and "kernel_ext" not in shown and "File " not in shown, shown
+
+
 def test_session_keeps_its_namespace_across_cells_and_attach_rebinds(ip, capsys):
     from kernel_ext import sessions
     try:
