@@ -25,6 +25,8 @@ def load_ipython_extension(ipython: Any) -> None:
     from .magics import ClusterMagics
     from .reprs import register_formatters
 
+    from runtime._core import api_state
+    api_state.driver_kind = "notebook"  # job lists show this kernel's driver among the notebooks
     ipython.register_magics(ClusterMagics)
     register_formatters(ipython)
     if _tagger is None:

@@ -88,8 +88,9 @@ def text_lines(snap: Snapshot) -> list[str]:
     lines.append("Actors: " + (", ".join(f"{v} {k.lower()}" for k, v in sorted(actor_counts.items())) or "none"))
     lines.append(f"Placement groups: {len(snap.placement_groups) or 'none'}")
     lines.append(f"Objects: {len(snap.objects)}, {format_size(sum(o['size_bytes'] for o in snap.objects))}")
-    running_jobs = sum(1 for j in snap.jobs if j.get("status") == "RUNNING")
-    lines.append(f"Jobs: {len(snap.jobs)} ({running_jobs} running)")
+    jobs, hidden = shown_jobs(snap.jobs)
+    running_jobs = sum(1 for j in jobs if j.get("status") == "RUNNING")
+    lines.append(f"Jobs: {len(jobs)} ({running_jobs} running)" + (f"; {hidden} other drivers not shown" if hidden else ""))
     for t in recent_failures(snap.tasks):
         lines.append(f"  failed: {t['name']} {describe_cell(t.get('cell'))} {t['error_type']}: {t['error_message']}")
     return lines
@@ -192,8 +193,21 @@ def objects_html(snap: Snapshot, largest: int = 10) -> str:
             + _table(["object", "size", "state", "pinned by", "cell", "spilled"], rows, "No objects."))
 
 
-def jobs_html(snap: Snapshot) -> str:
-    rows = [[_e(j.get("job_id", "")), _e(j.get("status", "")), _e(j.get("entrypoint") or j.get("driver_pid") or ""),
+def shown_jobs(jobs: list[dict], all_drivers: bool = False) -> tuple[list[dict], int]:
+    """Submitted jobs and notebook kernels; other drivers (scripts, `runtime` CLI calls, the
+    Jupyter server's own connection) only with all_drivers. Returns (rows, how many hidden)."""
+    if all_drivers:
+        return jobs, 0
+    rows = [j for j in jobs if j.get("type") != "DRIVER" or j.get("kind") == "notebook"]
+    return rows, len(jobs) - len(rows)
+
+
+def jobs_html(snap: Snapshot, all_drivers: bool = False) -> str:
+    jobs, hidden = shown_jobs(snap.jobs, all_drivers)
+    rows = [[_e(j.get("job_id", "")), _e("notebook" if j.get("kind") == "notebook" else j.get("type", "").lower()),
+             _e(j.get("status", "")), _e(j.get("entrypoint") or j.get("driver_pid") or ""),
              _e(time.strftime("%H:%M:%S", time.localtime(j["start_time"])) if j.get("start_time") else "")]
-            for j in snap.jobs]
-    return _table(["job", "status", "entrypoint / driver pid", "started"], rows, "No jobs.")
+            for j in jobs]
+    note = (f"<small>{hidden} other driver(s) hidden (scripts, runtime CLI calls, the Jupyter server): tick "
+            "<i>all drivers</i> to see them.</small>") if hidden else ""
+    return _table(["job", "kind", "status", "entrypoint / driver pid", "started"], rows, "No jobs.") + note

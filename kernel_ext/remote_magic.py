@@ -267,9 +267,9 @@ def unship(name: str, shipped: tuple, max_bytes: int) -> Any:
     if kind == "value":
         return shipped[1]
     if kind == "ref":
+        # A note, not a warning: stdout, so the notebook does not show it as an error (pink stderr).
         print(f"{name} stays in the cluster: {format_size(shipped[2])} is over --max-bytes "
-              f"{format_size(max_bytes)}; it is bound to an ObjectRef (runtime.get({name}) fetches it).",
-              file=sys.stderr)
+              f"{format_size(max_bytes)}; it is bound to an ObjectRef (runtime.get({name}) fetches it).")
         return shipped[1]
     print(f"{name} could not come back from the cluster ({shipped[2]}); it is left unchanged here. "
           f"Value there: {shipped[1]}", file=sys.stderr)

@@ -20,7 +20,9 @@ def register_formatters(ipython: Any) -> None:
 def _object_ref_html(ref: Any) -> str:
     from runtime import wait
     try:
-        ready = bool(wait([ref], timeout=0)[0])
+        # Not timeout=0: a ref another process owns (a value a cell left in the cluster) is
+        # ready only once its owner answers, which takes a round trip; a ready one returns at once.
+        ready = bool(wait([ref], timeout=0.5)[0])
     except Exception:  # noqa: BLE001 - a display must never raise
         ready = False
     status = "ready" if ready else "pending"

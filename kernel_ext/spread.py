@@ -9,6 +9,7 @@ back as the list of its N values. Failures are grouped by error ("3 × ValueErro
 from __future__ import annotations
 
 import collections
+import os
 import queue
 import sys
 import time
@@ -59,6 +60,7 @@ def _follow(cell: Any, refs: list, q: queue.Queue) -> None:
     mid_line: set[tuple] = set()
     started = time.monotonic()
     last_progress = 0.0
+    progress = _ProgressLine(cell.label, len(refs))
     try:
         while pending:
             try:
@@ -67,7 +69,7 @@ def _follow(cell: Any, refs: list, q: queue.Queue) -> None:
                 now = time.monotonic()
                 if now - started >= 2.0 and now - last_progress >= 5.0:  # a progress line for long cells
                     last_progress = now
-                    print(f"[{cell.label}] {len(refs) - len(pending)}/{len(refs)} workers done", file=sys.stderr)
+                    progress.show(len(refs) - len(pending))
                 continue
             if item is DONE:
                 pending.discard(i)
@@ -78,6 +80,33 @@ def _follow(cell: Any, refs: list, q: queue.Queue) -> None:
             runtime.cancel(ref, recursive=True)
         raise plain_error(KeyboardInterrupt(f"{cell.label} was interrupted; its {len(refs)} tasks were "
                                             "cancelled.")) from None
+    finally:
+        progress.close()
+
+
+class _ProgressLine:
+    """"[cell In[n]] k/N workers done" while a long --spread cell runs. In a kernel it is one
+    display updated in place and emptied when the cell ends (it must not stay above the
+    result); elsewhere (a terminal, a batch run's log) a line on stderr now and then."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total = label, total
+        self.handle: Any = None
+        self.in_kernel = hasattr(sys.stdout, "set_thread_parent") and not os.environ.get("KERNEL_EXT_NONINTERACTIVE")
+
+    def show(self, done: int) -> None:
+        text = f"[{self.label}] {done}/{self.total} workers done"
+        if not self.in_kernel:
+            print(text, file=sys.stderr)
+        elif self.handle is None:
+            from IPython.display import display
+            self.handle = display({"text/plain": text}, raw=True, display_id=True)
+        else:
+            self.handle.update({"text/plain": text}, raw=True)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.update({"text/plain": ""}, raw=True)
 
 
 def _prefix(i: int, msg: dict, mid_line: set) -> str:

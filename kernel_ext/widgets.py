@@ -49,7 +49,11 @@ class ClusterWidget:
         self.cell_filter = w.Dropdown(options=[view.ALL_CELLS], value=view.ALL_CELLS, description="cell")
         self.cell_filter.observe(lambda change: self._render_tasks(), names="value")
         tasks_box = w.VBox([self.cell_filter, self.panes["Tasks"]])
-        children = [tasks_box if name == "Tasks" else self.panes[name] for name in view.TABS]
+        self.all_drivers = w.Checkbox(value=False, description="all drivers", indent=False)
+        self.all_drivers.observe(lambda change: self._render_jobs(), names="value")
+        jobs_box = w.VBox([self.all_drivers, self.panes["Jobs"]])
+        boxes = {"Tasks": tasks_box, "Jobs": jobs_box}
+        children = [boxes.get(name, self.panes[name]) for name in view.TABS]
         self.tabs = w.Tab(children=children)
         self.tabs.titles = view.TABS
         self.box = w.VBox([self.header, self.tabs])
@@ -70,9 +74,9 @@ class ClusterWidget:
         snap = view.collect(self.user_ns)
         self.snapshot = snap
         for name, render in (("Nodes", view.nodes_html), ("Actors", view.actors_html),
-                             ("Placement groups", view.placement_groups_html), ("Object store", view.objects_html),
-                             ("Jobs", view.jobs_html)):
+                             ("Placement groups", view.placement_groups_html), ("Object store", view.objects_html)):
             self.panes[name].value = render(snap)
+        self._render_jobs()
         cells = [view.ALL_CELLS, *snap.cells()]
         if list(self.cell_filter.options) != cells:
             keep = self.cell_filter.value if self.cell_filter.value in cells else view.ALL_CELLS
@@ -85,6 +89,10 @@ class ClusterWidget:
                              f"{sum(t['state'] == 'RUNNING' for t in snap.tasks)} task(s) running "
                              f"<small>(updated {time.strftime('%H:%M:%S', time.localtime(snap.taken_at))})</small>")
         self.refreshes += 1
+
+    def _render_jobs(self) -> None:
+        if self.snapshot is not None:
+            self.panes["Jobs"].value = view.jobs_html(self.snapshot, self.all_drivers.value)
 
     def _render_tasks(self) -> None:
         if self.snapshot is not None:

@@ -81,6 +81,7 @@ class ClusterConnection:
         self._resetting: Future | None = None
         self.address = cluster_address()
         api_state.auto_init = False  # this process follows clusters; it never starts one
+        api_state.driver_kind = "jupyter-server"
         atexit.register(self.close)
 
     async def _await(self, fut: Future, timeout: float) -> Any:

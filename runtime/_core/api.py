@@ -154,9 +154,20 @@ def _init_client(address: str, namespace: str | None, runtime_env: dict | None, 
     return api_state.context
 
 
+def _driver_kind() -> str:
+    """What kind of driver this process is, for job lists: "notebook" (an IPython kernel),
+    "jupyter-server" (the lab extension), "cli" (a `runtime ...` command) or "script"."""
+    if api_state.driver_kind:
+        return api_state.driver_kind
+    import sys
+    return "notebook" if "ipykernel" in sys.modules else "script"
+
+
 async def _connect_driver(cw: CoreWorker, namespace: str) -> None:
+    import sys
     await cw.connect_cluster("driver")
-    reply, _ = await cw.gcs_request({"op": "register_job", "namespace": namespace, "pid": os.getpid()})
+    reply, _ = await cw.gcs_request({"op": "register_job", "namespace": namespace, "pid": os.getpid(),
+                                     "entrypoint": " ".join(sys.argv), "kind": _driver_kind()})
     cw.job_id = reply["job_id"]
     cw.gcs.peer_info["job_id"] = cw.job_id
 

@@ -17,6 +17,9 @@ current_cell: dict | None = None
 # only follows clusters that others start) turns this off: a call without a connection then
 # raises ConnectionError instead of starting an embedded cluster.
 auto_init = True
+# "jupyter-server", "cli": set by such processes before they join, shown in job lists
+# (api._driver_kind tells notebooks and scripts apart by itself).
+driver_kind: str | None = None
 
 
 def ensure_initialized() -> Any:

@@ -406,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .._core import api_state
+    api_state.driver_kind = "cli"  # the drivers this command joins as are listed as CLI calls
     args = build_parser().parse_args(argv)
     try:
         code = args.fn(args)

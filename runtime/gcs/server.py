@@ -375,7 +375,7 @@ class ControlStore:
         self.driver_conns[job_id] = conn
         self.jobs[job_id] = {"job_id": job_id, "namespace": msg["namespace"], "driver_pid": msg["pid"],
                              "status": "RUNNING", "start_time": time.time(), "end_time": None,
-                             "entrypoint": msg.get("entrypoint", "")}
+                             "entrypoint": msg.get("entrypoint", ""), "kind": msg.get("kind", "script")}
         self.persist.job(self.jobs[job_id])
         return {"job_id": job_id, "nodes": [n for n in self.nodes.values() if n["alive"]]}
 

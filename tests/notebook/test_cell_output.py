@@ -92,3 +92,21 @@ def test_infeasible_cell_says_why_at_once_and_keeps_waiting(kernel):  # noqa: F8
         reply = shell_reply(kc, cell, 60)
         assert reply["content"]["status"] == "error" and "ran past --timeout 8" in reply["content"]["evalue"]
         assert time.monotonic() - started >= 8
+
+
+def test_spread_progress_line_is_gone_after_the_result(kernel):  # noqa: F811
+    """Issue 16.8: the `k/N workers done` line of a long --spread cell is updated in place and
+    emptied when the cell ends."""
+    _, kc = kernel
+    cell = kc.execute("%%remote --spread 2\nimport time\ntime.sleep(3)\nworker_index")
+    assert shell_reply(kc, cell, 60)["content"]["status"] == "ok"
+    messages = _collect(kc, cell)[cell]
+    shown = [m for m in messages if m["msg_type"] == "display_data" and "workers done" in
+             m["content"]["data"].get("text/plain", "")]
+    assert len(shown) == 1, messages
+    display_id = shown[0]["content"]["transient"]["display_id"]
+    updates = [m for m in messages if m["msg_type"] == "update_display_data"
+               and m["content"]["transient"]["display_id"] == display_id]
+    assert updates and updates[-1]["content"]["data"]["text/plain"] == ""
+    assert "workers done" not in _streams(messages)[0]
+    assert any(m["msg_type"] == "execute_result" and "[0, 1]" in m["content"]["data"]["text/plain"] for m in messages)

@@ -32,7 +32,9 @@ def test_value_over_max_bytes_stays_in_cluster_as_ref_with_note(ip, capsys):
     run(ip, "%%remote --max-bytes 1MiB\nimport numpy as np\nbig = np.arange(1_000_000)\nsmall = 3")
     assert isinstance(ip.user_ns["big"], ObjectRef)
     assert ip.user_ns["small"] == 3
-    assert "big stays in the cluster: 7.6 MiB is over --max-bytes 1.0 MiB" in capsys.readouterr().err
+    assert "big stays in the cluster: 7.6 MiB is over --max-bytes 1.0 MiB" in capsys.readouterr().out
+    from kernel_ext.reprs import _object_ref_html
+    assert "ready;" in _object_ref_html(ip.user_ns["big"])  # finished, though another process owns it
     np.testing.assert_array_equal(runtime.get(ip.user_ns["big"]), np.arange(1_000_000))
 
 

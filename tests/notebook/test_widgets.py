@@ -62,6 +62,7 @@ def test_widget_shows_tasks_by_cell_failures_actors_objects_and_out_pins(ip):
         assert f"Out[{out_n}]" in objects and "big" in objects
         assert "CPU" in widget.panes["Nodes"].value
         assert "No placement groups." in widget.panes["Placement groups"].value
+        widget.all_drivers.value = True  # this test process joined before loading kernel_ext: a script driver
         assert "RUNNING" in widget.panes["Jobs"].value
     finally:
         widget.close()
@@ -139,3 +140,27 @@ def test_placement_groups_tab_shows_strategy_state_and_nodes(ip):
     finally:
         widget.close()
         remove_placement_group(pg)
+
+
+def test_jobs_tab_shows_submitted_jobs_and_notebooks_other_drivers_behind_a_toggle(own_cluster, cli):
+    """Issue 16.8: `runtime` CLI calls and scripts are drivers too, but the Jobs tab lists
+    submitted jobs and notebook kernels unless "all drivers" is ticked."""
+    cli.run("start", "--head", "--port", "0", "--num-cpus", "1")
+    cli.run("status")  # a CLI call: a driver of kind "cli"
+    cli.run("job", "submit", "--", "echo", "hello")
+    runtime.init(address="auto")
+    try:
+        snap = cluster_view.collect({})
+        kinds = {(j.get("type"), j.get("kind")) for j in snap.jobs}
+        assert ("DRIVER", "cli") in kinds and ("SUBMISSION", None) in kinds, kinds
+        shown, hidden = cluster_view.shown_jobs(snap.jobs)
+        assert hidden >= 2 and all(j.get("type") == "SUBMISSION" or j.get("kind") == "notebook" for j in shown)
+        widget = ClusterWidget({})
+        widget.refresh()
+        assert "echo hello" in widget.panes["Jobs"].value and "runtime status" not in widget.panes["Jobs"].value
+        assert "other driver(s) hidden" in widget.panes["Jobs"].value
+        widget.all_drivers.value = True
+        assert "status" in widget.panes["Jobs"].value and "hidden" not in widget.panes["Jobs"].value
+        widget.close()
+    finally:
+        runtime.shutdown()
