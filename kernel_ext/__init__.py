@@ -11,6 +11,7 @@ from typing import Any
 
 
 _tagger: Any = None
+_announcer: Any = None
 
 
 def progress(refs: Any, desc: str = "tasks", show_after: float = 2.0) -> list:
@@ -20,7 +21,8 @@ def progress(refs: Any, desc: str = "tasks", show_after: float = 2.0) -> list:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    global _tagger
+    global _tagger, _announcer
+    from .announce import Announcer
     from .cell_tags import CellTagger
     from .magics import ClusterMagics
     from .reprs import register_formatters
@@ -32,10 +34,18 @@ def load_ipython_extension(ipython: Any) -> None:
     if _tagger is None:
         _tagger = CellTagger(ipython)
         _tagger.register()
+    if _announcer is None:  # the lab sidebar follows this kernel's cluster (announce.py)
+        _announcer = Announcer()
+        _announcer.update()
+        ipython.events.register("post_run_cell", _announcer.update)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    global _tagger
+    global _tagger, _announcer
     if _tagger is not None:
         _tagger.unregister()
         _tagger = None
+    if _announcer is not None:
+        ipython.events.unregister("post_run_cell", _announcer.update)
+        _announcer.withdraw()
+        _announcer = None

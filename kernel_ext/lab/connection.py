@@ -72,14 +72,20 @@ def _auto_gcs() -> str | None:
 
 
 class ClusterConnection:
-    """One per server process. Connection attempts are single-flight and retried on later requests."""
+    """One per server process. Connection attempts are single-flight and retried on later requests.
+
+    The runtime allows one connection per process, so the server is joined to one cluster at a
+    time: the one a request asks for (the announced cluster of the notebook in focus, see
+    kernel_ext/announce.py), else the default (RUNTIME_ADDRESS or "auto"). A request for
+    another cluster than the joined one disconnects and joins that one.
+    """
 
     def __init__(self, connect_timeout: float = CONNECT_TIMEOUT_S, call_timeout: float = CALL_TIMEOUT_S) -> None:
         self.connect_timeout = connect_timeout
         self.call_timeout = call_timeout
         self._connecting: Future | None = None
         self._resetting: Future | None = None
-        self.address = cluster_address()
+        self.address = cluster_address()  # what was last asked for: "auto", HOST:PORT
         api_state.auto_init = False  # this process follows clusters; it never starts one
         api_state.driver_kind = "jupyter-server"
         atexit.register(self.close)
@@ -88,14 +94,22 @@ class ClusterConnection:
         # shield: a deadline ends our wait, not the thread's work (which cannot be interrupted).
         return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), timeout)
 
-    async def ensure_connected(self) -> None:
-        if runtime.is_initialized() and not await self._moved():
+    async def ensure_connected(self, target: str | None = None) -> None:
+        """Joined to `target` (a control store's address, "tcp:HOST:PORT" or HOST:PORT), or to
+        the default address when None."""
+        want = target.removeprefix("tcp:") if target else cluster_address()
+        if runtime.is_initialized() and not await self._moved(want):
             return
         if self._resetting is not None and not self._resetting.done():
-            raise NotConnected("Lost the cluster; reconnecting.")
+            try:  # leaving the other cluster takes a moment: this request then joins the new one
+                await self._await(self._resetting, self.connect_timeout)
+            except asyncio.TimeoutError:
+                raise NotConnected("Still leaving the previous cluster; reconnecting.") from None
+            except Exception:  # noqa: BLE001 - a failed goodbye to a cluster that went away: join anyway
+                pass
         if self._connecting is None or self._connecting.done():
-            self.address = cluster_address()
-            self._connecting = in_thread(self._connect, self.address)
+            self.address = want
+            self._connecting = in_thread(self._connect, want)
         fut = self._connecting
         try:
             await self._await(fut, self.connect_timeout)
@@ -113,23 +127,30 @@ class ClusterConnection:
         runtime.init(address=address, ignore_reinit_error=True)
         atexit.unregister(runtime.shutdown)  # close() ends the connection at exit, with a deadline
 
-    async def _moved(self) -> bool:
-        """With "auto": is the cluster it means now another than the one joined (or none)? Then
-        the connection is reset, and the next request joins the new one."""
-        if self.address != "auto" or (self._connecting is not None and not self._connecting.done()):
+    async def _moved(self, want: str) -> bool:
+        """Is the cluster `want` means now another than the one joined (or none)? Then the
+        connection is reset, and the next request joins the new one. With "auto" that is the
+        cluster "auto" finds now (the one before it stopped, or a new head took its place)."""
+        if self._connecting is not None and not self._connecting.done():
             return False
-        try:
-            wanted = await self._await(in_thread(_auto_gcs), self.call_timeout)
-        except asyncio.TimeoutError:
-            return False
+        if want == "auto":
+            try:
+                wanted = await self._await(in_thread(_auto_gcs), self.call_timeout)
+            except asyncio.TimeoutError:
+                return False
+        elif want.startswith(("unix:", "client://")):
+            return False  # cannot be compared with a control store's address: keep what is joined
+        else:
+            wanted = "tcp:" + want
         if wanted == _current_gcs():
             return False
         self._reset()
         return True
 
-    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking runtime call off the event loop, connecting first if needed."""
-        await self.ensure_connected()
+    async def call(self, fn: Callable[..., T], *args: Any, target: str | None = None, **kwargs: Any) -> T:
+        """Run a blocking runtime call off the event loop, joined to `target` (None: the
+        default cluster) first if needed."""
+        await self.ensure_connected(target)
         fut = in_thread(fn, *args, **kwargs)
         try:
             return await self._await(fut, self.call_timeout)

@@ -17,9 +17,11 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from . import views
+from ..announce import read_announcement
 from .connection import ClusterConnection, NotConnected
 
 SETTINGS_KEY = "orrery_cluster"
+RUNTIME_DIR_KEY = "orrery_runtime_dir"  # Jupyter's runtime directory: kernels announce their cluster there
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 
 
@@ -27,6 +29,19 @@ class _Base(APIHandler):
     @property
     def cluster(self) -> ClusterConnection:
         return self.settings[SETTINGS_KEY]
+
+    def _kernel(self) -> dict:
+        """`?kernel=ID`: the notebook in focus. Its kernel's announced cluster (announce.py) is
+        the one to answer from; without one, the server's default (RUNTIME_ADDRESS or auto)."""
+        kernel_id = self.get_query_argument("kernel", "").strip()
+        info = read_announcement(self.settings[RUNTIME_DIR_KEY], kernel_id) if kernel_id else None
+        return {"id": kernel_id, "cluster_address": (info or {}).get("gcs_address"),
+                "notebook": (info or {}).get("notebook", "")}
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        kernel = self._kernel()
+        self._kernel_answer = {**kernel, "followed": bool(kernel["cluster_address"])}
+        return self.cluster.call(fn, *args, target=kernel["cluster_address"])
 
     def _limit(self) -> int:
         raw = self.get_query_argument("limit", str(views.DEFAULT_LIMIT))
@@ -42,9 +57,11 @@ class _Base(APIHandler):
         try:
             value = await produce()
         except NotConnected as e:
-            self.finish(json.dumps({"connected": False, "reason": str(e)}))
+            self.finish(json.dumps({"connected": False, "reason": str(e),
+                                    "kernel": getattr(self, "_kernel_answer", None)}))
             return
-        body = {"connected": True, "address": self.cluster.address}
+        body = {"connected": True, "address": self.cluster.address,
+                "kernel": getattr(self, "_kernel_answer", None)}
         if isinstance(value, dict) and key == "":
             body.update(value)
         else:
@@ -55,13 +72,13 @@ class _Base(APIHandler):
 class ClustersHandler(_Base):
     @web.authenticated
     async def get(self) -> None:
-        await self._answer("", lambda: self.cluster.call(views.cluster_summary, self.cluster.address))
+        await self._answer("", lambda: self._call(views.cluster_summary, self.cluster.address))
 
 
 class NodesHandler(_Base):
     @web.authenticated
     async def get(self) -> None:
-        await self._answer("nodes", lambda: self.cluster.call(views.nodes))
+        await self._answer("nodes", lambda: self._call(views.nodes))
 
 
 class TasksHandler(_Base):
@@ -69,7 +86,8 @@ class TasksHandler(_Base):
     async def get(self) -> None:
         cell = self.get_query_argument("cell", "").strip() or None
         limit = self._limit()
-        await self._answer("tasks", lambda: self.cluster.call(views.tasks, cell, limit))
+        notebook = self._kernel()["notebook"]
+        await self._answer("tasks", lambda: self._call(views.tasks, cell, limit, notebook))
 
 
 class CancelTaskHandler(_Base):
@@ -80,7 +98,7 @@ class CancelTaskHandler(_Base):
                                      "(see the task_id column of /orrery/api/tasks).")
         force = self._force()
         try:
-            cancelled, task_state = await self.cluster.call(views.cancel_task, task_id, force)
+            cancelled, task_state = await self._call(views.cancel_task, task_id, force)
         except NotConnected as e:
             self.finish(json.dumps({"connected": False, "reason": str(e)}))
             return
@@ -113,26 +131,26 @@ class ActorsHandler(_Base):
     @web.authenticated
     async def get(self) -> None:
         limit = self._limit()
-        await self._answer("actors", lambda: self.cluster.call(views.actors, limit))
+        await self._answer("actors", lambda: self._call(views.actors, limit))
 
 
 class PlacementGroupsHandler(_Base):
     @web.authenticated
     async def get(self) -> None:
-        await self._answer("placement_groups", lambda: self.cluster.call(views.placement_groups))
+        await self._answer("placement_groups", lambda: self._call(views.placement_groups))
 
 
 class ObjectsHandler(_Base):
     @web.authenticated
     async def get(self) -> None:
         limit = self._limit()
-        await self._answer("objects", lambda: self.cluster.call(views.objects, limit))
+        await self._answer("objects", lambda: self._call(views.objects, limit))
 
 
 class MetricsHandler(_Base):
     @web.authenticated
     async def get(self) -> None:
-        await self._answer("", lambda: self.cluster.call(views.metrics))
+        await self._answer("", lambda: self._call(views.metrics))
 
 
 ROUTES = [
@@ -150,5 +168,6 @@ ROUTES = [
 def setup_handlers(serverapp: Any) -> None:
     web_app = serverapp.web_app
     web_app.settings[SETTINGS_KEY] = ClusterConnection()
+    web_app.settings[RUNTIME_DIR_KEY] = serverapp.runtime_dir
     base = url_path_join(web_app.settings["base_url"], "orrery", "api")
     web_app.add_handlers(".*$", [(url_path_join(base, path) + "/?$", handler) for path, handler in ROUTES])

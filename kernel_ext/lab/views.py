@@ -32,9 +32,17 @@ def nodes() -> list[dict]:
     return state.list_nodes()
 
 
-def tasks(cell_id: str | None, limit: int) -> list[dict]:
-    filters = [("cell_id", "=", cell_id)] if cell_id else None
-    return state.list_tasks(filters=filters, limit=limit)
+def tasks(cell: str | None, limit: int, notebook: str = "") -> list[dict]:
+    """Tasks, or those of one cell: a cell id, or `In[13]` as the rows show it (of the notebook in
+    focus when it is known, since every notebook has an In[13])."""
+    import re
+    shown = re.fullmatch(r"\s*In\s*\[\s*(\d+)\s*\]\s*", cell or "")
+    if not shown:
+        return state.list_tasks(filters=[("cell_id", "=", cell)] if cell else None, limit=limit)
+    n = int(shown.group(1))
+    rows = [t for t in state.list_tasks() if (t.get("cell") or {}).get("execution_count") == n
+            and (not notebook or (t.get("cell") or {}).get("notebook") in ("", notebook))]
+    return rows[:limit]
 
 
 def actors(limit: int) -> list[dict]:

@@ -6,6 +6,7 @@ import {
 import { ICommandPalette } from '@jupyterlab/apputils';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
+import { KernelFocus } from './focus';
 import { OrreryPanel, PANEL_ID, orreryIcon } from './panel';
 import { OrreryStatus } from './statusbar';
 
@@ -29,7 +30,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
     statusBar: IStatusBar | null,
     restorer: ILayoutRestorer | null
   ) => {
-    const panel = new OrreryPanel();
+    // The sidebar and the status bar show the cluster of the notebook in focus.
+    const focus = new KernelFocus(app.shell as any);
+    const panel = new OrreryPanel(focus);
     app.shell.add(panel, 'left', { rank: 900 });
     if (restorer) {
       restorer.add(panel, PANEL_ID);
@@ -47,7 +50,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
 
     if (statusBar) {
       statusBar.registerStatusItem('orrery-lab:status', {
-        item: new OrreryStatus(),
+        item: new OrreryStatus(focus),
         align: 'left',
         rank: 500
       });

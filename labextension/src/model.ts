@@ -1,6 +1,7 @@
 import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
+import { KernelFocus } from './focus';
 import { requestAPI } from './request';
 import {
   IActor,
@@ -24,6 +25,9 @@ type Answer<K extends string, T> = IConnected & { [key in K]?: T[] };
 export class OrreryModel {
   constructor(options: OrreryModel.IOptions) {
     this._active = options.active;
+    this._focus = options.focus ?? null;
+    // Another notebook in focus: show its cluster now, not at the next tick.
+    this._focus?.changed.connect(() => void this._poll.refresh(), this);
     this._poll = new Poll({
       factory: () => this.refresh(),
       frequency: { interval: REFRESH_INTERVAL, backoff: true, max: 30 * 1000 },
@@ -75,12 +79,13 @@ export class OrreryModel {
     const tasksPath = this._cellFilter
       ? `tasks?cell=${encodeURIComponent(this._cellFilter)}`
       : 'tasks';
+    const ask = (path: string) => (this._focus ? this._focus.withKernel(path) : path);
     const [nodes, tasks, actors, pgs, objects] = await Promise.all([
-      requestAPI<Answer<'nodes', INode>>('nodes'),
-      requestAPI<Answer<'tasks', ITask>>(tasksPath),
-      requestAPI<Answer<'actors', IActor>>('actors'),
-      requestAPI<Answer<'placement_groups', IPlacementGroup>>('placement_groups'),
-      requestAPI<Answer<'objects', IObject>>('objects')
+      requestAPI<Answer<'nodes', INode>>(ask('nodes')),
+      requestAPI<Answer<'tasks', ITask>>(ask(tasksPath)),
+      requestAPI<Answer<'actors', IActor>>(ask('actors')),
+      requestAPI<Answer<'placement_groups', IPlacementGroup>>(ask('placement_groups')),
+      requestAPI<Answer<'objects', IObject>>(ask('objects'))
     ]);
     const answers: IConnected[] = [nodes, tasks, actors, pgs, objects];
     const missing = answers.find(a => !a.connected);
@@ -88,6 +93,7 @@ export class OrreryModel {
       connected: !missing,
       reason: missing?.reason ?? '',
       address: nodes.address ?? '',
+      kernel: nodes.kernel ?? null,
       nodes: nodes.nodes ?? [],
       tasks: tasks.tasks ?? [],
       actors: actors.actors ?? [],
@@ -112,6 +118,7 @@ export class OrreryModel {
   }
 
   private _active: () => boolean;
+  private _focus: KernelFocus | null;
   private _poll: Poll;
   private _cellFilter = '';
   private _snapshot: ISnapshot | null = null;
@@ -123,6 +130,7 @@ export namespace OrreryModel {
     connected: false,
     reason: '',
     address: '',
+    kernel: null,
     nodes: [],
     tasks: [],
     actors: [],
@@ -133,5 +141,7 @@ export namespace OrreryModel {
   export interface IOptions {
     /** Whether the panel is visible; polling pauses while it is not. */
     active: () => boolean;
+    /** The notebook in focus, whose kernel's cluster is shown (none: the server's default). */
+    focus?: KernelFocus | null;
   }
 }

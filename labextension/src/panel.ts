@@ -3,6 +3,7 @@ import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
 import { el, formatBytes, formatResources, shortId, table } from './dom';
+import { KernelFocus } from './focus';
 import { OrreryModel } from './model';
 import { ICell, ISnapshot, ITask } from './tokens';
 
@@ -20,13 +21,17 @@ export const orreryIcon = new LabIcon({
     '<path fill="none" stroke="#616161" stroke-width="1.2" d="M12 4a8 8 0 1 1 0 16a8 8 0 1 1 0-16"/></g></svg>'
 });
 
+/** "analysis.ipynb In[13]": which notebook, then the cell as the notebook shows it. */
 function cellLabel(cell: ICell | null): string {
   if (!cell) {
     return '';
   }
-  return cell.execution_count !== null && cell.execution_count !== undefined
-    ? `In[${cell.execution_count}]`
-    : cell.cell_id;
+  const inCell =
+    cell.execution_count !== null && cell.execution_count !== undefined
+      ? `In[${cell.execution_count}]`
+      : cell.cell_id;
+  const notebook = cell.notebook ? cell.notebook.split('/').pop() : '';
+  return notebook ? `${notebook} ${inCell}` : inCell;
 }
 
 function taskTitle(t: ITask): string {
@@ -48,13 +53,13 @@ function taskTitle(t: ITask): string {
  * placement groups and objects of the cluster the Jupyter server is connected to.
  */
 export class OrreryPanel extends Widget {
-  constructor() {
+  constructor(focus: KernelFocus | null = null) {
     super();
     this.id = PANEL_ID;
     this.addClass('orrery-Panel');
     this.title.icon = orreryIcon;
     this.title.caption = 'Orrery';
-    this.model = new OrreryModel({ active: () => this.isVisible });
+    this.model = new OrreryModel({ active: () => this.isVisible, focus });
 
     this._status = this.node.appendChild(el('div', 'orrery-status', 'Connecting…'));
     this._error = this.node.appendChild(el('div', 'orrery-error'));
@@ -93,7 +98,7 @@ export class OrreryPanel extends Widget {
   private _filterBox(): HTMLElement {
     const input = el('input', 'orrery-cell-filter jp-mod-styled');
     input.type = 'search';
-    input.placeholder = 'Filter by cell id';
+    input.placeholder = 'Filter by cell: In[13] or a cell id';
     input.addEventListener('input', () => (this.model.cellFilter = input.value));
     return input;
   }
@@ -117,9 +122,14 @@ export class OrreryPanel extends Widget {
   }
 
   private _render(snap: ISnapshot): void {
+    const whose = snap.kernel?.followed
+      ? `this notebook's cluster${snap.kernel.notebook ? ' (' + snap.kernel.notebook.split('/').pop() + ')' : ''}`
+      : `the server's default cluster (${snap.address || 'auto'}; this notebook's kernel has none yet)`;
     this._status.textContent = snap.connected
-      ? `Cluster ${snap.address}: ${snap.nodes.length} node(s)`
+      ? `Showing ${snap.kernel ? whose : 'cluster ' + snap.address}: ${snap.nodes.length} node(s)`
       : `Not connected: ${snap.reason}`;
+    this._status.dataset.clusterAddress = snap.kernel?.cluster_address ?? '';
+    this._status.dataset.kernelId = snap.kernel?.id ?? '';
     this.toggleClass('orrery-mod-disconnected', !snap.connected);
     const s = this._sections;
     s.nodes.replaceChildren(

@@ -2,6 +2,7 @@ import { Poll } from '@lumino/polling';
 import { Widget } from '@lumino/widgets';
 
 import { formatBytes } from './dom';
+import { KernelFocus } from './focus';
 import { requestAPI } from './request';
 import { IMetrics } from './tokens';
 
@@ -10,8 +11,10 @@ export const METRICS_INTERVAL = 2000;
 
 /** "Orrery CPU 1/2 · store 1.0 MiB/64.0 MiB": polls /orrery/api/metrics, never the kernel. */
 export class OrreryStatus extends Widget {
-  constructor() {
+  constructor(focus: KernelFocus | null = null) {
     super();
+    this._focus = focus;
+    this._focus?.changed.connect(() => void this._poll.refresh(), this);
     this.addClass('orrery-StatusItem');
     this.node.textContent = 'Orrery: …';
     this.node.title = 'Orrery cluster: CPU in use and object-store use';
@@ -31,7 +34,7 @@ export class OrreryStatus extends Widget {
   private async _refresh(): Promise<void> {
     let m: IMetrics;
     try {
-      m = await requestAPI<IMetrics>('metrics');
+      m = await requestAPI<IMetrics>(this._focus ? this._focus.withKernel('metrics') : 'metrics');
     } catch (error) {
       this.node.textContent = 'Orrery: server extension not answering';
       this.node.title = (error as Error).message;
@@ -50,4 +53,5 @@ export class OrreryStatus extends Widget {
   }
 
   private _poll: Poll;
+  private _focus: KernelFocus | null;
 }

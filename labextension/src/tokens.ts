@@ -11,6 +11,15 @@ export interface IConnected {
   connected: boolean;
   reason?: string;
   address?: string;
+  /** The kernel asked for (`?kernel=ID`): `followed` when the answer is its own cluster. */
+  kernel?: IKernelAnswer | null;
+}
+
+export interface IKernelAnswer {
+  id: string;
+  cluster_address: string | null;
+  notebook: string;
+  followed: boolean;
 }
 
 export interface INode {
@@ -74,6 +83,7 @@ export interface ISnapshot {
   connected: boolean;
   reason: string;
   address: string;
+  kernel: IKernelAnswer | null;
   nodes: INode[];
   tasks: ITask[];
   actors: IActor[];

@@ -220,3 +220,72 @@ def test_server_follows_clusters_never_starts_one_and_stops_quickly(cli, lab_tmp
     finally:
         server.stop()
         cli.run("stop")
+
+
+def _kernel_in(runtime_dir, env):
+    """A real ipykernel whose connection file is in the server's runtime directory (as kernels the
+    server starts have), so its announcement is where the server looks."""
+    import uuid
+
+    from jupyter_client.manager import KernelManager
+    kernel_id = str(uuid.uuid4())
+    km = KernelManager(kernel_name="python3", connection_file=str(runtime_dir / f"kernel-{kernel_id}.json"))
+    km.start_kernel(env=env)
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    return kernel_id, km, kc
+
+
+def _run(kc, code):
+    reply = kc.execute_interactive(code, timeout=90, output_hook=lambda msg: None)
+    assert reply["content"]["status"] == "ok", reply["content"]
+
+
+def test_answers_follow_the_cluster_of_the_kernel_asked_for(cli, lab_tmp, orrery_leak_check):
+    """Issue 16.2: two notebooks' kernels, each with its own embedded cluster: `?kernel=ID` answers
+    from that kernel's cluster; after a restart the kernel's new cluster is followed."""
+    import os
+
+    env = dict(cli.env)
+    env.pop("RUNTIME_ADDRESS", None)
+    server = start_jupyter(lab_tmp, env, app="server")
+    runtime_dir = lab_tmp / "jruntime"
+    kernels = []
+    try:
+        for cpus in (1, 2):
+            kernel_id, km, kc = _kernel_in(runtime_dir, env)
+            kernels.append((kernel_id, km, kc))
+            _run(kc, f"%load_ext kernel_ext\n%cluster start --num-cpus {cpus}")
+        (a, km_a, kc_a), (b, _, kc_b) = kernels
+
+        def cpus_of(kernel_id):
+            body = server.get(f"{API}/clusters?kernel={kernel_id}", timeout=15)
+            return body["resources_total"].get("CPU") if body["connected"] and body["kernel"]["followed"] else None
+
+        for kernel_id, cpus in ((a, 1.0), (b, 2.0), (a, 1.0)):  # focus moves A -> B -> A
+            wait_for(lambda: cpus_of(kernel_id) == cpus, timeout=30, what=f"the cluster of kernel {kernel_id[:8]}")
+        metrics = server.get(f"{API}/metrics?kernel={b}", timeout=15)
+        assert metrics["cpu"]["total"] == 2.0
+
+        _run(kc_b, "import runtime\n@runtime.remote\ndef held(p):\n    import os, time\n"
+                   "    while not os.path.exists(p):\n        time.sleep(0.02)\n"
+                   f"ref = held.remote({str(lab_tmp / 'go')!r})")
+        count = kc_b.execute_interactive("get_ipython().execution_count", timeout=30, output_hook=lambda m: None)
+        cell = f"In[{count['content']['execution_count'] - 1}]"
+        wait_for(lambda: [t for t in server.get(f"{API}/tasks?kernel={b}&cell={cell}")["tasks"]
+                          if t["name"].endswith("held")], timeout=30, what=f"the task found by the filter {cell}")
+        (lab_tmp / "go").write_text("")
+
+        km_a.restart_kernel(now=True)  # same id, new process: the old announcement is stale
+        kc_a.wait_for_ready(timeout=60)
+        body = server.get(f"{API}/clusters?kernel={a}", timeout=15)
+        assert body["kernel"]["followed"] is False  # the server's default meanwhile, and it says so
+        _run(kc_a, "%load_ext kernel_ext\n%cluster start --num-cpus 3")
+        wait_for(lambda: cpus_of(a) == 3.0, timeout=30, what="the restarted kernel's new cluster")
+        assert os.path.exists(runtime_dir / f"orrery-kernel-{a}.json")
+    finally:
+        for _, km, kc in kernels:
+            kc.stop_channels()
+            km.shutdown_kernel(now=False)
+        server.stop()
