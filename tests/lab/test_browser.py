@@ -132,3 +132,63 @@ def test_sidebar_shows_cluster_and_cancels_a_running_task(lab_app, lab_tmp: Path
             raise
         finally:
             browser.close()
+
+
+def test_sidebar_follows_the_notebooks_own_cluster_through_a_kernel_restart(cli, lab_tmp: Path, orrery_leak_check):
+    """Issue 16.2: with no cluster on the machine, a notebook starts its own; the sidebar and the
+    status bar show it; after a kernel restart the notebook's new cluster (3 CPUs) is shown."""
+    import nbformat
+
+    from .jupyter_proc import start_jupyter
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    executable = _chromium()
+    env = dict(cli.env)
+    env.pop("RUNTIME_ADDRESS", None)
+    server = start_jupyter(lab_tmp, env, app="lab")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"%load_ext kernel_ext\n%cluster start --num-cpus {n}")
+                                         for n in (1, 3)],
+                                  metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    nbformat.write(nb, lab_tmp / "notebooks" / "follow.ipynb")
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            console: list[str] = []
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            try:
+                page.goto(f"{server.url}/lab/tree/follow.ipynb?token={server.token}")
+                page.wait_for_selector(".jp-SideBar [data-id='orrery-sidebar']")
+                page.click(".jp-SideBar [data-id='orrery-sidebar']")  # open the sidebar by its tab
+                sidebar = page.locator("#orrery-sidebar")
+                sidebar.wait_for(state="visible")
+                status = page.locator(".orrery-StatusItem")
+                cells = page.locator(".jp-Notebook .jp-CodeCell")
+                cells.first.wait_for()
+
+                def run_cell(i: int) -> None:
+                    cells.nth(i).locator(".jp-InputArea-editor").click()
+                    page.keyboard.press("Shift+Enter")
+
+                run_cell(0)
+                sync_api.expect(status).to_contain_text("CPU 0/1", timeout=UI_TIMEOUT_MS)
+                sync_api.expect(sidebar.locator(".orrery-status")).to_contain_text("this notebook's cluster")
+
+                page.click(".lm-MenuBar-itemLabel:text-is('Kernel')")
+                page.click(".lm-Menu-itemLabel:text-matches('^Restart Kernel')")
+                page.click(".jp-Dialog-button.jp-mod-accept")
+                run_cell(1)
+                sync_api.expect(status).to_contain_text("CPU 0/3", timeout=UI_TIMEOUT_MS)
+                sync_api.expect(sidebar.locator(".orrery-status")).to_contain_text("this notebook's cluster")
+                if os.environ.get("ORRERY_LAB_SCREENSHOT"):
+                    page.screenshot(path=os.environ["ORRERY_LAB_SCREENSHOT"])
+            except Exception:
+                page.screenshot(path=FAILURE_SCREENSHOT)
+                print(f"screenshot: {FAILURE_SCREENSHOT}\nbrowser console:\n" + "\n".join(console[-40:]))
+                print(f"server log:\n{server.log()}")
+                raise
+            finally:
+                browser.close()
+    finally:
+        server.stop()
