@@ -7,7 +7,9 @@ that the task's Cancel button cancels it (the driver's `get` raises TaskCancelle
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,14 +81,11 @@ def _open_command_palette(page, sync_api) -> None:
 lab_browser_task = runtime.remote(hold_cpu_until)
 
 
-def test_sidebar_shows_cluster_and_cancels_a_running_task(lab_app, lab_tmp: Path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+@contextlib.contextmanager
+def _lab_page(sync_api, url: str, server):
+    """A headless Chromium page on JupyterLab at `url`; on failure a screenshot, the browser
+    console and the server log are printed with the test's output."""
     executable = _chromium()
-
-    started, release = lab_tmp / "started", lab_tmp / "release"
-    ref = lab_browser_task.remote(str(started), str(release))
-    wait_for(started.exists, timeout=60, what="the task running")
-
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -94,44 +93,56 @@ def test_sidebar_shows_cluster_and_cancels_a_running_task(lab_app, lab_tmp: Path
         console: list[str] = []
         page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
         try:
-            page.goto(f"{lab_app.url}/lab?token={lab_app.token}")
+            page.goto(url)
             # Our plugin has activated once its sidebar tab is there.
             page.wait_for_selector(".jp-SideBar [data-id='orrery-sidebar']")
-            _open_command_palette(page, sync_api)
-            # The command, through the palette, is how a user opens the dashboard.
-            page.fill(".lm-CommandPalette-input", "Orrery: Open dashboard")
-            page.click(".lm-CommandPalette-item:has-text('Orrery: Open dashboard')")
-
-            sidebar = page.locator("#orrery-sidebar")
-            sidebar.wait_for(state="visible")
-            node_row = sidebar.locator("tr.orrery-node-row")
-            node_row.first.wait_for()
-            assert "(head)" in node_row.first.inner_text() and "ALIVE" in node_row.first.inner_text()
-
-            task_row = sidebar.locator("tr.orrery-task-row[data-state='RUNNING']", has_text="hold_cpu_until")
-            task_row.wait_for()
-            if os.environ.get("ORRERY_LAB_SCREENSHOT"):  # to look at the panel by hand
+            yield page, console
+            if os.environ.get("ORRERY_LAB_SCREENSHOT"):  # to look at the page by hand
                 page.screenshot(path=os.environ["ORRERY_LAB_SCREENSHOT"])
-
-            status = page.locator(".orrery-StatusItem")
-            sync_api.expect(status).to_contain_text("CPU 1/2", timeout=UI_TIMEOUT_MS)
-            sync_api.expect(status).to_contain_text("store ")
-
-            task_row.locator("button.orrery-cancel").click()
-            with pytest.raises(TaskCancelledError):
-                runtime.get(ref, timeout=60)
-            cancelled = sidebar.locator("tr.orrery-task-row[data-state='CANCELLED']", has_text="hold_cpu_until")
-            cancelled.wait_for()
-            assert cancelled.locator("button.orrery-cancel").count() == 0
-            sync_api.expect(status).to_contain_text("CPU 0/2", timeout=UI_TIMEOUT_MS)
-            assert sidebar.locator(".orrery-error").inner_text() == "", console
         except Exception:
             page.screenshot(path=FAILURE_SCREENSHOT)
             print(f"screenshot: {FAILURE_SCREENSHOT}\nbrowser console:\n" + "\n".join(console[-40:]))
-            print(f"server log:\n{lab_app.log()}")
+            print(f"server log:\n{server.log()}")
             raise
         finally:
             browser.close()
+
+
+def test_sidebar_shows_cluster_and_cancels_a_running_task(lab_app, lab_tmp: Path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    _chromium()
+
+    started, release = lab_tmp / "started", lab_tmp / "release"
+    ref = lab_browser_task.remote(str(started), str(release))
+    wait_for(started.exists, timeout=60, what="the task running")
+
+    with _lab_page(sync_api, f"{lab_app.url}/lab?token={lab_app.token}", lab_app) as (page, console):
+        _open_command_palette(page, sync_api)
+        # The command, through the palette, is how a user opens the dashboard.
+        page.fill(".lm-CommandPalette-input", "Orrery: Open dashboard")
+        page.click(".lm-CommandPalette-item:has-text('Orrery: Open dashboard')")
+
+        sidebar = page.locator("#orrery-sidebar")
+        sidebar.wait_for(state="visible")
+        node_row = sidebar.locator("tr.orrery-node-row")
+        node_row.first.wait_for()
+        assert "(head)" in node_row.first.inner_text() and "ALIVE" in node_row.first.inner_text()
+
+        task_row = sidebar.locator("tr.orrery-task-row[data-state='RUNNING']", has_text="hold_cpu_until")
+        task_row.wait_for()
+
+        status = page.locator(".orrery-StatusItem")
+        sync_api.expect(status).to_contain_text("CPU 1/2", timeout=UI_TIMEOUT_MS)
+        sync_api.expect(status).to_contain_text("store ")
+
+        task_row.locator("button.orrery-cancel").click()
+        with pytest.raises(TaskCancelledError):
+            runtime.get(ref, timeout=60)
+        cancelled = sidebar.locator("tr.orrery-task-row[data-state='CANCELLED']", has_text="hold_cpu_until")
+        cancelled.wait_for()
+        assert cancelled.locator("button.orrery-cancel").count() == 0
+        sync_api.expect(status).to_contain_text("CPU 0/2", timeout=UI_TIMEOUT_MS)
+        assert sidebar.locator(".orrery-error").inner_text() == "", console
 
 
 def test_sidebar_follows_the_notebooks_own_cluster_through_a_kernel_restart(cli, lab_tmp: Path, orrery_leak_check):
@@ -141,7 +152,7 @@ def test_sidebar_follows_the_notebooks_own_cluster_through_a_kernel_restart(cli,
 
     from .jupyter_proc import start_jupyter
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    executable = _chromium()
+    _chromium()
     env = dict(cli.env)
     env.pop("RUNTIME_ADDRESS", None)
     server = start_jupyter(lab_tmp, env, app="lab")
@@ -151,44 +162,38 @@ def test_sidebar_follows_the_notebooks_own_cluster_through_a_kernel_restart(cli,
                                                            "language": "python"}})
     nbformat.write(nb, lab_tmp / "notebooks" / "follow.ipynb")
     try:
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(UI_TIMEOUT_MS)
-            console: list[str] = []
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            try:
-                page.goto(f"{server.url}/lab/tree/follow.ipynb?token={server.token}")
-                page.wait_for_selector(".jp-SideBar [data-id='orrery-sidebar']")
-                page.click(".jp-SideBar [data-id='orrery-sidebar']")  # open the sidebar by its tab
-                sidebar = page.locator("#orrery-sidebar")
-                sidebar.wait_for(state="visible")
-                status = page.locator(".orrery-StatusItem")
-                cells = page.locator(".jp-Notebook .jp-CodeCell")
-                cells.first.wait_for()
+        with _lab_page(sync_api, f"{server.url}/lab/tree/follow.ipynb?token={server.token}", server) as (page, _):
+            page.click(".jp-SideBar [data-id='orrery-sidebar']")  # open the sidebar by its tab
+            sidebar = page.locator("#orrery-sidebar")
+            sidebar.wait_for(state="visible")
+            status = page.locator(".orrery-StatusItem")
+            cells = page.locator(".jp-Notebook .jp-CodeCell")
+            cells.first.wait_for()
 
-                def run_cell(i: int) -> None:
+            def run_cell(i: int) -> None:
+                # Only once the kernel is idle: Shift+Enter on a notebook whose kernel is still
+                # starting moves to the next cell without running this one (seen under load).
+                prompt = cells.nth(i).locator(".jp-InputPrompt")
+                for attempt in range(6):
+                    sync_api.expect(page.locator(".jp-StatusBar-Item", has_text="| Idle").first).to_be_visible()
                     cells.nth(i).locator(".jp-InputArea-editor").click()
                     page.keyboard.press("Shift+Enter")
+                    try:  # queued or run: the prompt shows [*] or [n] at once
+                        sync_api.expect(prompt).to_have_text(re.compile(r"\[(\*|\d+)\]:"), timeout=5000)
+                        return
+                    except AssertionError:
+                        if attempt == 5:
+                            raise
 
-                run_cell(0)
-                sync_api.expect(status).to_contain_text("CPU 0/1", timeout=UI_TIMEOUT_MS)
-                sync_api.expect(sidebar.locator(".orrery-status")).to_contain_text("this notebook's cluster")
+            run_cell(0)
+            sync_api.expect(status).to_contain_text("CPU 0/1", timeout=UI_TIMEOUT_MS)
+            sync_api.expect(sidebar.locator(".orrery-status")).to_contain_text("this notebook's cluster")
 
-                page.click(".lm-MenuBar-itemLabel:text-is('Kernel')")
-                page.click(".lm-Menu-itemLabel:text-matches('^Restart Kernel')")
-                page.click(".jp-Dialog-button.jp-mod-accept")
-                run_cell(1)
-                sync_api.expect(status).to_contain_text("CPU 0/3", timeout=UI_TIMEOUT_MS)
-                sync_api.expect(sidebar.locator(".orrery-status")).to_contain_text("this notebook's cluster")
-                if os.environ.get("ORRERY_LAB_SCREENSHOT"):
-                    page.screenshot(path=os.environ["ORRERY_LAB_SCREENSHOT"])
-            except Exception:
-                page.screenshot(path=FAILURE_SCREENSHOT)
-                print(f"screenshot: {FAILURE_SCREENSHOT}\nbrowser console:\n" + "\n".join(console[-40:]))
-                print(f"server log:\n{server.log()}")
-                raise
-            finally:
-                browser.close()
+            page.click(".lm-MenuBar-itemLabel:text-is('Kernel')")
+            page.click(".lm-Menu-itemLabel:text-matches('^Restart Kernel')")
+            page.click(".jp-Dialog-button.jp-mod-accept")
+            run_cell(1)
+            sync_api.expect(status).to_contain_text("CPU 0/3", timeout=UI_TIMEOUT_MS)
+            sync_api.expect(sidebar.locator(".orrery-status")).to_contain_text("this notebook's cluster")
     finally:
         server.stop()
