@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 RAY_VENV := .venv-ray
 RAY_VERSION := 2.60.0
 
-.PHONY: demo lab test test-fast bench bench-ray ray-signatures clean lab-build
+.PHONY: demo lab test test-fast bench bench-ray ray-signatures compat-ray clean lab-build
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,7 @@ lab-build: $(VENV)/.installed
 $(RAY_VENV)/.installed:
 	$(PYTHON) -m venv $(RAY_VENV)
 	$(RAY_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(RAY_VENV)/bin/python -m pip install --quiet 'ray==$(RAY_VERSION)' numpy psutil pyarrow 'dask[dataframe]' pandas
+	$(RAY_VENV)/bin/python -m pip install --quiet 'ray[default]==$(RAY_VERSION)' numpy psutil pyarrow 'dask[dataframe]' pandas
 	touch $@
 
 bench-ray: $(VENV)/.installed $(RAY_VENV)/.installed
@@ -53,6 +53,13 @@ bench-ray: $(VENV)/.installed $(RAY_VENV)/.installed
 # Ray's signatures of the public API, for tests/unit/test_ray_signatures.py (docs/ray_compatibility.md).
 ray-signatures: $(RAY_VENV)/.installed
 	$(RAY_VENV)/bin/python benchmarks/ray_signatures.py tests/data/ray_signatures.json
+
+# Ray's own job clients (JobSubmissionClient, `ray job`) against our dashboard: see benchmarks/compat_ray.py.
+compat-ray: $(VENV)/.installed $(RAY_VENV)/.installed
+	@export TMPDIR=$$(mktemp -d) PORT=$$($(VPY) -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	$(VPY) -m runtime start --head --port 0 --num-cpus 2 --client-server-port 0 --dashboard-port $$PORT > /dev/null && \
+	RAY_USAGE_STATS_ENABLED=0 $(RAY_VENV)/bin/python benchmarks/compat_ray.py http://127.0.0.1:$$PORT; \
+	code=$$?; $(VPY) -m runtime stop > /dev/null; rm -rf $$TMPDIR; exit $$code
 
 clean:
 	rm -rf $(VENV) $(RAY_VENV) build dist *.egg-info benchmarks/results

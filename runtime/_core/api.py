@@ -43,7 +43,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
             cluster started on this machine with `runtime start --head`; "HOST:PORT" joins
             the cluster whose control store listens there.
         labels: the embedded cluster's node labels.
-        include_dashboard, dashboard_host, dashboard_port: recorded with an embedded cluster.
+        include_dashboard, dashboard_host, dashboard_port: an embedded cluster's dashboard
+            (Ray's job REST API, runtime/dashboard), started on first use; by default on
+            127.0.0.1:8265, or the next free port when that is taken and no port was asked for.
         job_config: a Ray `JobConfig`; its runtime_env and ray_namespace are used when the
             runtime_env and namespace arguments are not given.
         logging_level, logging_format: the level (and, if given, the format) of the
@@ -69,8 +71,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
     if job_config is not None:
         runtime_env = runtime_env if runtime_env is not None else getattr(job_config, "runtime_env", None) or None
         namespace = namespace or getattr(job_config, "ray_namespace", None)
-    ops = {"dashboard": {"enabled": include_dashboard is not False, "host": dashboard_host,
-                         "port": 8265 if dashboard_port is None else dashboard_port}}
+    # The dashboard (runtime/dashboard) starts on first use, so it costs init() one bind.
+    ops = {"dashboard": {"enabled": include_dashboard is not False, "host": dashboard_host, "port": dashboard_port}}
     with _init_lock:
         if is_initialized():
             if ignore_reinit_error:
@@ -120,7 +122,11 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         address_info = {"address": info["gcs_address"].removeprefix("tcp:"), "gcs_address": info["gcs_address"],
                         "node_address": info["node_address"], "session_dir": info["session_dir"],
                         "node_id": cw.node_id, "object_store_address": cw.shm_dir}
+        dashboard = ((info.get("ops") or {}).get("dashboard") or {}).get("url")
+        # As Ray's: HOST:PORT without the scheme.
+        address_info["webui_url"] = dashboard.removeprefix("http://") if dashboard else None
         api_state.context = ClusterContext(address_info, cw.node_id, ns, {})
+        api_state.context.dashboard_url = address_info["webui_url"]
         atexit.register(shutdown)
         return api_state.context
 

@@ -119,6 +119,15 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
         gcs_sock.close()
         _remove_session_dir(session_dir)
         raise
+    ops = dict(ops or {})
+    try:
+        dashboard_sock = _bind_dashboard(ops)
+    except OSError:
+        gcs_sock.close()
+        if client_sock is not None:
+            client_sock.close()
+        _remove_session_dir(session_dir)
+        raise
     owner_r = owner_w = None
     if not persistent:
         owner_r, owner_w = os.pipe()
@@ -126,10 +135,10 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
     cluster = ClusterProcesses(session_dir=session_dir, session_name=session_name, token=token,
                                gcs_address=socket_address(gcs_sock), node_address="", node_tcp_address="",
                                shm_dir="", owner_fd=owner_w, owner_read_fd=owner_r, config=config, node_ip=node_ip,
-                               ops=ops or {})
+                               ops=ops)
     if client_sock is not None:
         cluster.client_address = socket_address(client_sock).removeprefix("tcp:")
-    _start_gcs(cluster, gcs_sock, client_sock)
+    _start_gcs(cluster, gcs_sock, client_sock, dashboard_sock)
     head = add_node(cluster, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                     object_store_memory=object_store_memory, head=True, node_ip=node_ip, labels=labels)
     cluster.node_address, cluster.node_tcp_address = head["node_address"], head["node_tcp_address"]
@@ -146,16 +155,54 @@ def _remove_session_dir(session_dir: str) -> None:
         os.unlink(link)
 
 
-def _start_gcs(cluster: ClusterProcesses, sock: Any, client_sock: Any = None) -> None:
+DASHBOARD_PORT = 8265  # Ray's
+
+
+class DashboardPortTaken(OSError):
+    """The dashboard port asked for is in use; the message says what to do."""
+
+
+def _bind_dashboard(ops: dict) -> Any:
+    """The dashboard's listening socket (its process starts on first use), or None when it is off
+    or aiohttp is missing. `ops["dashboard"]` gets the URL. A port asked for and taken is an
+    OSError; the default port taken (another cluster here) moves to the next free one."""
+    dash = ops.get("dashboard") or {}
+    if dash.get("enabled") is False:
+        return None
+    try:
+        import importlib.util
+        if importlib.util.find_spec("aiohttp") is None:
+            return None
+    except ValueError:
+        return None
+    host, port = dash.get("host") or "127.0.0.1", dash.get("port")
+    asked = port is not None
+    port = DASHBOARD_PORT if port is None else port
+    for candidate in ([port] if asked else [port + i for i in range(20)] + [0]):
+        try:
+            sock = bind_socket(f"tcp:{host}:{candidate}")
+            break
+        except OSError as e:
+            if asked:
+                raise DashboardPortTaken(e.errno, f"The dashboard port {host}:{port} is taken ({e.strerror}); pick "
+                                         "another with --dashboard-port (dashboard_port=), or turn it off with "
+                                         "--include-dashboard false.") from e
+    bound = sock.getsockname()[1]
+    ops["dashboard"] = {"enabled": True, "host": host, "port": bound, "url": f"http://{host}:{bound}"}
+    return sock
+
+
+def _start_gcs(cluster: ClusterProcesses, sock: Any, client_sock: Any = None, dashboard_sock: Any = None) -> None:
     gcs_args = {"tcp_fd": sock.fileno(), "token_file": os.path.join(cluster.session_dir, "token"),
                 "owner_fd": cluster.owner_read_fd, "session_dir": cluster.session_dir,
                 "system_config": cluster.config.to_json(),
-                "client_fd": client_sock.fileno() if client_sock is not None else None}
-    keep = [sock.fileno()] + ([client_sock.fileno()] if client_sock is not None else [])
+                "client_fd": client_sock.fileno() if client_sock is not None else None,
+                "dashboard_fd": dashboard_sock.fileno() if dashboard_sock is not None else None}
+    keep = [sock.fileno()] + [s.fileno() for s in (client_sock, dashboard_sock) if s is not None]
     cluster.procs["gcs"] = _spawn(cluster, "gcs", "runtime.gcs", gcs_args, keep)
-    sock.close()
-    if client_sock is not None:
-        client_sock.close()
+    for s in (sock, client_sock, dashboard_sock):
+        if s is not None:
+            s.close()
 
 
 def restart_gcs(cluster: ClusterProcesses) -> None:
@@ -165,7 +212,14 @@ def restart_gcs(cluster: ClusterProcesses) -> None:
     if old is not None and old.poll() is None:
         raise RuntimeError("The control store is still running; stop or kill it first.")
     client = bind_socket("tcp:" + cluster.client_address) if cluster.client_address else None
-    _start_gcs(cluster, bind_socket("tcp:" + cluster.gcs_address.removeprefix("tcp:")), client)
+    dash = (cluster.ops or {}).get("dashboard") or {}
+    dashboard = None
+    if dash.get("url"):
+        try:  # a dashboard started by the old control store still serves the port: leave it
+            dashboard = bind_socket(f"tcp:{dash['host']}:{dash['port']}")
+        except OSError:
+            pass
+    _start_gcs(cluster, bind_socket("tcp:" + cluster.gcs_address.removeprefix("tcp:")), client, dashboard)
     path = os.path.join(cluster.session_dir, "cluster.json")  # where drivers look for live clusters
     try:
         with open(path) as f:

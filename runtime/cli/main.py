@@ -61,6 +61,9 @@ def _start_head(config: Any, *, num_cpus: float | None, num_gpus: float | None, 
                  temp_dir=temp_dir, ops=ops)
     try:
         cluster = launcher.start_cluster(**start, client_port=client_port)
+    except launcher.DashboardPortTaken as e:
+        print(e.strerror, file=sys.stderr)
+        return 1
     except OSError as e:
         if client_port != DEFAULT_CLIENT_PORT or e.errno != errno.EADDRINUSE:
             raise
@@ -88,6 +91,9 @@ def _start_head(config: Any, *, num_cpus: float | None, num_gpus: float | None, 
           f"other machines, is in {cluster.session_dir}/token).")
     print(f"Resources: {json.dumps(res)}")
     print("Join it from Python with runtime.init(address='auto'); stop it with `runtime stop`.")
+    dashboard = (cluster.ops.get("dashboard") or {}).get("url")
+    if dashboard:
+        print(f"Dashboard and job API: {dashboard} (e.g. `ray job submit --address {dashboard} -- python x.py`).")
     if cluster.client_address:
         print(f"Thin clients (notebooks on other machines): runtime.init('client://{cluster.client_address}') "
               "with RUNTIME_CLUSTER_TOKEN set to the token.")
@@ -276,8 +282,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     info = launcher.read_current_cluster() or {}
     dashboard = (info.get("ops") or {}).get("dashboard")
     if dashboard:
-        print(f"Dashboard: http://{dashboard['host']}:{dashboard['port']} (port recorded; not served yet)"
-              if dashboard["enabled"] else "Dashboard: off (--include-dashboard false)")
+        print(f"Dashboard: {dashboard['url']}" if dashboard.get("url") else
+              "Dashboard: off (--include-dashboard false, or aiohttp is not installed)")
     print(f"Nodes: {sum(1 for n in nodes if n['Alive'])} alive, {sum(1 for n in nodes if not n['Alive'])} dead")
     for n in nodes:
         labels = " ".join(f"{k}={v}" for k, v in (n.get("Labels") or {}).items())
@@ -377,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temp-dir", help="root directory for the head's session directory (logs, token, tables); "
                    "default TMPDIR/orrery. `address='auto'` still finds the cluster")
     s.add_argument("--dashboard-host", default="127.0.0.1", help="address the dashboard binds to (default 127.0.0.1)")
-    s.add_argument("--dashboard-port", type=int, default=8265, help="dashboard and job API port (default 8265)")
+    s.add_argument("--dashboard-port", type=int, default=None,
+                   help="dashboard and job API port (default 8265, or the next free one if taken)")
     s.add_argument("--include-dashboard", type=_bool_arg, default=True, metavar="BOOL",
                    help="false: no dashboard on this head (default true)")
     s.add_argument("--metrics-export-port", type=int, help="port of the Prometheus metrics endpoint")

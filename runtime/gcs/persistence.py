@@ -43,6 +43,9 @@ class Persistence:
     def submitted_job(self, job: dict) -> None:
         self.writer.put("subjobs", job["job_id"], encode(job))
 
+    def submitted_job_deleted(self, job_id: str) -> None:
+        self.writer.delete("subjobs", job_id)
+
     def actor(self, rec: Any) -> None:
         row = {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec) if f.name != "subscribers"}
         self.writer.put("actors", rec.actor_id, encode(row))

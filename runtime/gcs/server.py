@@ -108,7 +108,7 @@ class ControlStore:
             "task_events": self.on_task_events, "list_tasks": self.on_list_tasks,
             "cancel_task": self.on_cancel_task, "kv_put": self.on_kv_put,
             "submit_job": self.on_submit_job, "job_status": self.on_job_status, "job_logs": self.on_job_logs,
-            "job_artifact": self.on_job_artifact, "stop_job": self.on_stop_job,
+            "job_artifact": self.on_job_artifact, "stop_job": self.on_stop_job, "delete_job": self.on_delete_job,
             "create_pg": self.on_create_pg, "wait_pg": self.on_wait_pg, "remove_pg": self.on_remove_pg,
             "get_pg": self.on_get_pg, "list_pgs": self.on_list_pgs, "kv_get": self.on_kv_get, "kv_del": self.on_kv_del,
             "shutdown_cluster": self.on_shutdown_cluster, "resource_report": self.on_resource_report,
@@ -117,7 +117,7 @@ class ControlStore:
         # Answered only once what they changed is in storage: a reply is a promise that survives
         # a restart of the control store.
         for op in ("register_job", "create_actor", "kill_actor", "create_pg", "wait_pg", "remove_pg", "kv_put",
-                   "kv_del", "submit_job"):
+                   "kv_del", "submit_job", "delete_job"):
             self.handlers[op] = self._durable(self.handlers[op])
         self._recover()
         self._spread_next = 0
@@ -164,7 +164,7 @@ class ControlStore:
         sock = socket.socket(fileno=self.args["tcp_fd"])
         host, port = sock.getsockname()[:2]
         self.job_manager = JobManager(self.args["session_dir"], f"{host}:{port}", persist=self.persist.submitted_job,
-                                      recovered=self._recovered_jobs)
+                                      recovered=self._recovered_jobs, forget=self.persist.submitted_job_deleted)
         server = await serve(sock, self.handlers, self.token, on_close=self.on_conn_closed, name="gcs")
         self.client_server = None
         if self.args.get("client_fd") is not None:  # thin clients (client://), see runtime/client
@@ -173,6 +173,12 @@ class ControlStore:
                                               gcs_address=f"{host}:{port}", session_dir=self.args["session_dir"],
                                               token_file=self.args["token_file_path"])
             self.client_server.start(loop)
+        self.dashboard = None
+        if self.args.get("dashboard_fd") is not None:  # started on first use (runtime/dashboard)
+            from ..dashboard.activation import DashboardActivation
+            self.dashboard = DashboardActivation(self.args["dashboard_fd"], self.args["session_dir"],
+                                                 f"{host}:{port}", self.args["token_file_path"])
+            self.dashboard.start(loop)
         watchdog = loop.create_task(self._watch_heartbeats())
         for rec in self.actors.values():  # recovered ones that were being placed when the old one died
             if rec.state in (PENDING, RESTARTING):
@@ -182,6 +188,8 @@ class ControlStore:
         watchdog.cancel()
         if self.client_server is not None:
             self.client_server.stop()
+        if self.dashboard is not None:
+            self.dashboard.stop()
         self.job_manager.stop_all()
         server.close()
         self.persist.close()
@@ -424,6 +432,9 @@ class ControlStore:
 
     def on_stop_job(self, conn: Connection, msg: dict, bufs: list) -> dict:
         return {"stopped": self.job_manager.stop(msg["job_id"])}
+
+    def on_delete_job(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return {"deleted": self.job_manager.delete(msg["job_id"])}
 
     async def on_cluster_resources(self, conn: Connection, msg: dict, bufs: list) -> dict:
         async def ask(node_id: str, c: Connection) -> tuple[str, dict]:

@@ -29,10 +29,11 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 class JobManager:
     def __init__(self, session_dir: str, gcs_address: str, persist: Any = None,
-                 recovered: dict[str, dict] | None = None) -> None:
+                 recovered: dict[str, dict] | None = None, forget: Any = None) -> None:
         self.root = os.path.join(session_dir, "jobs")
         self.gcs_address = gcs_address
         self.persist = persist or (lambda job: None)  # called with a job whenever it changes
+        self.forget = forget or (lambda job_id: None)  # called with a deleted job's id
         self.jobs: dict[str, dict] = dict(recovered or {})
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         for job_id, job in self.jobs.items():  # running when the previous control store died
@@ -76,7 +77,7 @@ class JobManager:
             cwd = jdir  # submitted from another machine: its directory does not exist here
         job = {"job_id": job_id, "submission_id": job_id, "type": "SUBMISSION", "entrypoint": entrypoint,
                "status": "PENDING", "message": "", "start_time": time.time(), "end_time": None,
-               "metadata": msg.get("metadata") or {}, "job_dir": jdir, "log_path": os.path.join(jdir, "job.log"),
+               "metadata": msg.get("metadata") or {}, "runtime_env": msg.get("runtime_env") or {}, "job_dir": jdir, "log_path": os.path.join(jdir, "job.log"),
                "artifact": msg.get("artifact") or "", "driver_pid": None}
         self.jobs[job_id] = job
         # The head's own interpreter comes first on PATH, so `python` in an entrypoint is the one
@@ -117,6 +118,7 @@ class JobManager:
                 code: int | None = int(f.read().strip())
         except (OSError, ValueError):
             code = shell_code if shell_code else None  # the shell was killed before it could write
+        job["exit_code"] = code
         if job["status"] == "STOPPED":
             pass
         elif code == 0:
@@ -170,6 +172,18 @@ class JobManager:
         job["status"], job["message"] = "STOPPED", "stopped by request"
         self.persist(job)
         _kill_group(job["driver_pid"], signal.SIGTERM)
+        return True
+
+    def delete(self, job_id: str) -> bool:
+        """Forget a finished job and remove its directory (Ray's `delete_job`)."""
+        job = self.get(job_id)
+        if job["status"] not in TERMINAL:
+            raise ValueError(f"Job {job_id} is {job['status']}; only a finished job can be deleted. Stop it first "
+                             f"(`runtime job stop {job_id}`).")
+        import shutil
+        del self.jobs[job_id]
+        self.forget(job_id)
+        shutil.rmtree(job["job_dir"], ignore_errors=True)
         return True
 
     def stop_all(self) -> None:

@@ -1,0 +1,236 @@
+"""Ray's job REST API (`ray.dashboard.modules.job.job_head`), so that Ray's own
+`JobSubmissionClient` and `ray job` CLI drive our job server: the same paths, JSON bodies and
+status codes. Jobs run in the control store's job manager (runtime/jobs/manager.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import zipfile
+from typing import Any
+
+from aiohttp import web
+
+from ..jobs.manager import TERMINAL
+
+routes = web.RouteTableDef()
+# The Ray version whose job API this implements: Ray's client checks it before using
+# newer request fields (entrypoint_resources, ...).
+RAY_API_VERSION = "2.60.0"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+_REQUEST_FIELDS = {"entrypoint": str, "submission_id": (str, type(None)), "job_id": (str, type(None)),
+                   "runtime_env": (dict, type(None)), "metadata": (dict, type(None)),
+                   "entrypoint_num_cpus": (int, float, type(None)), "entrypoint_num_gpus": (int, float, type(None)),
+                   "entrypoint_memory": (int, type(None)), "entrypoint_resources": (dict, type(None)),
+                   "entrypoint_label_selector": (dict, type(None))}
+
+
+def _answer(data: Any, status: int = 200) -> web.Response:
+    from .server import answer
+    return answer(data, status)
+
+
+def _error(status: int, message: str) -> web.Response:
+    from .server import error
+    return error(status, message)
+
+
+def _package_path(app: web.Application, protocol: str, name: str) -> str | None:
+    """Where an uploaded package is kept; None for a name that could leave the directory."""
+    if not (_SAFE_NAME.match(protocol) and _SAFE_NAME.match(name)) or name.startswith("."):
+        return None
+    return os.path.join(app["session_dir"], "packages", f"{protocol}_{name}")
+
+
+@routes.get("/api/version")
+async def version(request: web.Request) -> web.Response:
+    return _answer({"version": "4", "ray_version": RAY_API_VERSION, "ray_commit": "orrery",
+                    "session_name": os.path.basename(request.app["session_dir"])})
+
+
+@routes.get("/api/packages/{protocol}/{name}")
+async def package_exists(request: web.Request) -> web.Response:
+    path = _package_path(request.app, request.match_info["protocol"], request.match_info["name"])
+    if path is None:
+        return _error(400, "A package name is letters, digits, '_', '-' and '.'.")
+    if not os.path.exists(path):
+        return _error(404, f"Package {request.match_info['protocol']}://{request.match_info['name']} does not exist")
+    return web.Response()
+
+
+@routes.put("/api/packages/{protocol}/{name}")
+async def upload_package(request: web.Request) -> web.Response:
+    path = _package_path(request.app, request.match_info["protocol"], request.match_info["name"])
+    if path is None:
+        return _error(400, "A package name is letters, digits, '_', '-' and '.'.")
+    data = await request.read()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return web.Response()
+
+
+def _working_dir(app: web.Application, uri: str) -> str:
+    """An uploaded working_dir package ("gcs://_ray_pkg_<hash>.zip"), unpacked once by name."""
+    protocol, sep, name = uri.partition("://")
+    path = _package_path(app, protocol, name) if sep else None
+    if path is None or not os.path.exists(path):
+        raise ValueError(f"runtime_env working_dir {uri!r} is not an uploaded package; the job client uploads "
+                         "a local directory first (PUT /api/packages/...).")
+    target = path + ".d"
+    if not os.path.isdir(target):
+        tmp = f"{target}.{os.getpid()}.tmp"
+        with zipfile.ZipFile(path) as z:
+            for member in z.namelist():  # no member may land outside the directory
+                if member.startswith("/") or ".." in member.split("/"):
+                    raise ValueError(f"working_dir package {uri!r} has an unsafe path: {member!r}.")
+            z.extractall(tmp)
+        os.replace(tmp, target)
+    return target
+
+
+def _submit_message(app: web.Application, body: Any) -> dict:
+    """Our job server's submit_job from Ray's JobSubmitRequest; ValueError says what is wrong."""
+    if not isinstance(body, dict):
+        raise ValueError("The request body must be a JSON object (Ray's JobSubmitRequest).")
+    unknown = set(body) - set(_REQUEST_FIELDS)
+    if unknown:
+        raise ValueError(f"Unknown field(s) {sorted(unknown)} in the job request; known: {sorted(_REQUEST_FIELDS)}.")
+    for field, types in _REQUEST_FIELDS.items():
+        if field in body and not isinstance(body[field], types):
+            raise ValueError(f"Field {field!r} has the wrong type ({type(body[field]).__name__}).")
+    if not body.get("entrypoint", "").strip():
+        raise ValueError("The job request needs an entrypoint, the shell command to run.")
+    env = dict(body.get("runtime_env") or {})
+    env_vars = env.pop("env_vars", None) or {}
+    working_dir = env.pop("working_dir", None)
+    if env:
+        raise ValueError(f"runtime_env key(s) {sorted(env)} are not supported by this job server yet; "
+                         "env_vars and working_dir are.")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
+        raise ValueError("runtime_env env_vars must map strings to strings.")
+    msg = {"op": "submit_job", "entrypoint": body["entrypoint"],
+           "submission_id": body.get("submission_id") or body.get("job_id"), "metadata": body.get("metadata") or {},
+           "env": env_vars, "files": [], "runtime_env": body.get("runtime_env") or {}}
+    if working_dir is not None:
+        msg["working_dir"] = _working_dir(app, working_dir)
+    return msg
+
+
+def job_details(job: dict) -> dict:
+    """Ray's JobDetails for one of our submitted jobs (times in ms, as Ray)."""
+    def ms(t: float | None) -> int | None:
+        return None if t is None else int(t * 1000)
+    return {"type": "SUBMISSION", "job_id": None, "submission_id": job["job_id"], "driver_info": None,
+            "status": job["status"], "entrypoint": job.get("entrypoint", ""), "message": job.get("message") or "",
+            "error_type": None, "start_time": ms(job.get("start_time")), "end_time": ms(job.get("end_time")),
+            "metadata": job.get("metadata") or {}, "runtime_env": job.get("runtime_env") or {},
+            "driver_agent_http_address": None, "driver_node_id": None, "driver_exit_code": job.get("exit_code")}
+
+
+def _driver_details(job: dict) -> dict:
+    return {"type": "DRIVER", "job_id": job["job_id"], "submission_id": None,
+            "driver_info": {"id": job["job_id"], "node_ip_address": "127.0.0.1", "pid": str(job.get("driver_pid"))},
+            "status": "RUNNING" if job.get("status") == "RUNNING" else "SUCCEEDED",
+            "entrypoint": job.get("entrypoint", ""), "message": "", "error_type": None,
+            "start_time": int((job.get("start_time") or 0) * 1000),
+            "end_time": int(job["end_time"] * 1000) if job.get("end_time") else None, "metadata": {},
+            "runtime_env": {}, "driver_agent_http_address": None, "driver_node_id": None, "driver_exit_code": None}
+
+
+async def _job(request: web.Request, op: str, **extra: Any) -> tuple[dict, list] | web.Response:
+    """Ask the control store about one job; a 404 in Ray's words if it has none by that id."""
+    job_id = request.match_info["job_id"]
+    if not _SAFE_NAME.match(job_id):
+        return _error(400, f"{job_id!r} is not a job id.")
+    try:
+        return await request.app["gcs"].call({"op": op, "job_id": job_id, **extra})
+    except ValueError as e:
+        if str(e).startswith("No job"):
+            return _error(404, f"Job {job_id} does not exist")
+        return _error(400, str(e))
+
+
+@routes.post("/api/jobs/")
+async def submit(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "The request body is not JSON; send Ray's JobSubmitRequest, like "
+                           '{"entrypoint": "python script.py"}.')
+    try:
+        msg = _submit_message(request.app, body)
+        reply, _ = await request.app["gcs"].call(msg)
+    except ValueError as e:
+        return _error(400, str(e))
+    return _answer({"job_id": reply["job_id"], "submission_id": reply["job_id"]})
+
+
+@routes.get("/api/jobs/")
+async def list_jobs(request: web.Request) -> web.Response:
+    reply, _ = await request.app["gcs"].call({"op": "list_jobs"})
+    rows = [job_details(j) if j.get("type") != "DRIVER" else _driver_details(j) for j in reply["jobs"]]
+    return _answer(rows)
+
+
+@routes.get("/api/jobs/{job_id}")
+async def job_info(request: web.Request) -> web.Response:
+    got = await _job(request, "job_status")
+    return got if isinstance(got, web.Response) else _answer(job_details(got[0]))
+
+
+@routes.get("/api/jobs/{job_id}/logs")
+async def job_logs(request: web.Request) -> web.Response:
+    text, offset = [], 0
+    while True:  # the manager answers 4 MiB at a time
+        got = await _job(request, "job_logs", offset=offset)
+        if isinstance(got, web.Response):
+            return got
+        (reply, bufs) = got
+        data = bytes(bufs[0]) if bufs else b""
+        text.append(data.decode(errors="replace"))
+        if not data:
+            return _answer({"logs": "".join(text)})
+        offset = reply["offset"]
+
+
+@routes.get("/api/jobs/{job_id}/logs/tail")
+async def tail_logs(request: web.Request) -> web.StreamResponse:
+    """A websocket of the job's output, as it is written, closed once the job has ended and
+    everything was sent (Ray's `tail_job_logs`, `ray job submit`, `ray job logs --follow`)."""
+    got = await _job(request, "job_logs", offset=0)
+    if isinstance(got, web.Response):
+        return got
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    offset = 0
+    while not ws.closed:
+        got = await _job(request, "job_logs", offset=offset)
+        if isinstance(got, web.Response):
+            break
+        reply, bufs = got
+        data = bytes(bufs[0]) if bufs else b""
+        if data:
+            await ws.send_str(data.decode(errors="replace"))
+            offset = reply["offset"]
+        elif reply["status"] in TERMINAL:
+            break
+        else:
+            await asyncio.sleep(0.1)  # the log file's growth is polled
+    await ws.close()
+    return ws
+
+
+@routes.post("/api/jobs/{job_id}/stop")
+async def stop(request: web.Request) -> web.Response:
+    got = await _job(request, "stop_job")
+    return got if isinstance(got, web.Response) else _answer({"stopped": bool(got[0]["stopped"])})
+
+
+@routes.delete("/api/jobs/{job_id}")
+async def delete(request: web.Request) -> web.Response:
+    got = await _job(request, "delete_job")
+    return got if isinstance(got, web.Response) else _answer({"deleted": bool(got[0]["deleted"])})

@@ -1,0 +1,74 @@
+"""The dashboard process: an aiohttp application on the socket the launcher bound."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import socket
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from .. import owner_pipe
+from ..rpc.connection import connect
+from . import jobs_api
+
+logger = logging.getLogger("runtime.dashboard")
+MAX_BODY = 512 * 2**20  # the largest request body (a working_dir package): past it, 413
+
+
+class ControlStore:
+    """The cluster's control store, asked one request per connection: the dashboard is not on
+    any hot path, and a control store restarted meanwhile is simply reached again."""
+
+    def __init__(self, address: str, token: str) -> None:
+        self.address, self.token = address, token
+
+    async def call(self, msg: dict, bufs: list | tuple = (), timeout: float = 30.0) -> tuple[dict, list]:
+        conn = await connect(self.address, {}, self.token, info={"kind": "dashboard"}, timeout=10, name="dashboard")
+        try:
+            return await conn.request(msg, bufs, timeout=timeout)
+        finally:
+            conn.close()
+
+
+def make_app(session_dir: str, gcs: ControlStore) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+    app["session_dir"], app["gcs"] = session_dir, gcs
+    app.add_routes(jobs_api.routes)
+    return app
+
+
+async def serve(args: dict) -> None:
+    with open(args["token_file"]) as f:
+        token = f.read().strip()
+    app = make_app(args["session_dir"], ControlStore(args["gcs_address"], token))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = socket.socket(fileno=args["fd"])
+    await web.SockSite(runner, sock).start()
+    logger.info("dashboard serving on %s", sock.getsockname())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    owner_pipe.watch(loop, args.get("owner_fd"), stop.set)  # the control store is gone: so are we
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s dashboard %(name)s: %(message)s")
+    asyncio.run(serve(json.loads(sys.argv[1])))
+
+
+def answer(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data), status=status, content_type="application/json")
+
+
+def error(status: int, message: str) -> web.Response:
+    """Ray's clients show a failed request's body as text: a sentence, in JSON for ours."""
+    return web.Response(text=json.dumps({"message": message}), status=status, content_type="application/json")

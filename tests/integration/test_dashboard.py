@@ -1,0 +1,131 @@
+"""The head's dashboard: Ray's job REST API over real HTTP (`make compat-ray` runs Ray's own
+clients against it), started on first use, and bad input answered with 4xx and a message
+while the server lives on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import urllib.error
+import urllib.request
+
+import psutil
+import pytest
+
+import runtime
+from runtime._testing.sync import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, object]:
+    req = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw or b"null")
+        except ValueError:
+            return e.code, raw.decode(errors="replace")  # aiohttp's own 413 is text
+
+
+def _dashboard_procs() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if "runtime.dashboard" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_job_api_as_rays_started_on_first_use(cli):
+    port = _free_port()
+    cli.run("start", "--head", "--port", "0", "--num-cpus", "1", "--client-server-port", "0",
+            "--dashboard-port", str(port))
+    base = f"http://127.0.0.1:{port}"
+    assert _dashboard_procs() == []  # nothing opened it yet: no process
+    status, version = _http(f"{base}/api/version")
+    assert status == 200 and version["version"] == "4" and version["ray_version"] == "2.60.0"
+    assert len(_dashboard_procs()) == 1
+
+    status, sub = _http(f"{base}/api/jobs/", "POST", json.dumps(
+        {"entrypoint": "echo $GREETING from a job", "runtime_env": {"env_vars": {"GREETING": "hello"}},
+         "metadata": {"who": "test"}}).encode())
+    assert status == 200 and sub["submission_id"] == sub["job_id"]
+    job = sub["submission_id"]
+    wait_for(lambda: _http(f"{base}/api/jobs/{job}")[1]["status"] == "SUCCEEDED", timeout=30, what="the job done")
+    info = _http(f"{base}/api/jobs/{job}")[1]
+    assert info["type"] == "SUBMISSION" and info["metadata"] == {"who": "test"} and info["driver_exit_code"] == 0
+    assert isinstance(info["start_time"], int) and info["end_time"] >= info["start_time"]  # ms, as Ray
+    assert _http(f"{base}/api/jobs/{job}/logs")[1] == {"logs": "hello from a job\n"}
+    assert job in [j["submission_id"] for j in _http(f"{base}/api/jobs/")[1]]
+
+    async def tail(job_id: str) -> str:
+        import aiohttp
+        async with aiohttp.ClientSession() as s, s.ws_connect(f"{base}/api/jobs/{job_id}/logs/tail") as ws:
+            return "".join([m.data async for m in ws])
+    assert asyncio.run(tail(job)) == "hello from a job\n"  # closed once the job has ended
+
+    status, sleeper = _http(f"{base}/api/jobs/", "POST", json.dumps({"entrypoint": "sleep 60"}).encode())
+    running = sleeper["submission_id"]
+    wait_for(lambda: _http(f"{base}/api/jobs/{running}")[1]["status"] == "RUNNING", timeout=30, what="running")
+    status, body = _http(f"{base}/api/jobs/{running}", "DELETE")
+    assert status == 400 and "only a finished job can be deleted" in body["message"]
+    assert _http(f"{base}/api/jobs/{running}/stop", "POST") == (200, {"stopped": True})
+    wait_for(lambda: _http(f"{base}/api/jobs/{running}")[1]["status"] == "STOPPED", timeout=30, what="stopped")
+    assert _http(f"{base}/api/jobs/{running}", "DELETE") == (200, {"deleted": True})
+    assert _http(f"{base}/api/jobs/{running}")[0] == 404
+    cli.run("stop")
+    wait_for(lambda: _dashboard_procs() == [], timeout=15, what="the dashboard gone with the cluster")
+
+
+def test_bad_requests_get_4xx_with_a_message_and_the_server_lives_on(cli):
+    port = _free_port()
+    cli.run("start", "--head", "--port", "0", "--num-cpus", "1", "--client-server-port", "0",
+            "--dashboard-port", str(port))
+    base = f"http://127.0.0.1:{port}"
+    cases = [
+        ("GET", "/api/jobs/job_nope", None, 404, "does not exist"),
+        ("POST", "/api/jobs/", b"{not json", 400, "not JSON"),
+        ("POST", "/api/jobs/", b"[1, 2]", 400, "JSON object"),
+        ("POST", "/api/jobs/", json.dumps({"entrypoint": 7}).encode(), 400, "wrong type"),
+        ("POST", "/api/jobs/", json.dumps({"entrypoint": "x", "bogus": 1}).encode(), 400, "Unknown field"),
+        ("POST", "/api/jobs/", json.dumps({"entrypoint": "x", "runtime_env": {"conda": "env"}}).encode(), 400,
+         "not supported"),
+        ("POST", "/api/jobs/", json.dumps({"entrypoint": "x", "runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip"}})
+         .encode(), 400, "not an uploaded package"),
+        ("GET", "/api/jobs/..%2F..%2Fetc/logs", None, 400, "not a job id"),
+        ("PUT", "/api/packages/gcs/..%2Fescape.zip", b"x", 400, "package name"),
+        ("GET", "/api/packages/gcs/_ray_pkg_missing.zip", None, 404, "does not exist"),
+    ]
+    for method, path, body, code, text in cases:
+        status, answer = _http(base + path, method, body)
+        assert status == code and text in json.dumps(answer), (method, path, status, answer)
+    status, _ = _http(f"{base}/api/jobs/", "POST", b"x" * (513 * 2**20))
+    assert status == 413
+    assert _http(f"{base}/api/version")[0] == 200  # still alive
+    cli.run("stop")
+
+
+def test_embedded_init_gives_the_dashboard_url_and_a_taken_port_is_said(own_cluster):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(OSError, match=f"dashboard port 127.0.0.1:{port} is taken"):
+            runtime.init(num_cpus=1, dashboard_port=port)
+        assert not runtime.is_initialized()
+        ctx = runtime.init(num_cpus=1)
+        assert ctx.dashboard_url and ctx.address_info["webui_url"] == ctx.dashboard_url
+        assert _http(f"http://{ctx.dashboard_url}/api/version")[0] == 200
+        runtime.shutdown()
+        assert runtime.init(num_cpus=1, include_dashboard=False).dashboard_url is None
+    finally:
+        taken.close()
+        runtime.shutdown()
