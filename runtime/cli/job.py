@@ -37,7 +37,8 @@ def _submit(args: argparse.Namespace) -> int:
     else:
         import shlex
         job_id = client.submit_job(entrypoint=" ".join(shlex.quote(a) for a in entry),
-                                   submission_id=args.submission_id)
+                                   submission_id=args.submission_id, runtime_env=_runtime_env(args),
+                                   metadata=_json_object(args.metadata_json, "--metadata-json"))
     print(f"Job {job_id} submitted.", flush=True)
     if args.no_wait:
         print(f"Follow it with `runtime job logs {job_id} --follow`.")
@@ -57,9 +58,36 @@ def _submit(args: argparse.Namespace) -> int:
     return 0 if status == "SUCCEEDED" else 1
 
 
+def _json_object(text: str | None, flag: str) -> dict | None:
+    import json
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{flag} must be a JSON object, like '{{\"env_vars\": {{\"A\": \"1\"}}}}': {e}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object, got {text!r}.")
+    return value
+
+
+def _runtime_env(args: argparse.Namespace) -> dict | None:
+    """--runtime-env-json and --working-dir, as `ray job submit` takes them."""
+    env = _json_object(args.runtime_env_json, "--runtime-env-json") or {}
+    if args.working_dir:
+        env["working_dir"] = os.path.abspath(args.working_dir)
+    return env or None
+
+
+def _delete(args: argparse.Namespace) -> int:
+    _client(args).delete_job(args.job_id)
+    print(f"Job {args.job_id} deleted.")
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     info = _client(args).get_job_info(args.job_id)
-    print(f"{info['job_id']}: {info['status']} {info.get('message', '')}")
+    print(f"{info.get('submission_id') or info.get('job_id')}: {info['status']} {info.get('message') or ''}")
     return 0
 
 
@@ -80,7 +108,8 @@ def _stop(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     for j in _client(args).list_jobs():
-        print(f"{j['job_id']:<20} {j.get('type', ''):<11} {j['status']:<10} {j.get('entrypoint') or ''}")
+        job_id = j.get("submission_id") or j.get("job_id") or ""
+        print(f"{job_id:<20} {j.get('type') or '':<11} {j['status']:<10} {j.get('entrypoint') or ''}")
     return 0
 
 
@@ -89,7 +118,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     jsub = job.add_subparsers(dest="job_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--address", default=None, help="HOST:PORT of the head (default: RUNTIME_ADDRESS, else auto)")
+        p.add_argument("--address", default=None, help="the head's dashboard, http://HOST:8265 (Ray's job API), or "
+                       "its control store HOST:PORT (default: RUNTIME_ADDRESS, else auto)")
         return p
 
     s = common(jsub.add_parser("submit", help="run a notebook or a command as a job"))
@@ -98,10 +128,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="notebook parameter: replaces the cell tagged 'parameters'")
     s.add_argument("--output", help="where to write the executed notebook (default: ./executed-NAME.ipynb)")
     s.add_argument("--submission-id", default=None)
+    s.add_argument("--runtime-env-json", default=None, help='the job\'s runtime_env, like \'{"env_vars": {"A": "1"}}\'')
+    s.add_argument("--working-dir", default=None, help="a local directory the job runs in (uploaded over HTTP)")
+    s.add_argument("--metadata-json", default=None, help="the job's metadata, a JSON object of strings")
     s.add_argument("--no-wait", action="store_true", help="return once submitted instead of following the log")
     s.add_argument("entrypoint", nargs=argparse.REMAINDER, help="-- COMMAND ARGS... for a script job")
     s.set_defaults(fn=_submit)
-    for name, fn, helptext in (("status", _status, "a job's status"), ("stop", _stop, "stop a running job")):
+    for name, fn, helptext in (("status", _status, "a job's status"), ("stop", _stop, "stop a running job"),
+                               ("delete", _delete, "forget a finished job and its files")):
         p = common(jsub.add_parser(name, help=helptext))
         p.add_argument("job_id")
         p.set_defaults(fn=fn)

@@ -1,8 +1,12 @@
-"""Submitting jobs to a cluster's job server (Ray's `JobSubmissionClient`, over our own RPC).
+"""Submitting jobs to a cluster's job server (Ray's `JobSubmissionClient`).
 
-    client = JobSubmissionClient("127.0.0.1:6379")     # or None: RUNTIME_ADDRESS, else "auto"
-    job_id = client.submit_job(entrypoint="python train.py")
+    client = JobSubmissionClient("http://127.0.0.1:8265")  # the dashboard's job REST API, as Ray
+    client = JobSubmissionClient("127.0.0.1:6379")         # or None: RUNTIME_ADDRESS, else "auto"
+    job_id = client.submit_job(entrypoint="python train.py", runtime_env={"working_dir": "."})
     client.get_job_status(job_id), client.get_job_logs(job_id), client.stop_job(job_id)
+
+An http(s):// address speaks Ray's job REST API (runtime/dashboard/jobs_api.py); any other
+reaches the control store over our RPC, which also runs notebooks as jobs (`notebook=`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ..rpc.connection import connect
@@ -20,11 +25,32 @@ class JobStatus:
     PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED = "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"
 
 
+class JobDetails(dict):
+    """A job's row: Ray's `JobDetails` fields as attributes (`info.status`), and a dict."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 class JobSubmissionClient:
-    def __init__(self, address: str | None = None) -> None:
+    def __init__(self, address: str | None = None, create_cluster_if_needed: bool = False,
+                 cookies: dict | None = None, metadata: dict | None = None, headers: dict | None = None,
+                 verify: Any = True, **kwargs: Any) -> None:
+        """`create_cluster_if_needed` and `verify` are Ray's and unused (a job server is a running
+        head's; TLS is not served yet). `metadata` is added to every job's; `headers` and
+        `cookies` go with every HTTP request."""
         from .._core.api import _find_cluster
         from ..config import cluster_address_from_env
         address = address or cluster_address_from_env() or "auto"
+        self._metadata = dict(metadata or {})
+        self._http: HttpJobs | None = None
+        if address.startswith(("http://", "https://")):
+            self._http = HttpJobs(address, headers or {}, cookies or {})
+            self.address = address
+            return
         info = _find_cluster(address)
         self.address, self._token = info["gcs_address"], info["token"]
 
@@ -38,31 +64,64 @@ class JobSubmissionClient:
                 conn.close()
         return asyncio.run(go())
 
-    def submit_job(self, *, entrypoint: str = "", submission_id: str | None = None, runtime_env: dict | None = None,
-                   metadata: dict | None = None, files: dict[str, bytes] | None = None, artifact: str = "",
-                   working_dir: str | None = None, notebook: str | None = None,
+    def submit_job(self, *, entrypoint: str = "", job_id: str | None = None, runtime_env: dict | None = None,
+                   metadata: dict | None = None, submission_id: str | None = None,
+                   entrypoint_num_cpus: float | None = None, entrypoint_num_gpus: float | None = None,
+                   entrypoint_memory: int | None = None, entrypoint_resources: dict | None = None,
+                   entrypoint_label_selector: dict | None = None, files: dict[str, bytes] | None = None,
+                   artifact: str = "", working_dir: str | None = None, notebook: str | None = None,
                    parameters: list[tuple[str, str]] | None = None) -> str:
-        """Run `entrypoint` (a shell command) on the head node. `files` are written into the job's
-        directory first; `artifact` names one of its files to keep as the job's result.
-        `notebook` names a file in `files` to run as a notebook job (runtime/jobs/notebook.py)
-        with `parameters` [(name, value), ...]; the executed notebook becomes the artifact."""
+        """Run `entrypoint` (a shell command) on the head node. Ray's arguments; the entrypoint
+        resources are accepted and not reserved (the entrypoint runs beside the cluster's
+        workers). Ours, over RPC only: `files` written into the job's directory first,
+        `artifact` (one of them kept as the job's result), `notebook` (a file in `files` run as
+        a notebook job with `parameters` [(name, value), ...])."""
+        metadata = {**self._metadata, **(metadata or {})}
+        submission_id = submission_id or job_id
+        if self._http is not None:
+            if files or notebook or artifact or working_dir:
+                raise ValueError("Notebook jobs and job files go over the cluster address (HOST:PORT or 'auto'), "
+                                 "not the dashboard's HTTP API; pass runtime_env={'working_dir': DIR} instead.")
+            return self._http.submit(entrypoint, runtime_env, metadata, submission_id)
         env = dict((runtime_env or {}).get("env_vars") or {})
         files = files or {}
         reply, _ = self._call({"op": "submit_job", "entrypoint": entrypoint, "submission_id": submission_id,
                                "metadata": metadata, "env": env, "files": list(files), "artifact": artifact,
-                               "working_dir": working_dir or os.getcwd(), "notebook": notebook,
-                               "parameters": [list(p) for p in parameters or []]}, list(files.values()))
+                               "working_dir": (runtime_env or {}).get("working_dir") or working_dir or os.getcwd(),
+                               "notebook": notebook, "parameters": [list(p) for p in parameters or []]},
+                              list(files.values()))
         return reply["job_id"]
 
-    def get_job_info(self, job_id: str) -> dict:
+    def get_job_info(self, job_id: str) -> JobDetails:
+        if self._http is not None:
+            return JobDetails(self._http.get(f"/api/jobs/{job_id}"))
         reply, _ = self._call({"op": "job_status", "job_id": job_id})
-        return {k: v for k, v in reply.items() if k not in ("op", "id", "ok")}
+        return JobDetails({k: v for k, v in reply.items() if k not in ("op", "id", "ok")},
+                          submission_id=reply.get("job_id"))
 
     def get_job_status(self, job_id: str) -> str:
         return self.get_job_info(job_id)["status"]
 
     def get_job_logs(self, job_id: str) -> str:
+        if self._http is not None:
+            return self._http.get(f"/api/jobs/{job_id}/logs")["logs"]
         return self.tail_job_logs_once(job_id, 0)[0]
+
+    async def tail_job_logs(self, job_id: str) -> AsyncIterator[str]:
+        """The job's output as it is written, until the job has ended (as Ray's)."""
+        if self._http is not None:
+            async for text in self._http.tail(job_id):
+                yield text
+            return
+        offset = 0
+        while True:
+            text, offset, status = await asyncio.to_thread(self.tail_job_logs_once, job_id, offset)
+            if text:
+                yield text
+            elif status in TERMINAL:
+                return
+            else:
+                await asyncio.sleep(0.2)  # the log file's growth is polled
 
     def tail_job_logs_once(self, job_id: str, offset: int) -> tuple[str, int, str]:
         """(new text, next offset, job status)."""
@@ -74,12 +133,31 @@ class JobSubmissionClient:
         return reply["name"], bytes(bufs[0])
 
     def stop_job(self, job_id: str) -> bool:
+        if self._http is not None:
+            return bool(self._http.request("POST", f"/api/jobs/{job_id}/stop")["stopped"])
         reply, _ = self._call({"op": "stop_job", "job_id": job_id})
         return bool(reply["stopped"])
 
-    def list_jobs(self) -> list[dict]:
+    def delete_job(self, job_id: str) -> bool:
+        """Forget a finished job and its files (ValueError for one still running)."""
+        if self._http is not None:
+            return bool(self._http.request("DELETE", f"/api/jobs/{job_id}")["deleted"])
+        reply, _ = self._call({"op": "delete_job", "job_id": job_id})
+        return bool(reply["deleted"])
+
+    def list_jobs(self) -> list[JobDetails]:
+        if self._http is not None:
+            return [JobDetails(j) for j in self._http.get("/api/jobs/")]
         reply, _ = self._call({"op": "list_jobs"})
-        return reply["jobs"]
+        return [JobDetails(j) for j in reply["jobs"]]
+
+    def _next_logs(self, job_id: str, offset: int) -> tuple[str, int, str]:
+        """(new text, next offset, status) over either transport (HTTP reads the whole log)."""
+        if self._http is None:
+            return self.tail_job_logs_once(job_id, offset)
+        status = self.get_job_status(job_id)  # first: a job that ends meanwhile still gets its last lines
+        text = self.get_job_logs(job_id)
+        return text[offset:], len(text), status
 
     def wait_until_finished(self, job_id: str, timeout: float | None = None, on_output: Any = None,
                             poll: float = 0.2) -> str:
@@ -87,7 +165,7 @@ class JobSubmissionClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         offset = 0
         while True:
-            text, offset, status = self.tail_job_logs_once(job_id, offset)
+            text, offset, status = self._next_logs(job_id, offset)
             if text and on_output is not None:
                 on_output(text)
             if status in TERMINAL and not text:
@@ -96,3 +174,77 @@ class JobSubmissionClient:
                 raise TimeoutError(f"Job {job_id} is still {status} after {timeout} s.")
             if not text:
                 time.sleep(poll)  # polling a log file's growth; not a test synchronisation
+
+
+class HttpJobs:
+    """Ray's job REST API, from the client side (urllib for requests, aiohttp for the tail)."""
+
+    def __init__(self, address: str, headers: dict, cookies: dict) -> None:
+        self.base = address.rstrip("/")
+        self.headers = dict(headers)
+        if cookies:
+            self.headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+
+    def request(self, method: str, path: str, body: Any = None, data: bytes | None = None) -> Any:
+        import json
+        import urllib.error
+        import urllib.request
+        if body is not None:
+            data = json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=self.headers)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            text = e.read().decode(errors="replace")
+            try:
+                text = json.loads(text).get("message", text)
+            except (ValueError, AttributeError):
+                pass
+            raise (ValueError if e.code in (400, 404) else RuntimeError)(
+                f"{method} {path} failed with HTTP {e.code}: {text}") from None
+        except urllib.error.URLError as e:
+            raise ConnectionError(f"No job server answers at {self.base} ({e.reason}). Is the head's dashboard "
+                                  "on (runtime status prints its URL)?") from None
+        return json.loads(raw) if raw else None
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def submit(self, entrypoint: str, runtime_env: dict | None, metadata: dict, submission_id: str | None) -> str:
+        env = dict(runtime_env or {})
+        if env.get("working_dir") and "://" not in env["working_dir"]:
+            env["working_dir"] = self.upload_dir(env["working_dir"])
+        reply = self.request("POST", "/api/jobs/", {"entrypoint": entrypoint, "runtime_env": env or None,
+                                                    "metadata": metadata or None, "submission_id": submission_id})
+        return reply["submission_id"]
+
+    def upload_dir(self, path: str) -> str:
+        """Zip a local working_dir and upload it once by content hash, as Ray's client does."""
+        import hashlib
+        import io
+        import zipfile
+        if not os.path.isdir(path):
+            raise ValueError(f"runtime_env working_dir {path!r} is not a directory.")
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            for root, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", ".git"))
+                for name in sorted(names):
+                    full = os.path.join(root, name)
+                    z.write(full, os.path.relpath(full, path))
+        data = buf.getvalue()
+        name = f"_ray_pkg_{hashlib.sha1(data).hexdigest()[:16]}.zip"
+        try:
+            self.request("GET", f"/api/packages/gcs/{name}")
+        except ValueError:  # 404: not there yet
+            self.request("PUT", f"/api/packages/gcs/{name}", data=data)
+        return f"gcs://{name}"
+
+    async def tail(self, job_id: str) -> AsyncIterator[str]:
+        import aiohttp
+        url = self.base.replace("http", "ws", 1) + f"/api/jobs/{job_id}/logs/tail"
+        async with aiohttp.ClientSession(headers=self.headers) as session, session.ws_connect(url) as ws:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    yield msg.data

@@ -239,7 +239,8 @@ def test_start_address_joins_a_node_with_custom_resources_and_stop_ends_it(cli):
     wait_for(lambda: not _port_open(port), timeout=10, what=f"port {port} closed after stop")
 
 
-def test_head_takes_rays_start_flags_and_a_detached_actor_outlives_its_driver(cli, tmp_path):
+# tmp_path before cli: pytest roots tmp_path where TMPDIR points when it is first made.
+def test_head_takes_rays_start_flags_and_a_detached_actor_outlives_its_driver(tmp_path, cli):
     """`ray start --head` flags a Ray user passes (issue 11): accepted, recorded, and the
     cluster they start serves a detached named actor to a second driver after the first exits."""
     temp_dir = tmp_path / "ray-temp"

@@ -129,3 +129,35 @@ def test_embedded_init_gives_the_dashboard_url_and_a_taken_port_is_said(own_clus
     finally:
         taken.close()
         runtime.shutdown()
+
+
+def test_our_client_and_cli_speak_the_http_job_api(cli):
+    """`runtime.job_submission.JobSubmissionClient("http://...")` and `runtime job ... --address
+    http://...`: Ray's API, with a working_dir uploaded as Ray's client does."""
+    from runtime.job_submission import JobSubmissionClient
+    port = _free_port()
+    cli.run("start", "--head", "--port", "0", "--num-cpus", "1", "--client-server-port", "0",
+            "--dashboard-port", str(port))
+    address = f"http://127.0.0.1:{port}"
+    import pathlib
+    wd = pathlib.Path(cli.tmpdir) / "wd"  # not tmp_path: pytest would root it in this test's TMPDIR
+    wd.mkdir()
+    (wd / "only_here.py").write_text("import os\nprint('ran', os.environ['X'], 'in the working_dir')\n")
+    client = JobSubmissionClient(address, metadata={"team": "a"})
+    job = client.submit_job(entrypoint="python only_here.py", runtime_env={"working_dir": str(wd),
+                                                                            "env_vars": {"X": "42"}})
+
+    async def tail() -> str:
+        return "".join([t async for t in client.tail_job_logs(job)])
+    assert asyncio.run(tail()) == "ran 42 in the working_dir\n"
+    info = client.get_job_info(job)
+    assert info.status == "SUCCEEDED" and info["metadata"] == {"team": "a"}
+    assert client.delete_job(job) and all(j.submission_id != job for j in client.list_jobs()
+                                          if j.type == "SUBMISSION")
+    out = cli.run("job", "submit", "--address", address, "--working-dir", str(wd), "--runtime-env-json",
+                  '{"env_vars": {"X": "7"}}', "--", "python", "only_here.py").stdout
+    assert "ran 7 in the working_dir" in out and "SUCCEEDED" in out
+    bad = cli.run("job", "status", "--address", address, "job_nope", check=False)
+    assert bad.returncode == 1 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+    assert "SUBMISSION" in cli.run("job", "list", "--address", address).stdout
+    cli.run("stop")

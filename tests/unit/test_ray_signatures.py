@@ -25,8 +25,6 @@ _spec.loader.exec_module(_dumper)
 # which ones fall short, and fails once one matches Ray without being taken off this list.
 NOT_BUILT = {
     "ray.util.metrics.": "issue 12 (metrics)",
-    **{f"ray.job_submission.JobSubmissionClient.{m}": "issue 12 (Ray's JobSubmissionClient over HTTP)"
-       for m in ("__init__", "submit_job", "delete_job", "tail_job_logs")},
 }
 
 
