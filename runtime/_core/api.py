@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -165,12 +166,10 @@ def _driver_kind() -> str:
     "jupyter-server" (the lab extension), "cli" (a `runtime ...` command) or "script"."""
     if api_state.driver_kind:
         return api_state.driver_kind
-    import sys
     return "notebook" if "ipykernel" in sys.modules else "script"
 
 
 async def _connect_driver(cw: CoreWorker, namespace: str) -> None:
-    import sys
     await cw.connect_cluster("driver")
     reply, _ = await cw.gcs_request({"op": "register_job", "namespace": namespace, "pid": os.getpid(),
                                      "entrypoint": " ".join(sys.argv), "kind": _driver_kind()})

@@ -108,24 +108,18 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.write(fd, token.encode())
     os.close(fd)
+    ops = dict(ops or {})
+    bound: list = []  # the caller may try another port: a failed bind leaves nothing bound or made
     try:
         gcs_sock = bind_socket(f"tcp:{node_ip}:{port}")
-    except OSError:
-        _remove_session_dir(session_dir)
-        raise
-    try:
+        bound.append(gcs_sock)
         client_sock = bind_socket(f"tcp:{node_ip}:{client_port}") if client_port is not None else None
-    except OSError:  # the caller may try another port: leave nothing bound or made behind
-        gcs_sock.close()
-        _remove_session_dir(session_dir)
-        raise
-    ops = dict(ops or {})
-    try:
+        bound.append(client_sock)
         dashboard_sock = _bind_dashboard(ops)
     except OSError:
-        gcs_sock.close()
-        if client_sock is not None:
-            client_sock.close()
+        for sock in bound:
+            if sock is not None:
+                sock.close()
         _remove_session_dir(session_dir)
         raise
     owner_r = owner_w = None

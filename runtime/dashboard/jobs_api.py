@@ -5,6 +5,7 @@ status codes. Jobs run in the control store's job manager (runtime/jobs/manager.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import zipfile
@@ -27,13 +28,12 @@ _REQUEST_FIELDS = {"entrypoint": str, "submission_id": (str, type(None)), "job_i
 
 
 def _answer(data: Any, status: int = 200) -> web.Response:
-    from .server import answer
-    return answer(data, status)
+    return web.Response(text=json.dumps(data), status=status, content_type="application/json")
 
 
 def _error(status: int, message: str) -> web.Response:
-    from .server import error
-    return error(status, message)
+    """Ray's clients show a failed request's body as text: a sentence, in JSON for ours."""
+    return web.Response(text=json.dumps({"message": message}), status=status, content_type="application/json")
 
 
 def _package_path(app: web.Application, protocol: str, name: str) -> str | None:

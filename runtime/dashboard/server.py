@@ -8,7 +8,6 @@ import logging
 import signal
 import socket
 import sys
-from typing import Any
 
 from aiohttp import web
 
@@ -64,11 +63,3 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s dashboard %(name)s: %(message)s")
     asyncio.run(serve(json.loads(sys.argv[1])))
 
-
-def answer(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data), status=status, content_type="application/json")
-
-
-def error(status: int, message: str) -> web.Response:
-    """Ray's clients show a failed request's body as text: a sentence, in JSON for ours."""
-    return web.Response(text=json.dumps({"message": message}), status=status, content_type="application/json")

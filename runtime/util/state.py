@@ -10,7 +10,7 @@ and unused (the control store's answer is never partial).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from .._core import api_state
 

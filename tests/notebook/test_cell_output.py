@@ -68,7 +68,7 @@ def test_output_and_warnings_go_to_the_submitting_cell(kernel, tmp_path):  # noq
     assert shell_reply(kc, warm, 60)["content"]["status"] == "ok"
     submitting = kc.execute("ref = late.remote(GO, True)")
     assert shell_reply(kc, submitting, 60)["content"]["status"] == "ok"
-    later = kc.execute(f"open(GO, 'w').close()\nprint('got', runtime.get(ref, timeout=60))")
+    later = kc.execute("open(GO, 'w').close()\nprint('got', runtime.get(ref, timeout=60))")
     assert shell_reply(kc, later, 120)["content"]["status"] == "ok"
     by_cell = _collect(kc, later)
     assert "late line" not in _streams(by_cell.get(warm, []))[0]
