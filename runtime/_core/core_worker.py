@@ -603,11 +603,11 @@ class CoreWorker:
             if e.mapped is None:
                 try:
                     e.mapped = self._map_shm(ref._id, e.node_id)
-                except ObjectLostError:
+                except ObjectLostError as lost:
                     if e.node_id == self.node_id:
                         raise
                     # Its node is gone: rebuild it from lineage (owner) or have the owner do so.
-                    self.run_sync(self._recover(ref, e.node_id))
+                    self.run_sync(self._recover(ref, e.node_id, lost.detail))
                     return self.materialize(ref)
             meta, bufs = e.mapped
             return deserialize(meta, bufs)
@@ -997,7 +997,7 @@ class CoreWorker:
         if spec is not None and not any(self.lineage.get(o) is spec for o in spec.return_ids):
             self._release_task_args(spec)
 
-    async def reconstruct(self, oid: bytes, lost_node: str) -> None:
+    async def reconstruct(self, oid: bytes, lost_node: str, why_lost: str = "") -> None:
         """Make `oid` (owned, its copy lost with `lost_node`) available again, or store why not."""
         e = self.store.entries.get(oid)
         if e is None or (e.state == SHM and e.node_id != lost_node) or e.state in (INLINE, ERROR):
@@ -1016,7 +1016,7 @@ class CoreWorker:
                 spec.max_retries -= 1
             self._forget_leases_on(lost_node)
             output.in_context(spec, logger.warning, "Rebuilding the results of task `%s`: their only copy was on "
-                              "node %s, which is gone.", spec.name, lost_node[:8])
+                              "node %s: %s.", spec.name, lost_node[:8], why_lost or "the node is gone")
             for o in spec.return_ids:
                 self.lineage.pop(o, None)
                 self.store.reset_pending(o)
@@ -1045,20 +1045,23 @@ class CoreWorker:
                 ch.conn.abort(f"node {node_id[:8]} was declared dead")
 
     def _forget_leases_on(self, node_id: str) -> None:
-        """Workers leased on a node known to be gone take no more tasks (their connections may not
-        have closed yet)."""
+        """Workers leased on a node believed gone take no more tasks (their connections may not
+        have closed yet). They are handed back too: if the node is in fact alive (a reader could not
+        pull from it for another reason), a worker kept leased would hold its resources forever."""
         for sq in self.queues.values():
             for lease in [x for x in sq.leases if x.node_id == node_id and x.busy is None]:
-                lease.dead = True
-                sq.leases.remove(lease)
+                if lease.idle_handle is not None:
+                    lease.idle_handle.cancel()
+                self._return_lease(lease)
 
-    async def _recover(self, ref: ObjectRef, lost_node: str) -> None:
+    async def _recover(self, ref: ObjectRef, lost_node: str, why_lost: str = "") -> None:
         if ref._owner == self.address:
-            await self.reconstruct(ref._id, lost_node)
+            await self.reconstruct(ref._id, lost_node, why_lost)
             return
         try:
             conn = await self.get_conn(ref._owner)
-            reply, bufs = await conn.request({"op": "recover_object", "o": ref._id, "node": lost_node}, timeout=None)
+            reply, bufs = await conn.request({"op": "recover_object", "o": ref._id, "node": lost_node,
+                                              "why": why_lost}, timeout=None)
         except (ConnectionError, OSError) as e:
             self.store.set_error(ref._id, OwnerDiedError(ref.hex(), f"its copy was lost with node {lost_node[:8]} "
                                                          f"and its owner {ref._owner} is unreachable ({e})"))
@@ -1067,7 +1070,7 @@ class CoreWorker:
         self._apply_object_reply(ref._id, reply, bufs)
 
     async def on_recover_object(self, conn: Connection, msg: dict, bufs: list) -> Any:
-        await self.reconstruct(msg["o"], msg["node"])
+        await self.reconstruct(msg["o"], msg["node"], msg.get("why", ""))
         return self._object_reply(msg["o"])
 
     def on_infeasible(self, conn: Connection, msg: dict, bufs: list) -> None:

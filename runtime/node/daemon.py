@@ -624,8 +624,8 @@ class NodeDaemon:
         except (ConnectionError, OSError, asyncio.TimeoutError) as e:
             return {"found": False, "why": f"node {msg['node_id'][:8]} that holds it is unreachable ({e})"}
 
-    def on_object_info(self, conn: Connection, msg: dict, bufs: list) -> dict:
-        return self.transfer.object_info(msg["object_id"], msg["node_id"])
+    async def on_object_info(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return await self.transfer.object_info(msg["object_id"], msg["node_id"])
 
 
     def on_restore_object(self, conn: Connection, msg: dict, bufs: list) -> dict:

@@ -11,6 +11,7 @@ emptied before anything is spilled.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -54,6 +55,7 @@ class ObjectStoreManager:
         self.pool: list[PooledFile] = []  # oldest first
         self._pool_seq = 0
         self.reused_total = 0
+        self._seal_waiters: dict[bytes, list[asyncio.Future]] = {}
 
     def create(self, object_id: bytes, size: int, owner: str) -> bool:
         """Reserve space for a new object. True if a pooled file now lies at its temporary
@@ -110,6 +112,32 @@ class ObjectStoreManager:
         obj = self.objects.get(object_id)
         if obj is not None:
             obj.sealed = True
+        self._wake(object_id)
+
+    async def wait_sealed(self, object_id: bytes, timeout: float) -> None:
+        """Until an object being written is sealed, freed, or `timeout` passes. A creator's seal
+        message and its reply to the owner go over different connections, so a reader elsewhere
+        told of the object can ask for it before the seal has arrived here."""
+        obj = self.objects.get(object_id)
+        if obj is None or obj.sealed:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._seal_waiters.setdefault(object_id, []).append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            waiting = self._seal_waiters.get(object_id)
+            if waiting is not None and fut in waiting:
+                waiting.remove(fut)
+                if not waiting:
+                    del self._seal_waiters[object_id]
+
+    def _wake(self, object_id: bytes) -> None:
+        for fut in self._seal_waiters.pop(object_id, []):
+            if not fut.done():
+                fut.set_result(None)
 
     def _make_room(self, size: int) -> None:
         while self.pool and self.used + size > self.capacity:
@@ -158,6 +186,7 @@ class ObjectStoreManager:
 
     def free(self, object_id: bytes) -> None:
         obj = self.objects.pop(object_id, None)
+        self._wake(object_id)
         if obj is None:
             return
         if obj.spilled_path:

@@ -31,6 +31,7 @@ from .shm import object_path
 logger = logging.getLogger("runtime.node")
 
 STREAM_MIN_BYTES = 16 << 20  # objects at least this large come over two streams in parallel
+SEAL_WAIT_S = 20.0  # how long a pull waits for an object still being written on its node
 _REQUEST = struct.Struct("<32s20sQQQ")
 _LENGTH = struct.Struct("<Q")
 
@@ -115,7 +116,8 @@ class ObjectTransfer:
             sock.close()
 
     # -- source side -------------------------------------------------------------------
-    def object_info(self, oid: bytes, puller: str) -> dict:
+    async def object_info(self, oid: bytes, puller: str) -> dict:
+        await self.store.wait_sealed(oid, SEAL_WAIT_S)
         obj = self.store.objects.get(oid)
         if obj is None or not obj.sealed or not self.store.restore(oid):
             return {"found": False}
