@@ -36,6 +36,9 @@ class SystemConfig:
     node_death_timeout_s: float = 10.0
     # How often a process sends its tasks' state changes to the control store (0 = never).
     task_events_interval_s: float = 0.5
+    # How long after a change a process sends its application metrics (runtime.util.metrics) to
+    # its node manager, which serves them to Prometheus (0 = never).
+    metrics_report_interval_s: float = 2.0
     # Tasks the control store keeps for the state API; the oldest finished ones go first.
     task_events_max_tasks: int = 10000
     # Where the control store keeps its tables so that a restarted head recovers them: "" (SQLite

@@ -62,6 +62,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         42
         >>> runtime.shutdown()
     """
+    metrics_export_port = kwargs.pop("_metrics_export_port", None)  # Ray's private init() argument
     if kwargs:
         raise ValueError(f"Unknown argument(s) to init(): {', '.join(sorted(kwargs))}. See help(runtime.init).")
     if configure_logging:
@@ -73,7 +74,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         runtime_env = runtime_env if runtime_env is not None else getattr(job_config, "runtime_env", None) or None
         namespace = namespace or getattr(job_config, "ray_namespace", None)
     # The dashboard (runtime/dashboard) starts on first use, so it costs init() one bind.
-    ops = {"dashboard": {"enabled": include_dashboard is not False, "host": dashboard_host, "port": dashboard_port}}
+    ops = {"dashboard": {"enabled": include_dashboard is not False, "host": dashboard_host, "port": dashboard_port},
+           "metrics_export_port": metrics_export_port}
     with _init_lock:
         if is_initialized():
             if ignore_reinit_error:
@@ -122,7 +124,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
                                   f"See the logs in {logs}.") from e
         address_info = {"address": info["gcs_address"].removeprefix("tcp:"), "gcs_address": info["gcs_address"],
                         "node_address": info["node_address"], "session_dir": info["session_dir"],
-                        "node_id": cw.node_id, "object_store_address": cw.shm_dir}
+                        "node_id": cw.node_id, "object_store_address": cw.shm_dir,
+                        "metrics_export_port": cw.metrics_export_port}
         dashboard = ((info.get("ops") or {}).get("dashboard") or {}).get("url")
         # As Ray's: HOST:PORT without the scheme.
         address_info["webui_url"] = dashboard.removeprefix("http://") if dashboard else None

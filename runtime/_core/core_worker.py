@@ -36,6 +36,7 @@ from ..exceptions import (
 from ..node import shm
 from ..rpc.connection import Connection, ConnectionClosed, bind_socket, connect, serve, socket_address
 from ..serialization.core import SerializedObject, deserialize, serialize
+from ..util import metrics
 from ..worker import output
 from ..worker.output import LinePrefixer
 from .ids import ObjectID
@@ -127,6 +128,7 @@ class CoreWorker:
         self.node_id = ""
         self.shm_dir = ""
         self.node_ip = "127.0.0.1"
+        self.metrics_export_port: int | None = None  # of its node manager (init() returns it)
         self.pid = os.getpid()
         sock_dir = sock_dir or os.path.join(session_dir, "sockets")  # short: unix paths max ~107 bytes
         os.makedirs(sock_dir, exist_ok=True)
@@ -250,6 +252,10 @@ class CoreWorker:
                                 on_close=self._on_nm_closed, timeout=self.config.startup_timeout_s, name="->node")
         reply, _ = await self.nm.request({"op": "node_info"}, timeout=self.config.startup_timeout_s)
         self.node_id, self.shm_dir, self.node_ip = reply["node_id"], reply["shm_dir"], reply["node_ip"]
+        self.metrics_export_port = reply.get("metrics_export_port")
+        metrics.registry.on_dirty = self._metrics_dirty
+        if metrics.registry.dirty:  # recorded before init()
+            self._metrics_dirty()
         if kind == "driver":
             await self.ensure_gcs()
 
@@ -1199,6 +1205,18 @@ class CoreWorker:
         except Exception as e:  # the state API is best effort; the tasks themselves are unaffected
             logger.debug("could not report task events: %s", e)
 
+    # -- application metrics (runtime.util.metrics) ---------------------------------------------
+    def _metrics_dirty(self) -> None:
+        """A metric changed (any thread): report the registry to the node manager in a while."""
+        if not self.closed and self.config.metrics_report_interval_s > 0:
+            self.loop.call_soon_threadsafe(self.loop.call_later, self.config.metrics_report_interval_s,
+                                           self.report_metrics)
+
+    def report_metrics(self) -> None:
+        families = metrics.registry.snapshot()
+        if families and self.nm is not None and not self.nm.closed:
+            self.nm.send({"op": "metrics_report", "families": families})
+
     # -- actors -------------------------------------------------------------------------------
     def actor_channel(self, actor_id: str, max_task_retries: int = 0) -> ActorChannel:
         ch = self.actors.get(actor_id)
@@ -1402,6 +1420,7 @@ class CoreWorker:
         rows = self.task_events.drain(self.node_id, self.job_id)
         if rows and self.gcs is not None and not self.gcs.closed:
             self.gcs.send({"op": "task_events", "tasks": rows})  # last states, flushed by close()
+        self.report_metrics()  # last values
         for c in list(self.conns.values()) + [self.nm, self.gcs]:
             if c is not None:
                 c.close()

@@ -116,6 +116,8 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
         client_sock = bind_socket(f"tcp:{node_ip}:{client_port}") if client_port is not None else None
         bound.append(client_sock)
         dashboard_sock = _bind_dashboard(ops)
+        bound.append(dashboard_sock)
+        metrics_sock = _bind_metrics(node_ip, ops.get("metrics_export_port"))
     except OSError:
         for sock in bound:
             if sock is not None:
@@ -134,7 +136,8 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
         cluster.client_address = socket_address(client_sock).removeprefix("tcp:")
     _start_gcs(cluster, gcs_sock, client_sock, dashboard_sock)
     head = add_node(cluster, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                    object_store_memory=object_store_memory, head=True, node_ip=node_ip, labels=labels)
+                    object_store_memory=object_store_memory, head=True, node_ip=node_ip, labels=labels,
+                    metrics_sock=metrics_sock)
     cluster.node_address, cluster.node_tcp_address = head["node_address"], head["node_tcp_address"]
     cluster.shm_dir, cluster.sock_dir = head["shm_dir"], head["sock_dir"]
     _write_private_json(os.path.join(session_dir, "cluster.json"), {**cluster.info(), "started": time.time()})
@@ -152,8 +155,8 @@ def _remove_session_dir(session_dir: str) -> None:
 DASHBOARD_PORT = 8265  # Ray's
 
 
-class DashboardPortTaken(OSError):
-    """The dashboard port asked for is in use; the message says what to do."""
+class PortTaken(OSError):
+    """A port asked for (dashboard, metrics export) is in use; the message says what to do."""
 
 
 def _bind_dashboard(ops: dict) -> Any:
@@ -178,7 +181,7 @@ def _bind_dashboard(ops: dict) -> Any:
             break
         except OSError as e:
             if asked:
-                raise DashboardPortTaken(e.errno, f"The dashboard port {host}:{port} is taken ({e.strerror}); pick "
+                raise PortTaken(e.errno, f"The dashboard port {host}:{port} is taken ({e.strerror}); pick "
                                          "another with --dashboard-port (dashboard_port=), or turn it off with "
                                          "--include-dashboard false.") from e
     bound = sock.getsockname()[1]
@@ -191,7 +194,10 @@ def _start_gcs(cluster: ClusterProcesses, sock: Any, client_sock: Any = None, da
                 "owner_fd": cluster.owner_read_fd, "session_dir": cluster.session_dir,
                 "system_config": cluster.config.to_json(),
                 "client_fd": client_sock.fileno() if client_sock is not None else None,
-                "dashboard_fd": dashboard_sock.fileno() if dashboard_sock is not None else None}
+                "dashboard_fd": dashboard_sock.fileno() if dashboard_sock is not None else None,
+                # The machine's cluster (`runtime start --head`) also writes Prometheus's service
+                # discovery file where Ray's is, at the top of the temp directory.
+                "discovery_root": cluster_root() if cluster.owner_read_fd is None else None}
     keep = [sock.fileno()] + [s.fileno() for s in (client_sock, dashboard_sock) if s is not None]
     cluster.procs["gcs"] = _spawn(cluster, "gcs", "runtime.gcs", gcs_args, keep)
     for s in (sock, client_sock, dashboard_sock):
@@ -226,10 +232,14 @@ def restart_gcs(cluster: ClusterProcesses) -> None:
 
 def add_node(cluster: ClusterProcesses, *, num_cpus: float | None = None, num_gpus: float | None = None,
              resources: dict | None = None, object_store_memory: int | None = None, head: bool = False,
-             node_ip: str = "127.0.0.1", labels: dict | None = None) -> dict:
+             node_ip: str = "127.0.0.1", labels: dict | None = None, metrics_export_port: int | None = None,
+             metrics_sock: Any = None) -> dict:
     """Start one more node manager on this machine, joined to `cluster`'s control store: its own
     resources, worker pool, sockets and shared-memory object store. Returns its description
-    (node_id, pid, addresses); it dies with the cluster (or its owner, when embedded)."""
+    (node_id, pid, addresses); it dies with the cluster (or its owner, when embedded).
+    `metrics_export_port`: where it serves Prometheus metrics (None: a free port), or
+    `metrics_sock` already bound there."""
+    metrics_sock = metrics_sock or _bind_metrics(node_ip, metrics_export_port)
     res = default_resources(num_cpus, num_gpus, object_store_memory)
     node_id = secrets.token_hex(16)
     first = head
@@ -242,7 +252,9 @@ def add_node(cluster: ClusterProcesses, *, num_cpus: float | None = None, num_gp
     shm_dir = os.path.join(shm_root, f"orrery-{cluster.session_name[-6:]}-{node_id[:8]}")
     nm_unix = bind_socket("unix:" + os.path.join(sock_dir, "node.sock"))
     nm_tcp = bind_socket(f"tcp:{node_ip}:0")
+    metrics_port = metrics_sock.getsockname()[1]
     nm_args = {"unix_fd": nm_unix.fileno(), "tcp_fd": nm_tcp.fileno(), "owner_fd": cluster.owner_read_fd,
+               "metrics_fd": metrics_sock.fileno(), "head": head,
                "token_file": os.path.join(cluster.session_dir, "token"), "node_id": node_id,
                "session_dir": cluster.session_dir, "gcs_address": cluster.gcs_address,
                "unix_address": socket_address(nm_unix), "tcp_address": socket_address(nm_tcp),
@@ -251,15 +263,25 @@ def add_node(cluster: ClusterProcesses, *, num_cpus: float | None = None, num_gp
                "shm_dir": shm_dir, "system_config": cluster.config.to_json(), "node_ip": node_ip,
                "labels": {str(k): str(v) for k, v in (labels or {}).items()}}
     name = "node" if first else f"node-{node_id[:8]}"
-    proc = _spawn(cluster, name, "runtime.node", nm_args, [nm_unix.fileno(), nm_tcp.fileno()])
+    proc = _spawn(cluster, name, "runtime.node", nm_args, [nm_unix.fileno(), nm_tcp.fileno(), metrics_sock.fileno()])
     cluster.procs[name] = proc
-    nm_unix.close()
-    nm_tcp.close()
+    for sock in (nm_unix, nm_tcp, metrics_sock):
+        sock.close()
     node = {"node_id": node_id, "pid": proc.pid if hasattr(proc, "pid") else proc, "name": name, "node_ip": node_ip,
             "node_address": nm_args["unix_address"], "node_tcp_address": nm_args["tcp_address"],
-            "shm_dir": shm_dir, "sock_dir": sock_dir, "resources": res}
+            "shm_dir": shm_dir, "sock_dir": sock_dir, "resources": res,
+            "metrics_export_port": metrics_port}
     cluster.nodes.append(node)
     return node
+
+
+def _bind_metrics(node_ip: str, port: int | None) -> Any:
+    """The node's Prometheus endpoint socket (its server starts on the first scrape)."""
+    try:
+        return bind_socket(f"tcp:{node_ip}:{port or 0}")
+    except OSError as e:
+        raise PortTaken(e.errno, f"The metrics export port {node_ip}:{port} is taken ({e.strerror}); pick "
+                                        "another with --metrics-export-port, or leave it out for a free one.") from e
 
 
 def _spawn(cluster: ClusterProcesses, name: str, module: str, args: dict, keep_fds: list[int]) -> Any:
@@ -470,10 +492,11 @@ def stop_persistent(info: dict, timeout: float = 10.0) -> list[int]:
         if not alive:
             break
     _cleanup_dirs(info)
-    try:
-        os.unlink(current_cluster_file())
-    except OSError:
-        pass
+    for path in (current_cluster_file(), os.path.join(cluster_root(), "prom_metrics_service_discovery.json")):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
     return pids
 
 

@@ -61,7 +61,7 @@ def _start_head(config: Any, *, num_cpus: float | None, num_gpus: float | None, 
                  temp_dir=temp_dir, ops=ops)
     try:
         cluster = launcher.start_cluster(**start, client_port=client_port)
-    except launcher.DashboardPortTaken as e:
+    except launcher.PortTaken as e:
         print(e.strerror, file=sys.stderr)
         return 1
     except OSError as e:
@@ -224,9 +224,14 @@ def _join(args: argparse.Namespace) -> int:
             return 1
     config = SystemConfig.resolve(json.loads(args.system_config) if args.system_config else {})
     cluster = launcher.attach(info, config)
-    node = launcher.add_node(cluster, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                             resources=_parse_resources(args.resources), object_store_memory=args.object_store_memory,
-                             node_ip=node_ip, labels=_parse_resources(args.labels, "--labels"))
+    try:
+        node = launcher.add_node(cluster, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                                 resources=_parse_resources(args.resources), object_store_memory=args.object_store_memory,
+                                 node_ip=node_ip, labels=_parse_resources(args.labels, "--labels"),
+                                 metrics_export_port=args.metrics_export_port)
+    except launcher.PortTaken as e:
+        print(e.strerror, file=sys.stderr)
+        return 1
     deadline = time.monotonic() + config.startup_timeout_s
     while not any(n["node_id"] == node["node_id"] and n["alive"] for n in
                   launcher.gcs_request(info["gcs_address"], info["token"], {"op": "list_nodes"})["nodes"]):

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .. import owner_pipe
 from ..rpc.connection import connect
-from . import jobs_api
+from . import jobs_api, metrics_api
 
 logger = logging.getLogger("runtime.dashboard")
 MAX_BODY = 512 * 2**20  # the largest request body (a working_dir package): past it, 413
@@ -38,6 +38,7 @@ def make_app(session_dir: str, gcs: ControlStore) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app["session_dir"], app["gcs"] = session_dir, gcs
     app.add_routes(jobs_api.routes)
+    app.add_routes(metrics_api.routes)
     return app
 
 

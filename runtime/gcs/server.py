@@ -88,6 +88,9 @@ class ControlStore:
         # Task table for the state API, fed by the submitters' task events (insertion ordered,
         # so the oldest finished tasks are dropped first when it is full).
         self.tasks: collections.OrderedDict[str, dict] = collections.OrderedDict()
+        # Tasks that ended, by (state, name), never trimmed: the `ray_tasks` metric of ended
+        # states only grows, as Prometheus expects of a count.
+        self.tasks_ended: collections.Counter = collections.Counter()
         self.task_owner_conns: dict[str, Connection] = {}
         self.placement_groups = PlacementGroupManager(self)
         self.job_counter = itertools.count(1)
@@ -106,6 +109,7 @@ class ControlStore:
             "list_nodes": self.on_list_nodes, "list_actors": self.on_list_actors, "list_jobs": self.on_list_jobs,
             "cluster_resources": self.on_cluster_resources, "list_objects": self.on_list_objects,
             "task_events": self.on_task_events, "list_tasks": self.on_list_tasks,
+            "cluster_metrics": self.on_cluster_metrics,
             "cancel_task": self.on_cancel_task, "kv_put": self.on_kv_put,
             "submit_job": self.on_submit_job, "job_status": self.on_job_status, "job_logs": self.on_job_logs,
             "job_artifact": self.on_job_artifact, "stop_job": self.on_stop_job, "delete_job": self.on_delete_job,
@@ -241,6 +245,7 @@ class ControlStore:
         self.node_conns.pop(node_id, None)
         self.persist.node(node)
         self._broadcast_nodes()
+        self._write_service_discovery()
         for rec in self.actors.values():
             if rec.node_id == node_id and rec.state in (ALIVE, PENDING, RESTARTING):
                 self._actor_failed(rec, "its node died")
@@ -273,6 +278,7 @@ class ControlStore:
         node = {k: msg[k] for k in ("node_id", "resources", "address", "unix_address", "shm_dir", "pid",
                                     "hostname", "node_ip", "session_dir", "transfer_address")}
         node["labels"] = msg.get("labels") or {}
+        node["metrics_export_address"] = msg.get("metrics_export_address", "")
         node.update(alive=True, start_time=known["start_time"] if known else time.time(),
                     last_heartbeat=time.monotonic(), is_head=known["is_head"] if known else not self.nodes,
                     available=dict(msg["resources"]))
@@ -285,12 +291,31 @@ class ControlStore:
         else:
             logger.info("node %s registered with %s", msg["node_id"][:8], msg["resources"])
         self._broadcast_nodes(but=conn)
+        self._write_service_discovery()
         self.placement_groups.kick()  # groups waiting for room may fit now
         for rec in self.actors.values():  # actors that waited for a node with room may fit here
             if rec.state in (PENDING, RESTARTING) and rec.waiting_for_node:
                 rec.waiting_for_node = False
                 self._spawn(self._schedule(rec))
         return {"nodes": self._peer_list(), "epoch": self._next_epoch()}
+
+    def _write_service_discovery(self) -> None:
+        """`prom_metrics_service_discovery.json` in the session directory (and, for the machine's
+        cluster, in the temp root, as Ray's /tmp/ray/...): the metrics endpoints of the live nodes
+        in Prometheus's file_sd format (deploy/prometheus/). Replaced whole, so Prometheus never
+        reads half a file."""
+        targets = sorted(n["metrics_export_address"] for n in self.nodes.values()
+                         if n["alive"] and n.get("metrics_export_address"))
+        for folder in (self.args["session_dir"], self.args.get("discovery_root")):
+            if not folder:
+                continue
+            path = os.path.join(folder, "prom_metrics_service_discovery.json")
+            try:
+                with open(path + ".tmp", "w") as f:
+                    json.dump([{"labels": {"job": "ray"}, "targets": targets}], f)
+                os.replace(path + ".tmp", path)
+            except OSError as e:
+                logger.warning("could not write %s: %s", path, e)
 
     def _next_epoch(self) -> list:
         """Orders node lists: a register reply can reach a node manager after a later broadcast.
@@ -474,6 +499,8 @@ class ControlStore:
         for row in msg["tasks"]:
             tid = row["task_id"]
             old = self.tasks.get(tid)
+            if old is None or old["state"] in ("PENDING", "RUNNING"):
+                self._count_end(row)
             if old is None:
                 self.tasks[tid] = row
             else:
@@ -500,6 +527,24 @@ class ControlStore:
                 if row is not None and row["state"] in ("PENDING", "RUNNING"):
                     row.update(state="FAILED", end_time=time.time(), error_type="OwnerDiedError",
                                error_message="the process that submitted it exited")
+                    self._count_end(row)
+
+    def _count_end(self, row: dict) -> None:
+        if row["state"] not in ("PENDING", "RUNNING"):
+            self.tasks_ended[(row["state"], row.get("name") or "")] += 1
+
+    def on_cluster_metrics(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        """Counts for the head's Prometheus endpoint (runtime/node/metrics_export.py)."""
+        tasks = collections.Counter(self.tasks_ended)
+        for row in self.tasks.values():
+            if row["state"] in ("PENDING", "RUNNING"):
+                tasks[(row["state"], row.get("name") or "")] += 1
+        actors = collections.Counter((r.state, r.class_name) for r in self.actors.values())
+        pgs = collections.Counter(pg["state"] for pg in self.placement_groups.list())
+        jobs = collections.Counter(j["status"] for j in self.on_list_jobs(conn, {}, [])["jobs"])
+        nodes = collections.Counter("ALIVE" if n["alive"] else "DEAD" for n in self.nodes.values())
+        return {"tasks": [[*k, v] for k, v in tasks.items()], "actors": [[*k, v] for k, v in actors.items()],
+                "placement_groups": list(pgs.items()), "jobs": list(jobs.items()), "nodes": list(nodes.items())}
 
     def on_list_tasks(self, conn: Connection, msg: dict, bufs: list) -> dict:
         return {"tasks": list(self.tasks.values()), "total": len(self.tasks)}

@@ -26,6 +26,7 @@ import psutil
 from .. import config as config_mod
 from .. import owner_pipe
 from ..rpc.connection import Connection, bind_socket, connect, serve, socket_address
+from .metrics_export import MetricsExporter
 from .object_store import ObjectStoreManager
 from .transfer import ObjectTransfer
 from .resources import (LeaseQueue, LeaseRequest, ResourcePool, bundle_resources, is_group_resource,
@@ -101,6 +102,7 @@ class NodeDaemon:
         self.peers: dict[str, dict] = {}
         self.peer_conns: dict[str, Connection] = {}
         self._peer_connecting: dict[str, asyncio.Future] = {}
+        self.metrics = MetricsExporter(self, args.get("metrics_fd"))
         self.transfer = ObjectTransfer(self.node_id, self.token, self.store, self._peer_for_transfer)
         self._report_scheduled = False
         self.nodes_epoch = [0, 0]
@@ -115,6 +117,7 @@ class NodeDaemon:
             "prepare_bundles": self.on_prepare_bundles, "commit_bundles": self.on_commit_bundles,
             "cancel_bundles": self.on_cancel_bundles, "nodes_changed": self.on_nodes_changed,
             "pull_object": self.on_pull_object, "object_info": self.on_object_info,
+            "metrics_report": self.on_metrics_report,
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -136,7 +139,9 @@ class NodeDaemon:
             servers.append(await serve(sock, self.handlers, self.token, on_close=self.on_conn_closed, name="node"))
         hb = loop.create_task(self._heartbeat())
         reaper = loop.create_task(self._idle_reaper())
+        self.metrics.start(loop)
         await self.done.wait()
+        await self.metrics.stop()
         hb.cancel()
         reaper.cancel()
         transfer_server.cancel()
@@ -160,7 +165,7 @@ class NodeDaemon:
             "address": self.args["tcp_address"], "unix_address": self.args["unix_address"], "shm_dir": self.shm_dir,
             "pid": os.getpid(), "hostname": socket.gethostname(), "node_ip": self.args["node_ip"],
             "session_dir": self.session_dir, "transfer_address": self.transfer_address,
-            "labels": self.args.get("labels") or {},
+            "labels": self.args.get("labels") or {}, "metrics_export_address": self.metrics.address,
             "actors": [{"actor_id": w.actor_id, "worker_id": w.worker_id} for w in self.workers.values()
                        if w.state == "actor"],
             "bundles": list(self.bundles)}, timeout=timeout)
@@ -342,6 +347,7 @@ class NodeDaemon:
         wid = info.get("worker_id")
         if wid:
             self.core_workers.pop(wid, None)
+            self.metrics.worker_gone(wid)
             freed = self.store.free_owner(wid)
             if freed:
                 logger.info("freed %d objects owned by departed worker %s", freed, wid[:8])
@@ -641,7 +647,7 @@ class NodeDaemon:
 
     def on_node_info(self, conn: Connection, msg: dict, bufs: list) -> dict:
         return {"node_id": self.node_id, "shm_dir": self.shm_dir, "config": self.config.to_json(),
-                "node_ip": self.args["node_ip"]}
+                "node_ip": self.args["node_ip"], "metrics_export_port": self.metrics.port}
 
     async def on_list_objects(self, conn: Connection, msg: dict, bufs: list) -> dict:
         async def ask(c: Connection) -> list:
@@ -661,6 +667,12 @@ class NodeDaemon:
             if stored is not None:
                 o["size_bytes"] = stored.size
         return {"objects": objects, "store": self.store.describe()}
+
+    def on_metrics_report(self, conn: Connection, msg: dict, bufs: list) -> None:
+        info = conn.peer_info
+        if info.get("worker_id"):
+            self.metrics.report(info["worker_id"], "driver" if info.get("kind") == "driver" else "core_worker",
+                                msg["families"])
 
     def on_shutdown(self, conn: Connection, msg: dict, bufs: list) -> dict:
         self.done.set()
@@ -690,7 +702,7 @@ def main() -> None:
                    "shm_dir": args["shm_dir"], "session_dir": args["session_dir"],
                    "gcs_address": args["gcs_address"], "system_config": args["system_config"],
                    "node_ip": args["node_ip"], "sock_dir": os.path.dirname(args["unix_address"][5:]),
-                   "_close_fds": [args["unix_fd"], args["tcp_fd"], args.get("owner_fd")]}
+                   "_close_fds": [args["unix_fd"], args["tcp_fd"], args.get("owner_fd"), args.get("metrics_fd")]}
     zygote_pid, zygote_sock = start_zygote(worker_args)
     daemon = NodeDaemon(args)
     asyncio.run(daemon.run(zygote_pid, zygote_sock))
