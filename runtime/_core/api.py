@@ -360,7 +360,9 @@ def nodes() -> list[dict]:
         out.append({"NodeID": n["node_id"], "Alive": n["alive"], "NodeManagerAddress": n["node_ip"],
                     "NodeManagerHostname": n["hostname"], "NodeManagerPort": int(n["address"].rsplit(":", 1)[1]),
                     "ObjectStoreSocketName": n["shm_dir"], "Resources": n["resources"], "IsHead": n["is_head"],
-                    "Labels": n.get("labels") or {}, "alive": n["alive"]})
+                    "Labels": n.get("labels") or {}, "alive": n["alive"],
+                    "MetricsExportPort": int(n["metrics_export_address"].rsplit(":", 1)[1])
+                    if n.get("metrics_export_address") else None})
     return out
 
 

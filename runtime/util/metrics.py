@@ -36,16 +36,21 @@ class _Registry:
         self.on_dirty: Callable[[], None] | None = None  # set by the core worker once joined
 
     def family(self, name: str, kind: str, description: str, tag_keys: tuple, boundaries: list | None) -> dict:
+        """The family of that name; declared again another way (a notebook cell run again with
+        new tag keys), a new family replaces it, and metric objects of the old one record into
+        nothing."""
         with self.lock:
             fam = self.families.get(name)
-            if fam is None:
-                fam = self.families[name] = {"name": name, "kind": kind, "description": description,
-                                             "tag_keys": list(tag_keys), "boundaries": boundaries, "samples": {}}
-            elif fam["kind"] != kind or fam["tag_keys"] != list(tag_keys) or fam["boundaries"] != boundaries:
-                raise ValueError(f"A {fam['kind']} named {name!r} with tag keys {tuple(fam['tag_keys'])} already "
-                                 f"exists in this process; a metric name has one kind, one set of tag keys (and "
-                                 f"boundaries). Pick another name for this {kind}, or declare it the same way.")
-            return fam
+            if fam is not None and (fam["kind"], fam["tag_keys"], fam["boundaries"]) == (kind, list(tag_keys),
+                                                                                       boundaries):
+                return fam
+            fam = self.families[name] = {"name": name, "kind": kind, "description": description,
+                                         "tag_keys": list(tag_keys), "boundaries": boundaries, "samples": {}}
+            notify = not self.dirty
+            self.dirty = True
+        if notify and self.on_dirty is not None:
+            self.on_dirty()
+        return fam
 
     def record(self, fam: dict, key: tuple, update: Callable[[Any], Any]) -> None:
         with self.lock:

@@ -98,7 +98,17 @@ class Executor:
         fid = msg["f"]
         fn = self.functions.get(fid)
         if fn is None:
-            fn = self.functions[fid] = cloudpickle.loads(msg["fn"])
+            try:
+                fn = self.functions[fid] = cloudpickle.loads(msg["fn"])
+            except Exception as e:  # noqa: BLE001 - a module the worker cannot import: the task fails, not the worker
+                if hasattr(e, "add_note"):
+                    e.add_note(f"The worker could not load the function `{msg['n']}`: it refers to a module by "
+                               "name that this worker cannot import. Make it importable on the workers "
+                               "(install it, set PYTHONPATH, or ship it with runtime_env), or define what the "
+                               "task uses in the driver's script or notebook.")
+                err = capture_task_error(e, msg["n"], os.getpid(), self.cw.node_id)
+                self._reply(conn, msg, *self._error_results(msg, err))
+                return
         self._execute(conn, msg, bufs, fn, main_thread=True)
 
     def _run_call(self, conn: Connection, msg: dict, bufs: list) -> None:
