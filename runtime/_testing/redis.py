@@ -4,12 +4,13 @@ on 127.0.0.1 and a free port, stopped by PID."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from .debian import debian_program
 
 
 def require_redis_server() -> str:
@@ -24,20 +25,7 @@ def require_redis_server() -> str:
 
 def ensure_redis_server() -> str | None:
     """The redis-server executable; installs Debian's package first when missing and allowed."""
-    exe = _redis_server_exe()
-    if exe is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "redis-server"]
-        if subprocess.run(install, env=env, capture_output=True, timeout=600, check=False).returncode != 0:
-            subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=600, check=False)
-            subprocess.run(install, env=env, capture_output=True, timeout=600, check=False)
-        exe = _redis_server_exe()
-    return exe
-
-
-def _redis_server_exe() -> str | None:
-    return shutil.which("redis-server") or next(
-        (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.access(p, os.X_OK)), None)
+    return debian_program("redis-server", "redis-server", ("/usr/bin/redis-server", "/usr/local/bin/redis-server"))
 
 
 def free_port() -> int:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ import cloudpickle
 import pytest
 
 import runtime
+from runtime._testing.debian import require_debian_program
 from runtime._testing.sync import wait_for
 from runtime.exceptions import TaskCancelledError
 
@@ -39,19 +38,7 @@ UI_TIMEOUT_MS = 60_000
 
 def _chromium() -> str:
     """Debian's chromium (playwright cannot download browsers here); installed if we are root."""
-    if os.path.exists(CHROMIUM):
-        return CHROMIUM
-    if not (hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get")):
-        pytest.skip(f"No Chromium at {CHROMIUM}, and not root to `apt-get install chromium`; "
-                    "install it to run the browser test.")
-    install = ["apt-get", "install", "-y", "chromium"]
-    result = subprocess.run(install, check=False, capture_output=True, text=True)
-    if result.returncode != 0:  # the package lists may be missing on a fresh machine
-        subprocess.run(["apt-get", "update"], check=False, capture_output=True)
-        result = subprocess.run(install, check=False, capture_output=True, text=True)
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"`apt-get install -y chromium` failed, so no browser: {result.stderr[-500:]}")
-    return CHROMIUM
+    return require_debian_program("chromium", "chromium", (CHROMIUM,), recommends=True)
 
 
 def _open_command_palette(page, sync_api) -> None:
