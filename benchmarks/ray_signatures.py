@@ -98,6 +98,20 @@ def method_decorator_options() -> list[str]:
     return sorted(p for o in overloads for p in inspect.signature(o).parameters if not p.startswith("__"))
 
 
+def state_schemas() -> dict:
+    """The columns of Ray's state API rows (what `ray list X` and `/api/v0/X` give), for
+    runtime/_core/ray_state.py: without --detail, the added --detail ones, and the filterable."""
+    from ray.util.state.common import StateResource, resource_to_schema
+    out = {}
+    for resource in ("actors", "jobs", "nodes", "placement_groups", "workers", "tasks", "objects"):
+        schema = resource_to_schema(StateResource(resource))
+        basic = schema.list_columns(detail=False)
+        out[resource] = {"columns": basic,
+                         "detail_columns": [c for c in schema.list_columns(detail=True) if c not in basic],
+                         "filterable": sorted(schema.filterable_columns())}
+    return out
+
+
 def main(out: str) -> None:
     import ray
     from ray._common import ray_option_utils
@@ -114,6 +128,7 @@ def main(out: str) -> None:
             "method_call": sorted(method_call),  # handle.m.options(...)
             "method_decorator": method_decorator_options(),  # @ray.method(...)
         },
+        "state_schemas": state_schemas(),
     }
     for name in NAMES:
         resolve(name)  # fail here, not in the test, if Ray renamed one

@@ -1,6 +1,6 @@
 """The one place system configuration is defined and resolved.
 
-Order: defaults, then `RUNTIME_<KEY>` environment variables, then `init(_system_config=...)`
+Order: defaults, then `RUNTIME_<KEY>` (or Ray's `RAY_<key>`) environment variables, then `init(_system_config=...)`
 or `runtime start --system-config JSON`. Unknown keys fail loudly with a suggestion.
 """
 
@@ -39,6 +39,9 @@ class SystemConfig:
     # How long after a change a process sends its application metrics (runtime.util.metrics) to
     # its node manager, which serves them to Prometheus (0 = never).
     metrics_report_interval_s: float = 2.0
+    # Record where each object was created (put, task submission): `runtime memory --group-by
+    # STACK_TRACE` and the state API's call_site (Ray's RAY_record_ref_creation_sites).
+    record_ref_creation_sites: bool = False
     # Tasks the control store keeps for the state API; the oldest finished ones go first.
     task_events_max_tasks: int = 10000
     # Where the control store keeps its tables so that a restarted head recovers them: "" (SQLite
@@ -56,7 +59,8 @@ class SystemConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for name, f in fields.items():
-            raw = environ.get(f"RUNTIME_{name.upper()}")
+            # Ours, or Ray's spelling of the same setting (RAY_record_ref_creation_sites=1).
+            raw = environ.get(f"RUNTIME_{name.upper()}", environ.get(f"RAY_{name}"))
             if raw is not None:
                 values[name] = _coerce(name, f.type, raw)
         for key, value in (overrides or {}).items():

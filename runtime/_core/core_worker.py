@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import pickle
+import sys
 import threading
 import time
 from concurrent.futures import Future as ConcurrentFuture
@@ -184,6 +185,7 @@ class CoreWorker:
         self.current_cell: dict | None = None
         self.current_pg: list | None = None  # placement group the running task captures children into
         self.object_cells: dict[bytes, dict] = {}  # owned object -> the cell that created it
+        self.object_sites: dict[bytes, str] = {}  # owned object -> where it was created, when recorded
         self.lineage: dict[bytes, TaskSpec] = {}  # owned result in shared memory -> the task that made it
         self.task_events = te.TaskEventBuffer(self.address)
         self._events_armed = False
@@ -388,6 +390,7 @@ class CoreWorker:
                 self._release_nested(oid, entry.nested)
             self.tasks.pop(oid, None)
             self.object_cells.pop(oid, None)
+            self.object_sites.pop(oid, None)
             self._drop_lineage(oid)
         else:
             self._send_owner(e.owner, {"op": "remove_borrower", "o": oid, "a": self.address})
@@ -434,7 +437,8 @@ class CoreWorker:
                         "owner_worker_id": self.worker_id, "owner_pid": self.pid, "reference_kinds": e.kinds(),
                         "local_refs": e.local, "pending_task_refs": e.submitted, "captured_in": len(e.contained_in),
                         "borrowers": len(e.borrowers), "state": state, "spilled": False,
-                        "cell": self.object_cells.get(oid)})
+                        "cell": self.object_cells.get(oid), "call_site": self.object_sites.get(oid),
+                        "owner_is_driver": self.mode == "driver"})
         return {"objects": out}
 
     # -- objects: put ------------------------------------------------------------------------
@@ -449,6 +453,8 @@ class CoreWorker:
         self.store_serialized(oid, so, nested, owner_wid=self.worker_id)
         if self.current_cell is not None:
             self.object_cells[oid] = self.current_cell
+        if self.config.record_ref_creation_sites:
+            self.object_sites[oid] = call_site()
         return ref
 
     def store_serialized(self, oid: bytes, so: SerializedObject, nested: list, owner_wid: str) -> tuple[str, Any]:
@@ -699,6 +705,10 @@ class CoreWorker:
             spec.context = contextvars.copy_context()
             for oid in spec.return_ids:
                 self.object_cells[oid] = cell
+        if self.config.record_ref_creation_sites:
+            site = call_site()
+            for oid in spec.return_ids:
+                self.object_sites[oid] = site
         self.task_event(spec, te.PENDING)
         if so.total_bytes >= self.config.max_inline_bytes and so.buffers:
             # Large arguments go to shared memory once; the task reads them zero-copy.
@@ -1442,6 +1452,18 @@ class CoreWorker:
 
 
 _BACKGROUND: set = set()
+_RUNTIME_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def call_site() -> str:
+    """Where user code called into the runtime: the innermost frame outside this package
+    ("path:line in function"), as `runtime memory --group-by STACK_TRACE` shows it."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_RUNTIME_DIR):
+        frame = frame.f_back
+    if frame is None:
+        return "(unknown)"
+    return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
 
 
 def _pickle_error(err: BaseException | None) -> bytes:

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .._core.ray_state import driver_details, job_details
 from ..jobs.manager import TERMINAL
 
 routes = web.RouteTableDef()
@@ -120,27 +121,6 @@ def _submit_message(app: web.Application, body: Any) -> dict:
     return msg
 
 
-def job_details(job: dict) -> dict:
-    """Ray's JobDetails for one of our submitted jobs (times in ms, as Ray)."""
-    def ms(t: float | None) -> int | None:
-        return None if t is None else int(t * 1000)
-    return {"type": "SUBMISSION", "job_id": None, "submission_id": job["job_id"], "driver_info": None,
-            "status": job["status"], "entrypoint": job.get("entrypoint", ""), "message": job.get("message") or "",
-            "error_type": None, "start_time": ms(job.get("start_time")), "end_time": ms(job.get("end_time")),
-            "metadata": job.get("metadata") or {}, "runtime_env": job.get("runtime_env") or {},
-            "driver_agent_http_address": None, "driver_node_id": None, "driver_exit_code": job.get("exit_code")}
-
-
-def _driver_details(job: dict) -> dict:
-    return {"type": "DRIVER", "job_id": job["job_id"], "submission_id": None,
-            "driver_info": {"id": job["job_id"], "node_ip_address": "127.0.0.1", "pid": str(job.get("driver_pid"))},
-            "status": "RUNNING" if job.get("status") == "RUNNING" else "SUCCEEDED",
-            "entrypoint": job.get("entrypoint", ""), "message": "", "error_type": None,
-            "start_time": int((job.get("start_time") or 0) * 1000),
-            "end_time": int(job["end_time"] * 1000) if job.get("end_time") else None, "metadata": {},
-            "runtime_env": {}, "driver_agent_http_address": None, "driver_node_id": None, "driver_exit_code": None}
-
-
 async def _job(request: web.Request, op: str, **extra: Any) -> tuple[dict, list] | web.Response:
     """Ask the control store about one job; a 404 in Ray's words if it has none by that id."""
     job_id = request.match_info["job_id"]
@@ -172,7 +152,7 @@ async def submit(request: web.Request) -> web.Response:
 @routes.get("/api/jobs/")
 async def list_jobs(request: web.Request) -> web.Response:
     reply, _ = await request.app["gcs"].call({"op": "list_jobs"})
-    rows = [job_details(j) if j.get("type") != "DRIVER" else _driver_details(j) for j in reply["jobs"]]
+    rows = [job_details(j) if j.get("type") != "DRIVER" else driver_details(j) for j in reply["jobs"]]
     return _answer(rows)
 
 

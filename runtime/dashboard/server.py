@@ -12,40 +12,26 @@ import sys
 from aiohttp import web
 
 from .. import owner_pipe
-from ..rpc.connection import connect
-from . import jobs_api, metrics_api
+from .._core.ray_state import ControlStoreClient
+from . import jobs_api, metrics_api, state_api
 
 logger = logging.getLogger("runtime.dashboard")
 MAX_BODY = 512 * 2**20  # the largest request body (a working_dir package): past it, 413
 
 
-class ControlStore:
-    """The cluster's control store, asked one request per connection: the dashboard is not on
-    any hot path, and a control store restarted meanwhile is simply reached again."""
-
-    def __init__(self, address: str, token: str) -> None:
-        self.address, self.token = address, token
-
-    async def call(self, msg: dict, bufs: list | tuple = (), timeout: float = 30.0) -> tuple[dict, list]:
-        conn = await connect(self.address, {}, self.token, info={"kind": "dashboard"}, timeout=10, name="dashboard")
-        try:
-            return await conn.request(msg, bufs, timeout=timeout)
-        finally:
-            conn.close()
-
-
-def make_app(session_dir: str, gcs: ControlStore) -> web.Application:
+def make_app(session_dir: str, gcs: ControlStoreClient) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app["session_dir"], app["gcs"] = session_dir, gcs
     app.add_routes(jobs_api.routes)
     app.add_routes(metrics_api.routes)
+    app.add_routes(state_api.routes)
     return app
 
 
 async def serve(args: dict) -> None:
     with open(args["token_file"]) as f:
         token = f.read().strip()
-    app = make_app(args["session_dir"], ControlStore(args["gcs_address"], token))
+    app = make_app(args["session_dir"], ControlStoreClient(args["gcs_address"], token))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     sock = socket.socket(fileno=args["fd"])

@@ -109,7 +109,7 @@ class ControlStore:
             "list_nodes": self.on_list_nodes, "list_actors": self.on_list_actors, "list_jobs": self.on_list_jobs,
             "cluster_resources": self.on_cluster_resources, "list_objects": self.on_list_objects,
             "task_events": self.on_task_events, "list_tasks": self.on_list_tasks,
-            "cluster_metrics": self.on_cluster_metrics,
+            "cluster_metrics": self.on_cluster_metrics, "list_workers": self.on_list_workers,
             "cancel_task": self.on_cancel_task, "kv_put": self.on_kv_put,
             "submit_job": self.on_submit_job, "job_status": self.on_job_status, "job_logs": self.on_job_logs,
             "job_artifact": self.on_job_artifact, "stop_job": self.on_stop_job, "delete_job": self.on_delete_job,
@@ -480,19 +480,22 @@ class ControlStore:
         raw = self.kv.get("__autoscaler_request_resources")
         return {"nodes": out, "pending_pgs": pending, "requested": json.loads(raw) if raw else []}
 
-    async def on_list_objects(self, conn: Connection, msg: dict, bufs: list) -> dict:
+    async def _ask_nodes(self, op: str) -> list[dict]:
+        """The same question to every live node manager, at once; those that fail are left out."""
         async def ask(c: Connection) -> dict:
-            reply, _ = await c.request({"op": "list_objects"}, timeout=15)
+            reply, _ = await c.request({"op": op}, timeout=15)
             return reply
 
         replies = await asyncio.gather(*(ask(c) for c in self.node_conns.values() if not c.closed),
                                        return_exceptions=True)
-        objects, stores = [], []
-        for r in replies:
-            if isinstance(r, dict):
-                objects.extend(r["objects"])
-                stores.append(r["store"])
-        return {"objects": objects, "stores": stores}
+        return [r for r in replies if isinstance(r, dict)]
+
+    async def on_list_objects(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        replies = await self._ask_nodes("list_objects")
+        return {"objects": [o for r in replies for o in r["objects"]], "stores": [r["store"] for r in replies]}
+
+    async def on_list_workers(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return {"workers": [w for r in await self._ask_nodes("list_workers") for w in r["workers"]]}
 
     # -- tasks (state API) ---------------------------------------------------------------
     def on_task_events(self, conn: Connection, msg: dict, bufs: list) -> None:

@@ -52,6 +52,7 @@ class WorkerRecord:
     actor_id: str = ""
     lease_owner: Connection | None = None
     idle_since: float = 0.0
+    started_at: float = field(default_factory=time.time)
 
 
 def infeasible_text(demand: dict, nodes: list[dict]) -> str:
@@ -98,6 +99,7 @@ class NodeDaemon:
         self.infeasible_warned: set[str] = set()
         self.bundles: dict[str, dict] = {}  # placement group id -> its bundles reserved here
         self.exit_codes: dict[int, int] = {}
+        self.dead_workers: deque[dict] = deque(maxlen=200)  # the latest exits, for the state API
         # Other nodes (from the control store's node table), and connections to their managers.
         self.peers: dict[str, dict] = {}
         self.peer_conns: dict[str, Connection] = {}
@@ -117,7 +119,7 @@ class NodeDaemon:
             "prepare_bundles": self.on_prepare_bundles, "commit_bundles": self.on_commit_bundles,
             "cancel_bundles": self.on_cancel_bundles, "nodes_changed": self.on_nodes_changed,
             "pull_object": self.on_pull_object, "object_info": self.on_object_info,
-            "metrics_report": self.on_metrics_report,
+            "metrics_report": self.on_metrics_report, "list_workers": self.on_list_workers,
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -557,6 +559,8 @@ class NodeDaemon:
         was_actor = rec.state == "actor"
         if rec.state in ("leased", "actor"):
             self._release_lease(rec)
+        self.dead_workers.append({**self._worker_row(rec), "is_alive": False, "end_time": time.time(),
+                                  "exit_code": self.exit_codes.get(rec.pid)})
         rec.state = "dead"
         self.workers.pop(rec.worker_id, None)
         if was_actor and self.gcs is not None and not self.gcs.closed:
@@ -673,6 +677,22 @@ class NodeDaemon:
         if info.get("worker_id"):
             self.metrics.report(info["worker_id"], "driver" if info.get("kind") == "driver" else "core_worker",
                                 msg["families"])
+
+    def _worker_row(self, rec: WorkerRecord) -> dict:
+        return {"worker_id": rec.worker_id, "worker_type": "WORKER", "is_alive": True, "pid": rec.pid,
+                "state": rec.state.upper(), "actor_id": rec.actor_id or None, "node_id": self.node_id,
+                "ip": self.args["node_ip"], "start_time": rec.started_at, "end_time": None, "exit_code": None}
+
+    def on_list_workers(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        """This node's worker processes (live, and the latest that exited) and its drivers."""
+        rows = [self._worker_row(w) for w in self.workers.values() if w.state != "dead"]
+        for wid, c in self.core_workers.items():
+            info = c.peer_info
+            if info.get("kind") == "driver":
+                rows.append({"worker_id": wid, "worker_type": "DRIVER", "is_alive": True, "pid": info.get("pid"),
+                             "state": "DRIVER", "actor_id": None, "node_id": self.node_id,
+                             "ip": self.args["node_ip"], "start_time": None, "end_time": None, "exit_code": None})
+        return {"workers": rows + list(self.dead_workers)}
 
     def on_shutdown(self, conn: Connection, msg: dict, bufs: list) -> dict:
         self.done.set()
