@@ -334,3 +334,39 @@ def timeline(tasks: list[dict], now: float | None = None) -> list[dict]:
     for node, pid in pids.items():
         events.append({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": f"node {node[:8]}"}})
     return events
+
+
+# -- logs -------------------------------------------------------------------------------------------
+async def find_log(call: Call, *, actor_id: str | None = None, task_id: str | None = None,
+                   worker_id: str | None = None, pid: int | None = None, suffix: str = "out") -> dict:
+    """Which node and file hold the output of an actor, a task, or a worker (by id or pid):
+    {"node_id", "filename", "task_id"}; a ValueError that says what was not found."""
+    if suffix not in ("out", "err"):
+        raise ValueError(f"suffix is 'out' or 'err', not {suffix!r}.")
+    workers = await our_rows("workers", call)
+    only_task = None
+    if task_id:
+        task = next((t for t in await our_rows("tasks", call) if t["task_id"] == task_id), None)
+        if task is None:
+            raise ValueError(f"No task {task_id!r} in the state table (`runtime list tasks`).")
+        if not task.get("worker_id"):
+            raise ValueError(f"Task {task_id} has not started on a worker yet (state {task['state']}).")
+        worker_id, only_task = task["worker_id"], task_id
+    match = [w for w in workers if (actor_id and w.get("actor_id") == actor_id) or
+             (worker_id and w["worker_id"] == worker_id) or (pid and w.get("pid") == pid)]
+    if not match:
+        what = f"actor {actor_id}" if actor_id else f"worker {worker_id}" if worker_id else f"pid {pid}"
+        raise ValueError(f"No worker process of {what} is known (it may have exited long ago, or be a "
+                         "driver, whose output is its own); `runtime list workers` shows them.")
+    w = match[-1]
+    return {"node_id": w["node_id"], "filename": f"worker-{w['worker_id']}.{suffix}", "task_id": only_task}
+
+
+async def read_log(call: Call, node_id: str | None, filename: str, lines: int | None = None,
+                   offset: int | None = None, task_id: str | None = None) -> dict:
+    """{"text", "offset", "size"} of a node's log file; ValueError / FileNotFoundError."""
+    reply, _ = await call({"op": "read_log", "node_id": node_id, "filename": filename, "lines": lines,
+                           "offset": offset, "task_id": task_id})
+    if "error" in reply:
+        raise (FileNotFoundError if reply.get("not_found") else ValueError)(reply["error"])
+    return reply

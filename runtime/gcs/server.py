@@ -110,6 +110,7 @@ class ControlStore:
             "cluster_resources": self.on_cluster_resources, "list_objects": self.on_list_objects,
             "task_events": self.on_task_events, "list_tasks": self.on_list_tasks,
             "cluster_metrics": self.on_cluster_metrics, "list_workers": self.on_list_workers,
+            "list_logs": self.on_list_logs, "read_log": self.on_read_log,
             "cancel_task": self.on_cancel_task, "kv_put": self.on_kv_put,
             "submit_job": self.on_submit_job, "job_status": self.on_job_status, "job_logs": self.on_job_logs,
             "job_artifact": self.on_job_artifact, "stop_job": self.on_stop_job, "delete_job": self.on_delete_job,
@@ -496,6 +497,25 @@ class ControlStore:
 
     async def on_list_workers(self, conn: Connection, msg: dict, bufs: list) -> dict:
         return {"workers": [w for r in await self._ask_nodes("list_workers") for w in r["workers"]]}
+
+    async def on_list_logs(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        """Log files by node, of one node (`node_id`) or of all."""
+        node = msg.get("node_id")
+        if node:
+            if node not in self.node_conns:
+                raise ValueError(f"No live node {node!r}; `runtime list nodes` shows them.")
+            reply, _ = await self.node_conns[node].request({"op": "list_logs", "glob": msg.get("glob")}, timeout=15)
+            return {"nodes": {node: reply["logs"]}}
+        return {"nodes": {r["node_id"]: r["logs"] for r in await self._ask_nodes("list_logs")}}
+
+    async def on_read_log(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        """A log file of a node (the head's when no `node_id`), by the node manager that has it."""
+        node = msg.get("node_id") or next((n for n, r in self.nodes.items() if r["is_head"] and r["alive"]), None)
+        if node not in self.node_conns:
+            raise ValueError(f"No live node {node!r}; `runtime list nodes` shows them.")
+        ask = {k: msg.get(k) for k in ("filename", "lines", "offset", "task_id")}
+        reply, _ = await self.node_conns[node].request({"op": "read_log", **ask}, timeout=30)
+        return reply
 
     # -- tasks (state API) ---------------------------------------------------------------
     def on_task_events(self, conn: Connection, msg: dict, bufs: list) -> None:

@@ -26,6 +26,7 @@ import psutil
 from .. import config as config_mod
 from .. import owner_pipe
 from ..rpc.connection import Connection, bind_socket, connect, serve, socket_address
+from . import logs
 from .metrics_export import MetricsExporter
 from .object_store import ObjectStoreManager
 from .transfer import ObjectTransfer
@@ -120,6 +121,7 @@ class NodeDaemon:
             "cancel_bundles": self.on_cancel_bundles, "nodes_changed": self.on_nodes_changed,
             "pull_object": self.on_pull_object, "object_info": self.on_object_info,
             "metrics_report": self.on_metrics_report, "list_workers": self.on_list_workers,
+            "list_logs": self.on_list_logs, "read_log": self.on_read_log,
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -693,6 +695,17 @@ class NodeDaemon:
                              "state": "DRIVER", "actor_id": None, "node_id": self.node_id,
                              "ip": self.args["node_ip"], "start_time": None, "end_time": None, "exit_code": None})
         return {"workers": rows + list(self.dead_workers)}
+
+    def on_list_logs(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return {"node_id": self.node_id, "logs": logs.list_logs(os.path.join(self.session_dir, "logs"),
+                                                                 msg.get("glob") or "*")}
+
+    def on_read_log(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        try:
+            return logs.read_log(os.path.join(self.session_dir, "logs"), msg["filename"], msg.get("lines"),
+                                 msg.get("offset"), msg.get("task_id"))
+        except (ValueError, FileNotFoundError) as e:
+            return {"error": str(e), "not_found": isinstance(e, FileNotFoundError)}
 
     def on_shutdown(self, conn: Connection, msg: dict, bufs: list) -> dict:
         self.done.set()

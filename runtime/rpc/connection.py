@@ -291,9 +291,9 @@ def _reply_message(call_id: int, result: Any) -> tuple[dict, Any]:
         body, bufs = result
     else:
         body, bufs = result, ()
-    msg = {"op": "_r", "id": call_id, "ok": True}
-    if body:
-        msg.update(body)
+    # The id last: a body that is itself a reply (passed on from another connection) must not
+    # answer under its own id. ("ok" may be overridden: prepare_bundles answers ok=False.)
+    msg = {"op": "_r", "ok": True, **(body or {}), "id": call_id}
     return msg, bufs
 
 

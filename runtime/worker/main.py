@@ -29,5 +29,5 @@ def run_worker(args: dict) -> None:
     cw.start_loop_thread()
     cw.run_sync(cw.connect_cluster("worker"), timeout=config.startup_timeout_s)
     sys.stdout.flush()
-    output.install()
+    output.install(os.path.join(log_dir, f"worker-{args['worker_id']}"))
     executor.run_forever()

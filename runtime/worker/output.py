@@ -5,7 +5,12 @@ started, or from its coroutines) is sent to the process that submitted it, tagge
 the task id; that process prints it with a `(name pid=N)` prefix, or hands it to an
 output handler (the notebook extension routes it into the cell that started the task).
 Output of tasks a task submitted reaches its owner this way too, so it travels up to
-the driver. Outside tasks, writes go to the worker's log file as before.
+the driver. Outside tasks, writes go to the node manager's log as before.
+
+Task output is also kept in the worker's own files, `logs/worker-<worker id>.out` and `.err`
+in the node's session directory, as Ray keeps `worker-*.out`: before the lines of a task
+that differs from the file's previous lines comes a marker line `:task_id:<hex>` (Ray writes
+`:task_name:`), so `runtime logs task --id` can pick one task's lines out of its worker's file.
 """
 
 from __future__ import annotations
@@ -21,6 +26,33 @@ from typing import Any, Iterator
 # (send function, task id, task name) of the task running in this thread or coroutine.
 _sink: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("task_output_sink", default=None)
 _running: dict[bytes, tuple] = {}  # task id -> sink, to forward children's output (see forward_child)
+TASK_MARKER = ":task_id:"
+
+
+class _WorkerLog:
+    """This worker's .out and .err files, opened on the first task output."""
+
+    def __init__(self) -> None:
+        self.base: str | None = None
+        self.files: dict[int, Any] = {}
+        self.last_task: dict[int, bytes] = {}
+        self.lock = threading.Lock()
+
+    def write(self, stream_no: int, task_id: bytes, text: str) -> None:
+        if self.base is None:
+            return
+        with self.lock:
+            f = self.files.get(stream_no)
+            if f is None:
+                f = self.files[stream_no] = open(f"{self.base}.{'out' if stream_no == 1 else 'err'}", "a",
+                                                 buffering=1, encoding="utf-8", errors="replace")
+            if self.last_task.get(stream_no) != task_id:
+                self.last_task[stream_no] = task_id
+                f.write(f"{TASK_MARKER}{task_id.hex()}\n")
+            f.write(text if text.endswith("\n") else text + "\n")
+
+
+_log = _WorkerLog()
 
 
 class _ForwardingStream(io.TextIOBase):
@@ -73,6 +105,11 @@ class _ForwardingStream(io.TextIOBase):
 
 def _send(sink: tuple, stream_no: int, text: str, prefixed: bool = False) -> None:
     send, task_id, name = sink
+    if not prefixed:
+        try:
+            _log.write(stream_no, task_id, text)
+        except OSError:  # a full disk loses the copy on file, not the output itself
+            pass
     msg = {"op": "task_output", "t": task_id, "n": name, "pid": os.getpid(), "s": stream_no, "d": text}
     if prefixed:  # a child's lines, already tagged with the child's name and pid
         msg["p"] = True
@@ -82,8 +119,10 @@ def _send(sink: tuple, stream_no: int, text: str, prefixed: bool = False) -> Non
         pass
 
 
-def install() -> None:
-    """Replace sys.stdout/sys.stderr of this worker process with forwarding streams."""
+def install(log_base: str | None = None) -> None:
+    """Replace sys.stdout/sys.stderr of this worker process with forwarding streams; task output
+    is also appended to `log_base`.out / .err."""
+    _log.base = log_base
     if not isinstance(sys.stdout, _ForwardingStream):
         sys.stdout = _ForwardingStream(1, sys.stdout)
         sys.stderr = _ForwardingStream(2, sys.stderr)
