@@ -327,32 +327,6 @@ def pending_demand_text(demand: list[dict]) -> str:
     return "; ".join(parts)
 
 
-def _cmd_memory(args: argparse.Namespace) -> int:
-    from ..util import state
-    objects = _read_cluster(state.list_objects)
-    if objects is None:
-        return 1
-    print(f"{'OBJECT ID':<42} {'SIZE':>12}  {'SPILLED':<7}  {'OWNER PID':>9}  REFERENCE KINDS")
-    for o in objects:
-        print(f"{o['object_id']:<42} {o['size_bytes']:>12}  {str(o['spilled']):<7}  {o['owner_pid']:>9}  "
-              f"{','.join(o['reference_kinds'])}")
-    print(f"{len(objects)} objects, {sum(o['size_bytes'] for o in objects)} bytes")
-    return 0
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    from ..util import state
-    fn = {"nodes": state.list_nodes, "actors": state.list_actors, "objects": state.list_objects,
-          "jobs": state.list_jobs, "tasks": state.list_tasks,
-          "placement-groups": state.list_placement_groups}[args.what]
-    rows = _read_cluster(fn)
-    if rows is None:
-        return 1
-    for r in rows:
-        print(json.dumps(r, default=str))
-    return 0
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     return run_demo(args.notebook)
@@ -405,10 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(fn=_cmd_down)
     sub.add_parser("stop", help="stop the cluster started by `runtime start`").set_defaults(fn=_cmd_stop)
     sub.add_parser("status", help="nodes, resources and object-store use").set_defaults(fn=_cmd_status)
-    sub.add_parser("memory", help="objects: size, owner, reference kinds, spilled").set_defaults(fn=_cmd_memory)
-    ls = sub.add_parser("list", help="list nodes, actors, objects, jobs, tasks or placement groups")
-    ls.add_argument("what", choices=["nodes", "actors", "objects", "jobs", "tasks", "placement-groups"])
-    ls.set_defaults(fn=_cmd_list)
+    from .state import add_parsers as add_state_parsers
+    add_state_parsers(sub)  # list, get, summary, logs, memory, timeline
     d = sub.add_parser("demo", help="a short tour on an embedded cluster")
     d.add_argument("--notebook", help="then run this notebook as a batch job on the same cluster")
     d.set_defaults(fn=_cmd_demo)
