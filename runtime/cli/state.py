@@ -291,7 +291,7 @@ def _cmd_memory(args: argparse.Namespace) -> int:
     print(f"Grouping by {args.group_by.lower().replace('_', ' ')}...  Sorting by {args.sort_by.lower().replace('_', ' ')}..."
           f"  Display {args.num_entries or 'all'} entries per group...\n")
     if args.group_by == "STACK_TRACE" and rows and all(r["call_site"] == "disabled" for r in rows):
-        print("Call sites are not recorded: start the cluster (or the driver) with "
+        print("Call sites are not recorded: run the driver (or start the cluster) with "
               "RAY_record_ref_creation_sites=1 (or RUNTIME_RECORD_REF_CREATION_SITES=1) to group by them.\n")
     for name, members in sorted(groups.items(), key=lambda kv: -sum(r["object_size"] or 0 for r in kv[1])):
         kinds: dict[str, int] = {}
@@ -309,8 +309,9 @@ def _cmd_memory(args: argparse.Namespace) -> int:
                           "status": r["task_status"], "size": f"{(r['object_size'] or 0) / unit:,.2f} {args.units}",
                           "reference_type": r["reference_type"], "object_ref": r["object_id"]} for r in shown]))
         print()
-    print(f"To record the call site of each object, set RAY_record_ref_creation_sites=1. "
-          f"{len(rows)} objects, {sum(r['object_size'] or 0 for r in rows) / unit:,.2f} {args.units} in all.")
+    if not any(r["call_site"] != "disabled" for r in rows):
+        print("To record the call site of each object, set RAY_record_ref_creation_sites=1.")
+    print(f"{len(rows)} objects, {sum(r['object_size'] or 0 for r in rows) / unit:,.2f} {args.units} in all.")
     return 0
 
 
@@ -318,7 +319,7 @@ def _guarded(fn: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except StateError as e:
+        except (StateError, FileNotFoundError) as e:
             print(e, file=sys.stderr)
             return 1
         except ValueError as e:  # a filter or limit the state API refused: it says why
