@@ -85,8 +85,11 @@ class _DashboardSource:
 
     def _get(self, path: str, params: list | dict | None = None, raw: bool = False) -> Any:
         query = "?" + urllib.parse.urlencode(params or {}, doseq=True) if params else ""
+        token = os.environ.get("RUNTIME_CLUSTER_TOKEN")  # a dashboard beyond loopback asks for it
+        request = urllib.request.Request(self.url + path + query,
+                                         headers={"Authorization": f"Bearer {token}"} if token else {})
         try:
-            with urllib.request.urlopen(self.url + path + query, timeout=60) as resp:
+            with urllib.request.urlopen(request, timeout=60) as resp:
                 body = resp.read()
         except urllib.error.HTTPError as e:
             text = e.read().decode(errors="replace")

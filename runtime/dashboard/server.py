@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import json
 import logging
 import signal
 import socket
 import sys
+from typing import Any
 
 from aiohttp import web
 
@@ -19,8 +22,36 @@ logger = logging.getLogger("runtime.dashboard")
 MAX_BODY = 512 * 2**20  # the largest request body (a working_dir package): past it, 413
 
 
-def make_app(session_dir: str, gcs: ControlStoreClient) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
+def token_guard(token: str) -> Any:
+    """For a dashboard bound beyond loopback: every request carries the cluster's token
+    (`Authorization: Bearer TOKEN`), or is answered 401 with what to do. Compared in constant
+    time. On loopback the machine's users are trusted, as Ray's dashboard trusts everyone."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            why = "no Authorization header" if not given else "a wrong token"
+            return web.json_response({"message": f"This dashboard needs the cluster's token ({why} was sent): send "
+                                      "'Authorization: Bearer <token>', e.g. JobSubmissionClient(address, headers="
+                                      "{'Authorization': 'Bearer ' + token}), or set RUNTIME_CLUSTER_TOKEN for our "
+                                      "client and CLI. The token is in the session directory's `token` file."},
+                                     status=401, headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+    return guard
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def make_app(session_dir: str, gcs: ControlStoreClient, token: str | None = None) -> web.Application:
+    """`token`: require it on every request (a dashboard reachable from other machines)."""
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[token_guard(token)] if token else [])
     app["session_dir"], app["gcs"] = session_dir, gcs
     app.add_routes(jobs_api.routes)
     app.add_routes(metrics_api.routes)
@@ -31,10 +62,11 @@ def make_app(session_dir: str, gcs: ControlStoreClient) -> web.Application:
 async def serve(args: dict) -> None:
     with open(args["token_file"]) as f:
         token = f.read().strip()
-    app = make_app(args["session_dir"], ControlStoreClient(args["gcs_address"], token))
+    sock = socket.socket(fileno=args["fd"])
+    guarded = not is_loopback(sock.getsockname()[0])
+    app = make_app(args["session_dir"], ControlStoreClient(args["gcs_address"], token), token if guarded else None)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    sock = socket.socket(fileno=args["fd"])
     await web.SockSite(runner, sock).start()
     logger.info("dashboard serving on %s", sock.getsockname())
     stop = asyncio.Event()

@@ -41,14 +41,19 @@ class JobSubmissionClient:
                  verify: Any = True, **kwargs: Any) -> None:
         """`create_cluster_if_needed` and `verify` are Ray's and unused (a job server is a running
         head's; TLS is not served yet). `metadata` is added to every job's; `headers` and
-        `cookies` go with every HTTP request."""
+        `cookies` go with every HTTP request, and RUNTIME_CLUSTER_TOKEN, when set, as the
+        bearer token a dashboard bound beyond loopback requires."""
         from .._core.api import _find_cluster
         from ..config import cluster_address_from_env
         address = address or cluster_address_from_env() or "auto"
         self._metadata = dict(metadata or {})
         self._http: HttpJobs | None = None
         if address.startswith(("http://", "https://")):
-            self._http = HttpJobs(address, headers or {}, cookies or {})
+            headers = dict(headers or {})
+            token = os.environ.get("RUNTIME_CLUSTER_TOKEN")
+            if token and not any(k.lower() == "authorization" for k in headers):
+                headers["Authorization"] = f"Bearer {token}"  # a dashboard beyond loopback asks for it
+            self._http = HttpJobs(address, headers, cookies or {})
             self.address = address
             return
         info = _find_cluster(address)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import urllib.error
 import urllib.request
@@ -161,3 +162,30 @@ def test_our_client_and_cli_speak_the_http_job_api(cli):
     assert bad.returncode == 1 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
     assert "SUBMISSION" in cli.run("job", "list", "--address", address).stdout
     cli.run("stop")
+
+
+def test_a_dashboard_beyond_loopback_needs_the_cluster_token(cli):
+    port = _free_port()
+    cli.run("start", "--head", "--port", "0", "--num-cpus", "1", "--client-server-port", "0",
+            "--dashboard-host", "0.0.0.0", "--dashboard-port", str(port))
+    base = f"http://127.0.0.1:{port}"
+    status, body = _http(f"{base}/api/version")
+    assert status == 401 and "needs the cluster's token" in body["message"] and "Authorization: Bearer" in body["message"]
+    with open(os.path.join(cli.tmpdir, "orrery", "current_cluster.json")) as f:
+        token = json.load(f)["token"]
+    wrong = urllib.request.Request(f"{base}/api/version", headers={"Authorization": "Bearer nope"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(wrong, timeout=30)
+    assert e.value.code == 401 and b"a wrong token" in e.value.read()
+    right = urllib.request.Request(f"{base}/api/v0/nodes", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(right, timeout=30) as resp:
+        assert json.loads(resp.read())["data"]["result"]["total"] == 1
+    # Our client and CLI take it from RUNTIME_CLUSTER_TOKEN; Ray's client from headers=.
+    from runtime.job_submission import JobSubmissionClient
+    jobs = JobSubmissionClient(base, headers={"Authorization": f"Bearer {token}"}).list_jobs()
+    assert all(j.type == "DRIVER" for j in jobs)
+    refused = cli.run("list", "nodes", "--address", base, check=False)
+    assert refused.returncode == 1 and "401" in refused.stderr
+    cli.env["RUNTIME_CLUSTER_TOKEN"] = token
+    assert "ALIVE" in cli.run("list", "nodes", "--address", base).stdout
+    assert "SUBMISSION" not in cli.run("job", "list", "--address", base).stdout
