@@ -16,7 +16,7 @@ from aiohttp import web
 
 from .. import owner_pipe
 from .._core.ray_state import ControlStoreClient
-from . import jobs_api, metrics_api, state_api
+from . import jobs_api, metrics_api, state_api, ui
 
 logger = logging.getLogger("runtime.dashboard")
 MAX_BODY = 512 * 2**20  # the largest request body (a working_dir package): past it, 413
@@ -56,6 +56,7 @@ def make_app(session_dir: str, gcs: ControlStoreClient, token: str | None = None
     app.add_routes(jobs_api.routes)
     app.add_routes(metrics_api.routes)
     app.add_routes(state_api.routes)
+    app.add_routes(ui.routes)
     return app
 
 
