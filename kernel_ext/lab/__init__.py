@@ -19,4 +19,5 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     from .handlers import setup_handlers
 
     setup_handlers(serverapp)
-    serverapp.log.info("Orrery lab extension: REST endpoints under /orrery/api/")
+    serverapp.log.info("Orrery lab extension: REST endpoints under /orrery/api/, the cluster's dashboard "
+                       "under /orrery/dashboard/")

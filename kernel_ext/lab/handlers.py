@@ -171,3 +171,5 @@ def setup_handlers(serverapp: Any) -> None:
     web_app.settings[RUNTIME_DIR_KEY] = serverapp.runtime_dir
     base = url_path_join(web_app.settings["base_url"], "orrery", "api")
     web_app.add_handlers(".*$", [(url_path_join(base, path) + "/?$", handler) for path, handler in ROUTES])
+    from .dashboard_proxy import routes as dashboard_routes
+    web_app.add_handlers(".*$", dashboard_routes(web_app.settings["base_url"]))

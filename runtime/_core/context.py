@@ -96,8 +96,17 @@ class ClusterContext:
                        for k, v in [("address", self.address_info.get("address")), ("node", self.node_id[:12]),
                                     ("nodes", n_nodes), ("namespace", self.namespace), ("resources", resources),
                                     ("versions", f"orrery {ours}, Python {platform.python_version()}")])
-        # No separate dashboard port: in JupyterLab the Orrery sidebar is served through the
-        # Jupyter server itself, so it works wherever the notebook does (Binder, JupyterHub).
-        note = ("<small>Live view: <code>%cluster</code> in a notebook, or the Orrery sidebar in "
+        # Under a Jupyter server the dashboard is linked through it (kernel_ext/lab/dashboard_proxy.py),
+        # which works where only the Jupyter port is reachable (Binder, JupyterHub set the prefix).
+        dashboard = ""
+        if self.dashboard_url:
+            import os
+            if os.environ.get("JPY_PARENT_PID") or os.environ.get("JUPYTERHUB_SERVICE_PREFIX"):
+                prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/").rstrip("/")
+                href = f"{prefix}/orrery/dashboard/"
+            else:
+                href = f"http://{self.dashboard_url}/"
+            dashboard = f'<a href="{html.escape(href)}" target="_blank">Dashboard</a> · '
+        note = (f"<small>{dashboard}Live view: <code>%cluster</code> in a notebook, or the Orrery sidebar in "
                 "JupyterLab.</small>")
         return f"<table><caption>runtime cluster</caption>{rows}</table>{note}"

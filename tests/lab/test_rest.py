@@ -289,3 +289,30 @@ def test_answers_follow_the_cluster_of_the_kernel_asked_for(cli, lab_tmp, orrery
             kc.stop_channels()
             km.shutdown_kernel(now=False)
         server.stop()
+
+
+def test_the_dashboard_through_the_jupyter_server(lab_server):
+    """/orrery/dashboard/ is the cluster's web UI and its JSON, behind Jupyter's login."""
+    import urllib.request
+    page = urllib.request.Request(lab_server.url + "/orrery/dashboard/",
+                                  headers={"Authorization": f"token {lab_server.token}"})
+    with urllib.request.urlopen(page, timeout=30) as resp:
+        assert "<title>Orrery dashboard</title>" in resp.read().decode()
+    with urllib.request.urlopen(urllib.request.Request(lab_server.url + "/orrery/dashboard/static/app.js",
+                                                       headers=page.headers), timeout=30) as resp:
+        assert resp.headers["Content-Type"].startswith(("application/javascript", "text/javascript"))
+    nodes = lab_server.get("/orrery/dashboard/api/v0/nodes?detail=true")
+    assert nodes["data"]["result"]["total"] == 1 and nodes["data"]["result"]["result"][0]["state"] == "ALIVE"
+    overview = lab_server.get("/orrery/dashboard/api/orrery/overview")
+    assert overview["nodes"][0]["is_head"] is True
+    status, body = lab_server.request("/orrery/dashboard/api/v0/bogus")
+    assert status == 404 and "No state resource" in body["msg"]
+    # Without Jupyter's token: its login page, as for any page of the server, never the cluster's data.
+    import http.client
+    import urllib.parse
+    where = urllib.parse.urlsplit(lab_server.url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    conn.request("GET", "/orrery/dashboard/api/v0/nodes")
+    answer = conn.getresponse()
+    assert answer.status == 302 and "/login" in answer.getheader("Location", ""), answer.status
+    conn.close()
