@@ -68,6 +68,14 @@ class CliSession:
         )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _basetemp_before_any_tmpdir_change(tmp_path_factory):
+    """pytest makes its tmp_path root under TMPDIR on first use; the `cli` fixtures point TMPDIR
+    at a directory they delete, so the root is made here first, whatever order a test asks for
+    `cli` and `tmp_path` in."""
+    tmp_path_factory.getbasetemp()
+
+
 def _cli_session(tmpdir, monkeypatch):
     monkeypatch.setenv("TMPDIR", tmpdir)
     monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches

@@ -54,7 +54,7 @@ def test_alert_rules_are_valid_and_fire_on_what_they_watch():
 
 
 @pytest.mark.slow
-def test_real_prometheus_scrapes_every_node_and_an_application_counter(cli, tmp_path):
+def test_real_prometheus_scrapes_every_node_and_an_application_counter(tmp_path, cli):
     prometheus = require_debian_program("prometheus", "prometheus")
 
     cli.run("start", "--head", "--port", "0", "--num-cpus", "1", "--client-server-port", "0",

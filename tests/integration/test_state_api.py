@@ -130,7 +130,7 @@ def test_http_state_api_as_rays(own_cluster):
     del kept
 
 
-def test_state_cli_lists_gets_summarises_logs_memory_timeline(cli, tmp_path):
+def test_state_cli_lists_gets_summarises_logs_memory_timeline(tmp_path, cli):
     port = _free_port()
     cli.run("start", "--head", "--port", "0", "--num-cpus", "2", "--client-server-port", "0",
             "--dashboard-port", str(port))
