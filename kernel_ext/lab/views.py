@@ -29,7 +29,9 @@ def cluster_summary(address: str) -> dict:
 
 
 def nodes() -> list[dict]:
-    return state.list_nodes()
+    """Every node, with what is in use on the live ones (resources, object store, memory)."""
+    live = {n["node_id"]: n for n in state.node_stats()}
+    return [{**n, **live.get(n["node_id"], {})} for n in state.list_nodes()]
 
 
 def tasks(cell: str | None, limit: int, notebook: str = "") -> list[dict]:

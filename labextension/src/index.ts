@@ -3,7 +3,8 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette } from '@jupyterlab/apputils';
+import { ICommandPalette, IFrame, MainAreaWidget } from '@jupyterlab/apputils';
+import { PageConfig, URLExt } from '@jupyterlab/coreutils';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
 import { KernelFocus } from './focus';
@@ -13,6 +14,8 @@ import { OrreryStatus } from './statusbar';
 namespace CommandIDs {
   /** Open (reveal) the Orrery sidebar. */
   export const openDashboard = 'orrery:open-dashboard';
+  /** The cluster's full web UI, proxied by the server extension, in a main-area tab. */
+  export const openWebUI = 'orrery:open-web-ui';
 }
 
 /**
@@ -44,8 +47,29 @@ const plugin: JupyterFrontEndPlugin<void> = {
       icon: orreryIcon,
       execute: () => app.shell.activateById(PANEL_ID)
     });
+    let webUI: MainAreaWidget<IFrame> | null = null;
+    app.commands.addCommand(CommandIDs.openWebUI, {
+      label: 'Orrery: Open the cluster web UI in a tab',
+      caption: 'Jobs with their logs, tasks with a timeline, actors, objects, metrics',
+      icon: orreryIcon,
+      execute: () => {
+        if (!webUI || webUI.isDisposed) {
+          const frame = new IFrame({ sandbox: ['allow-scripts', 'allow-same-origin', 'allow-downloads'] });
+          frame.url = URLExt.join(PageConfig.getBaseUrl(), 'orrery', 'dashboard') + '/';
+          webUI = new MainAreaWidget({ content: frame });
+          webUI.id = 'orrery-web-ui';
+          webUI.title.label = 'Orrery dashboard';
+          webUI.title.icon = orreryIcon;
+          webUI.title.closable = true;
+          app.shell.add(webUI, 'main');
+        }
+        app.shell.activateById(webUI.id);
+      }
+    });
+    panel.openDashboard = () => void app.commands.execute(CommandIDs.openWebUI);
     if (palette) {
       palette.addItem({ command: CommandIDs.openDashboard, category: 'Orrery' });
+      palette.addItem({ command: CommandIDs.openWebUI, category: 'Orrery' });
     }
 
     if (statusBar) {

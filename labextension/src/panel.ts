@@ -5,13 +5,44 @@ import { Widget } from '@lumino/widgets';
 import { el, formatBytes, formatResources, shortId, table } from './dom';
 import { KernelFocus } from './focus';
 import { OrreryModel } from './model';
-import { ICell, ISnapshot, ITask } from './tokens';
+import { ICell, INode, ISnapshot, ITask } from './tokens';
 
 /** The sidebar's id: the command and the tests find the panel by it. */
 export const PANEL_ID = 'orrery-sidebar';
 
 /** States for which a task gets a Cancel button. */
 const CANCELLABLE = new Set(['PENDING', 'RUNNING']);
+/** Tasks listed one by one (the rest are counted by function): what runs, and what went wrong. */
+const LISTED = new Set(['PENDING', 'RUNNING', 'FAILED', 'CANCELLED']);
+const STATE_ORDER = ['FINISHED', 'RUNNING', 'PENDING', 'FAILED', 'CANCELLED'];
+
+/** A labelled bar: `used` of `total`. */
+function bar(label: string, used: number, total: number, text: string): HTMLElement {
+  const box = el('div', 'orrery-bar');
+  box.title = `${label}: ${text}`;
+  box.appendChild(el('span', 'orrery-bar-label', `${label} ${text}`));
+  const fill = box.appendChild(el('div', 'orrery-bar-track')).appendChild(el('div', 'orrery-bar-fill'));
+  const pct = total > 0 ? Math.min(100, (100 * used) / total) : 0;
+  fill.style.width = `${pct.toFixed(1)}%`;
+  if (pct > 85) {
+    fill.classList.add('orrery-mod-high');
+  }
+  return box;
+}
+
+/** One stacked bar of a function's tasks by state, as dask-labextension's progress. */
+function progress(counts: Record<string, number>): HTMLElement {
+  const total = Object.values(counts).reduce((a, b) => a + b, 0) || 1;
+  const box = el('div', 'orrery-progress');
+  for (const state of STATE_ORDER) {
+    if (counts[state]) {
+      const part = box.appendChild(el('span', `orrery-progress-${state.toLowerCase()}`));
+      part.style.width = `${(100 * counts[state]) / total}%`;
+      part.title = `${state} ${counts[state]}`;
+    }
+  }
+  return box;
+}
 
 export const orreryIcon = new LabIcon({
   name: 'orrery:icon',
@@ -62,6 +93,9 @@ export class OrreryPanel extends Widget {
     this.model = new OrreryModel({ active: () => this.isVisible, focus });
 
     this._status = this.node.appendChild(el('div', 'orrery-status', 'Connecting…'));
+    const open = this.node.appendChild(el('button', 'orrery-open-dashboard jp-mod-styled', 'Open the full dashboard'));
+    open.title = 'The cluster\'s web UI (jobs and their logs, timeline, objects, metrics) in a tab';
+    open.addEventListener('click', () => this.openDashboard?.());
     this._error = this.node.appendChild(el('div', 'orrery-error'));
     this._sections = {
       nodes: this._section('Nodes'),
@@ -76,6 +110,8 @@ export class OrreryPanel extends Widget {
   }
 
   readonly model: OrreryModel;
+  /** Set by the plugin: opens the web UI in a main-area tab. */
+  openDashboard: (() => void) | null = null;
 
   dispose(): void {
     this.model.dispose();
@@ -134,30 +170,48 @@ export class OrreryPanel extends Widget {
     const s = this._sections;
     s.nodes.replaceChildren(
       table(
-        ['Node', 'State', 'Resources'],
+        ['Node', 'State', 'Use'],
         snap.nodes.map(n => ({
           className: 'orrery-node-row',
           data: { nodeId: n.node_id },
-          title: `${n.node_id} on ${n.hostname} (${n.node_ip}), memory ${formatBytes(n.resources_total?.memory)}`,
-          cells: [
-            `${shortId(n.node_id)}${n.is_head_node ? ' (head)' : ''}`,
-            n.state,
-            formatResources(n.resources_total)
-          ]
+          title: `${n.node_id} on ${n.hostname} (${n.node_ip}): ${formatResources(n.resources_total)}`,
+          cells: [`${shortId(n.node_id)}${n.is_head_node ? ' (head)' : ''}`, n.state, this._nodeBars(n)]
         })),
         'No nodes.'
       )
     );
+    // Counts by function for every task; rows only for those running, waiting or gone wrong,
+    // unless a cell filter asks for all of one cell's.
+    const byFunction = new Map<string, Record<string, number>>();
+    for (const t of snap.tasks) {
+      const counts = byFunction.get(t.name) ?? {};
+      counts[t.state] = (counts[t.state] ?? 0) + 1;
+      byFunction.set(t.name, counts);
+    }
+    const listed = this.model.cellFilter ? snap.tasks : snap.tasks.filter(t => LISTED.has(t.state));
     s.tasks.replaceChildren(
       table(
+        ['Function', 'Progress', 'States'],
+        [...byFunction.entries()].map(([name, counts]) => ({
+          className: 'orrery-function-row',
+          data: { function: name },
+          cells: [
+            name,
+            progress(counts),
+            STATE_ORDER.filter(st => counts[st]).map(st => `${st.toLowerCase()} ${counts[st]}`).join(', ')
+          ]
+        })),
+        this.model.cellFilter ? `No tasks of cell ${this.model.cellFilter}.` : 'No tasks.'
+      ),
+      table(
         ['Task', 'State', ''],
-        snap.tasks.map(t => ({
+        listed.map(t => ({
           className: `orrery-task-row orrery-state-${t.state.toLowerCase()}`,
           data: { taskId: t.task_id, state: t.state },
           title: taskTitle(t),
           cells: [this._taskName(t), t.state, this._cancelButton(t.task_id, t.state)]
         })),
-        this.model.cellFilter ? `No tasks of cell ${this.model.cellFilter}.` : 'No tasks.'
+        ''
       )
     );
     s.actors.replaceChildren(
@@ -192,6 +246,31 @@ export class OrreryPanel extends Widget {
         'No objects.'
       )
     );
+  }
+
+  private _nodeBars(n: INode): HTMLElement {
+    const box = el('div', 'orrery-node-bars');
+    const total = n.resources_total ?? {};
+    const free = n.resources_available ?? total;
+    if (total.CPU !== undefined) {
+      const used = total.CPU - (free.CPU ?? 0);
+      box.appendChild(bar('CPU', used, total.CPU, `${used}/${total.CPU}`));
+    }
+    if (total.GPU !== undefined) {
+      const used = total.GPU - (free.GPU ?? 0);
+      box.appendChild(bar('GPU', used, total.GPU, `${used}/${total.GPU}`));
+    }
+    const store = n.object_store;
+    if (store) {
+      box.appendChild(
+        bar('store', store.used_bytes, store.capacity_bytes, `${formatBytes(store.used_bytes)}/${formatBytes(store.capacity_bytes)}`)
+      );
+    }
+    if (n.memory_total_bytes) {
+      const used = n.memory_used_bytes ?? 0;
+      box.appendChild(bar('memory', used, n.memory_total_bytes, `${formatBytes(used)}/${formatBytes(n.memory_total_bytes)}`));
+    }
+    return box;
   }
 
   private _taskName(t: ITask): HTMLElement {

@@ -28,6 +28,10 @@ export interface INode {
   node_ip: string;
   is_head_node: boolean;
   resources_total: Record<string, number>;
+  resources_available?: Record<string, number>;
+  object_store?: { used_bytes: number; capacity_bytes: number; num_objects: number; spilled_objects: number };
+  memory_used_bytes?: number | null;
+  memory_total_bytes?: number | null;
   hostname: string;
 }
 

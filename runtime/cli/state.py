@@ -16,9 +16,7 @@ import json
 import os
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
 
 from .._core import ray_state
@@ -81,26 +79,20 @@ class _DashboardSource:
     """The same questions over the dashboard's HTTP API (Ray's state API paths)."""
 
     def __init__(self, url: str) -> None:
+        from ..jobs.client import HttpJobs
+        token = os.environ.get("RUNTIME_CLUSTER_TOKEN")  # a dashboard beyond loopback asks for it
         self.url = url.rstrip("/")
+        self.http = HttpJobs(self.url, {"Authorization": f"Bearer {token}"} if token else {}, {})
 
     def _get(self, path: str, params: list | dict | None = None, raw: bool = False) -> Any:
         query = "?" + urllib.parse.urlencode(params or {}, doseq=True) if params else ""
-        token = os.environ.get("RUNTIME_CLUSTER_TOKEN")  # a dashboard beyond loopback asks for it
-        request = urllib.request.Request(self.url + path + query,
-                                         headers={"Authorization": f"Bearer {token}"} if token else {})
         try:
-            with urllib.request.urlopen(request, timeout=60) as resp:
-                body = resp.read()
-        except urllib.error.HTTPError as e:
-            text = e.read().decode(errors="replace")
-            try:
-                text = json.loads(text).get("msg") or text
-            except ValueError:
-                pass
-            raise StateError(f"The dashboard answered {e.code}: {text}") from None
-        except OSError as e:
-            raise StateError(f"Could not reach the dashboard at {self.url} ({e}).") from None
-        return body.decode(errors="replace") if raw else json.loads(body)["data"]["result"]
+            answer = self.http.request("GET", path + query, raw=raw)
+        except (RuntimeError, ConnectionError) as e:
+            raise StateError(str(e)) from None
+        except ValueError as e:  # a 400/404: what was asked is wrong or not there
+            raise (FileNotFoundError if "HTTP 404" in str(e) else ValueError)(str(e)) from None
+        return answer if raw else answer["data"]["result"]
 
     def list(self, resource: str, filters: list, limit: int, detail: bool) -> dict:
         params = [("limit", limit), ("detail", str(detail).lower())]

@@ -190,7 +190,10 @@ class HttpJobs:
         if cookies:
             self.headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
 
-    def request(self, method: str, path: str, body: Any = None, data: bytes | None = None) -> Any:
+    def request(self, method: str, path: str, body: Any = None, data: bytes | None = None,
+                raw: bool = False) -> Any:
+        """The JSON answer (the text with `raw`); ValueError for a 400/404, RuntimeError for other
+        refusals (the server's message in both), ConnectionError when nothing answers."""
         import json
         import urllib.error
         import urllib.request
@@ -199,11 +202,12 @@ class HttpJobs:
         req = urllib.request.Request(self.base + path, data=data, method=method, headers=self.headers)
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
-                raw = resp.read()
+                raw_bytes = resp.read()
         except urllib.error.HTTPError as e:
             text = e.read().decode(errors="replace")
             try:
-                text = json.loads(text).get("message", text)
+                answer = json.loads(text)
+                text = answer.get("message") or answer.get("msg") or text  # job API / state API
             except (ValueError, AttributeError):
                 pass
             raise (ValueError if e.code in (400, 404) else RuntimeError)(
@@ -211,7 +215,9 @@ class HttpJobs:
         except urllib.error.URLError as e:
             raise ConnectionError(f"No job server answers at {self.base} ({e.reason}). Is the head's dashboard "
                                   "on (runtime status prints its URL)?") from None
-        return json.loads(raw) if raw else None
+        if raw:
+            return raw_bytes.decode(errors="replace")
+        return json.loads(raw_bytes) if raw_bytes else None
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)

@@ -18,11 +18,11 @@ import cloudpickle
 import pytest
 
 import runtime
-from runtime._testing.debian import require_debian_program
 from runtime._testing.sync import wait_for
 from runtime.exceptions import TaskCancelledError
 
 from . import jupyter_proc
+from .browser import UI_TIMEOUT_MS, chromium, chromium_page
 from .jupyter_proc import hold_cpu_until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -30,15 +30,8 @@ cloudpickle.register_pickle_by_value(jupyter_proc)  # workers cannot import the 
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-CHROMIUM = "/usr/bin/chromium"
 # Outside the test's TMPDIR, which is removed after the test.
 FAILURE_SCREENSHOT = "/tmp/orrery-lab-browser-failure.png"
-UI_TIMEOUT_MS = 60_000
-
-
-def _chromium() -> str:
-    """Debian's chromium (playwright cannot download browsers here); installed if we are root."""
-    return require_debian_program("chromium", "chromium", (CHROMIUM,), recommends=True)
 
 
 def _open_command_palette(page, sync_api) -> None:
@@ -68,17 +61,16 @@ def _open_command_palette(page, sync_api) -> None:
 lab_browser_task = runtime.remote(hold_cpu_until)
 
 
+@runtime.remote
+def lab_quick(x):
+    return x
+
+
 @contextlib.contextmanager
 def _lab_page(sync_api, url: str, server):
     """A headless Chromium page on JupyterLab at `url`; on failure a screenshot, the browser
     console and the server log are printed with the test's output."""
-    executable = _chromium()
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(UI_TIMEOUT_MS)
-        console: list[str] = []
-        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    with chromium_page(sync_api) as (page, console):
         try:
             page.goto(url)
             # Our plugin has activated once its sidebar tab is there.
@@ -91,13 +83,11 @@ def _lab_page(sync_api, url: str, server):
             print(f"screenshot: {FAILURE_SCREENSHOT}\nbrowser console:\n" + "\n".join(console[-40:]))
             print(f"server log:\n{server.log()}")
             raise
-        finally:
-            browser.close()
 
 
 def test_sidebar_shows_cluster_and_cancels_a_running_task(lab_app, lab_tmp: Path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    _chromium()
+    chromium()
 
     started, release = lab_tmp / "started", lab_tmp / "release"
     ref = lab_browser_task.remote(str(started), str(release))
@@ -131,6 +121,20 @@ def test_sidebar_shows_cluster_and_cancels_a_running_task(lab_app, lab_tmp: Path
         sync_api.expect(status).to_contain_text("CPU 0/2", timeout=UI_TIMEOUT_MS)
         assert sidebar.locator(".orrery-error").inner_text() == "", console
 
+        # Finished tasks are counted by function with a progress bar, not listed one by one.
+        assert runtime.get([lab_quick.remote(i) for i in range(3)]) == [0, 1, 2]
+        quick = sidebar.locator("tr.orrery-function-row[data-function='lab_quick']")
+        sync_api.expect(quick).to_contain_text("finished 3", timeout=UI_TIMEOUT_MS)
+        assert quick.locator(".orrery-progress-finished").count() == 1
+        assert sidebar.locator("tr.orrery-task-row", has_text="lab_quick").count() == 0
+        assert node_row.first.locator(".orrery-bar", has_text="CPU").count() == 1
+        assert node_row.first.locator(".orrery-bar", has_text="store").count() == 1
+
+        # The full web UI opens in a lab tab, through the Jupyter server's proxy.
+        sidebar.locator("button.orrery-open-dashboard").click()
+        frame = page.frame_locator("#orrery-web-ui iframe")
+        sync_api.expect(frame.locator(".card.node")).to_contain_text("Head 127.0.0.1", timeout=UI_TIMEOUT_MS)
+
 
 def test_sidebar_follows_the_notebooks_own_cluster_through_a_kernel_restart(cli, lab_tmp: Path, orrery_leak_check):
     """Issue 16.2: with no cluster on the machine, a notebook starts its own; the sidebar and the
@@ -139,7 +143,7 @@ def test_sidebar_follows_the_notebooks_own_cluster_through_a_kernel_restart(cli,
 
     from .jupyter_proc import start_jupyter
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    _chromium()
+    chromium()
     env = dict(cli.env)
     env.pop("RUNTIME_ADDRESS", None)
     server = start_jupyter(lab_tmp, env, app="lab")

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from runtime._testing.debian import require_debian_program
 from runtime._testing.sync import wait_for
+
+from .browser import chromium, chromium_page
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts"
-UI_TIMEOUT_MS = 60_000
 
 
 def _free_port() -> int:
@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 def test_web_ui_shows_node_job_log_and_failed_task(cli, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    chromium = require_debian_program("chromium", "chromium", ("/usr/bin/chromium",), recommends=True)
+    chromium()
     port = _free_port()
     cli.run("start", "--head", "--port", "0", "--num-cpus", "2", "--client-server-port", "0",
             "--dashboard-port", str(port))
@@ -50,12 +50,7 @@ def test_web_ui_shows_node_job_log_and_failed_task(cli, tmp_path):
                       f"while not os.path.exists('{release}'): time.sleep(0.05)\nprint('job done')\""}))["submission_id"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     base = f"http://127.0.0.1:{port}/"
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(UI_TIMEOUT_MS)
-        console: list[str] = []
-        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    with chromium_page(sync_api) as (page, console):
         try:
             page.goto(base)
             node = page.wait_for_selector(".card.node")
@@ -81,7 +76,6 @@ def test_web_ui_shows_node_job_log_and_failed_task(cli, tmp_path):
             print("browser console:\n" + "\n".join(console[-40:]))
             raise
         finally:
-            browser.close()
             release.touch()
     wait_for(lambda: json.loads(urllib_get(f"{base}api/jobs/{job}"))["status"] == "SUCCEEDED", timeout=60,
              what="the job finished after its release")
