@@ -292,8 +292,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"Nodes: {sum(1 for n in nodes if n['Alive'])} alive, {sum(1 for n in nodes if not n['Alive'])} dead")
     for n in nodes:
         labels = " ".join(f"{k}={v}" for k, v in (n.get("Labels") or {}).items())
+        metrics = f"  metrics http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics" \
+            if n.get("MetricsExportPort") and n["Alive"] else ""
         print(f"  {n['NodeID'][:12]}  {n['NodeManagerAddress']}  {'ALIVE' if n['Alive'] else 'DEAD'}"
-              f"{'  (head)' if n['IsHead'] else ''}{'  ' + labels if labels else ''}")
+              f"{'  (head)' if n['IsHead'] else ''}{'  ' + labels if labels else ''}{metrics}")
     print("Resources (used / total):")
     for k in sorted(total):
         if k.startswith("node:"):

@@ -254,7 +254,8 @@ def test_head_takes_rays_start_flags_and_a_detached_actor_outlives_its_driver(tm
     assert info["session_dir"].startswith(str(temp_dir)) and (temp_dir / info["session_name"] / "token").exists()
     assert info["ops"] == {"dashboard": {"enabled": False, "host": "127.0.0.1", "port": dashboard_port},
                            "metrics_export_port": metrics_port}
-    assert "Dashboard: off" in cli.run("status").stdout
+    status = cli.run("status").stdout
+    assert "Dashboard: off" in status and f"metrics http://127.0.0.1:{metrics_port}/metrics" in status
 
     assert "created" in cli.driver(_DETACHED_CREATOR)  # this driver has exited when it returns
     got = cli.driver("""
