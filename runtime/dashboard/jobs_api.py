@@ -115,7 +115,9 @@ def _submit_message(app: web.Application, body: Any) -> dict:
         raise ValueError("runtime_env env_vars must map strings to strings.")
     msg = {"op": "submit_job", "entrypoint": body["entrypoint"],
            "submission_id": body.get("submission_id") or body.get("job_id"), "metadata": body.get("metadata") or {},
-           "env": env_vars, "files": [], "runtime_env": body.get("runtime_env") or {}}
+           "env": env_vars, "files": [], "runtime_env": body.get("runtime_env") or {},
+           **{k: body[k] for k in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
+                                   "entrypoint_resources") if body.get(k) is not None}}
     if working_dir is not None:
         msg["working_dir"] = _working_dir(app, working_dir)
     return msg

@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -169,7 +170,8 @@ class ControlStore:
         sock = socket.socket(fileno=self.args["tcp_fd"])
         host, port = sock.getsockname()[:2]
         self.job_manager = JobManager(self.args["session_dir"], f"{host}:{port}", persist=self.persist.submitted_job,
-                                      recovered=self._recovered_jobs, forget=self.persist.submitted_job_deleted)
+                                      recovered=self._recovered_jobs, forget=self.persist.submitted_job_deleted,
+                                      reserve=self._reserve_for_job)
         server = await serve(sock, self.handlers, self.token, on_close=self.on_conn_closed, name="gcs")
         self.client_server = None
         if self.args.get("client_fd") is not None:  # thin clients (client://), see runtime/client
@@ -444,6 +446,24 @@ class ControlStore:
         return {"placement_groups": self.placement_groups.list()}
 
     # -- submitted jobs (runtime/jobs/manager.py) ------------------------------------------
+    async def _reserve_for_job(self, job_id: str, demand: dict) -> Any:
+        """A job's entrypoint resources, held by a placement group of one bundle until the job
+        ends (the returned function removes it)."""
+        pg_id = secrets.token_hex(16)
+        self.placement_groups.create({"pg_id": pg_id, "bundles": [demand], "strategy": "STRICT_PACK",
+                                      "name": f"_entrypoint_{job_id}", "detached": True}, "")
+        try:
+            placed = await self.placement_groups.wait(pg_id, None)
+        except asyncio.CancelledError:  # the job was stopped while it waited
+            await self.placement_groups.remove(pg_id)
+            raise
+        if not placed:
+            raise ValueError("the placement group holding them was removed")
+
+        async def release() -> None:
+            await self.placement_groups.remove(pg_id)
+        return release
+
     async def on_submit_job(self, conn: Connection, msg: dict, bufs: list) -> dict:
         return await self.job_manager.submit(msg, bufs)
 

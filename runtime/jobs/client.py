@@ -76,24 +76,29 @@ class JobSubmissionClient:
                    entrypoint_label_selector: dict | None = None, files: dict[str, bytes] | None = None,
                    artifact: str = "", working_dir: str | None = None, notebook: str | None = None,
                    parameters: list[tuple[str, str]] | None = None) -> str:
-        """Run `entrypoint` (a shell command) on the head node. Ray's arguments; the entrypoint
-        resources are accepted and not reserved (the entrypoint runs beside the cluster's
-        workers). Ours, over RPC only: `files` written into the job's directory first,
+        """Run `entrypoint` (a shell command) on the head node. Ray's arguments: the entrypoint
+        resources are held for the job while it runs (it is PENDING until they are free), so no
+        task takes them; `entrypoint_label_selector` is accepted and unused. Ours, over RPC only: `files` written into the job's directory first,
         `artifact` (one of them kept as the job's result), `notebook` (a file in `files` run as
         a notebook job with `parameters` [(name, value), ...])."""
         metadata = {**self._metadata, **(metadata or {})}
         submission_id = submission_id or job_id
+        resources = {k: v for k, v in (("entrypoint_num_cpus", entrypoint_num_cpus),
+                                       ("entrypoint_num_gpus", entrypoint_num_gpus),
+                                       ("entrypoint_memory", entrypoint_memory),
+                                       ("entrypoint_resources", entrypoint_resources)) if v is not None}
         if self._http is not None:
             if files or notebook or artifact or working_dir:
                 raise ValueError("Notebook jobs and job files go over the cluster address (HOST:PORT or 'auto'), "
                                  "not the dashboard's HTTP API; pass runtime_env={'working_dir': DIR} instead.")
-            return self._http.submit(entrypoint, runtime_env, metadata, submission_id)
+            return self._http.submit(entrypoint, runtime_env, metadata, submission_id, resources)
         env = dict((runtime_env or {}).get("env_vars") or {})
         files = files or {}
         reply, _ = self._call({"op": "submit_job", "entrypoint": entrypoint, "submission_id": submission_id,
                                "metadata": metadata, "env": env, "files": list(files), "artifact": artifact,
                                "working_dir": (runtime_env or {}).get("working_dir") or working_dir or os.getcwd(),
-                               "notebook": notebook, "parameters": [list(p) for p in parameters or []]},
+                               "notebook": notebook, "parameters": [list(p) for p in parameters or []],
+                               **resources},
                               list(files.values()))
         return reply["job_id"]
 
@@ -222,12 +227,14 @@ class HttpJobs:
     def get(self, path: str) -> Any:
         return self.request("GET", path)
 
-    def submit(self, entrypoint: str, runtime_env: dict | None, metadata: dict, submission_id: str | None) -> str:
+    def submit(self, entrypoint: str, runtime_env: dict | None, metadata: dict, submission_id: str | None,
+               resources: dict | None = None) -> str:
         env = dict(runtime_env or {})
         if env.get("working_dir") and "://" not in env["working_dir"]:
             env["working_dir"] = self.upload_dir(env["working_dir"])
         reply = self.request("POST", "/api/jobs/", {"entrypoint": entrypoint, "runtime_env": env or None,
-                                                    "metadata": metadata or None, "submission_id": submission_id})
+                                                    "metadata": metadata or None, "submission_id": submission_id,
+                                                    **(resources or {})})
         return reply["submission_id"]
 
     def upload_dir(self, path: str) -> str:

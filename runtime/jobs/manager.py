@@ -29,13 +29,19 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 class JobManager:
     def __init__(self, session_dir: str, gcs_address: str, persist: Any = None,
-                 recovered: dict[str, dict] | None = None, forget: Any = None) -> None:
+                 recovered: dict[str, dict] | None = None, forget: Any = None, reserve: Any = None) -> None:
+        """`reserve(job_id, demand)`: an async function that holds `demand` (Ray's entrypoint
+        resources) for the job and returns an async release function; the control store's
+        placement groups (server.py). Without it entrypoint resources are refused."""
         self.root = os.path.join(session_dir, "jobs")
         self.gcs_address = gcs_address
         self.persist = persist or (lambda job: None)  # called with a job whenever it changes
         self.forget = forget or (lambda job_id: None)  # called with a deleted job's id
         self.jobs: dict[str, dict] = dict(recovered or {})
         self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.reserve = reserve
+        self.releases: dict[str, Any] = {}  # job id -> release of its entrypoint resources
+        self.waiting: dict[str, asyncio.Task] = {}  # jobs waiting for their entrypoint resources
         for job_id, job in self.jobs.items():  # running when the previous control store died
             if job["status"] in ("PENDING", "RUNNING"):
                 asyncio.get_running_loop().create_task(self._adopt(job_id))
@@ -54,6 +60,7 @@ class JobManager:
         job_id = msg["submission_id"] = msg.get("submission_id") or f"job_{secrets.token_hex(6)}"
         if job_id in self.jobs:
             raise ValueError(f"A job with submission id {job_id!r} already exists; pick another id.")
+        demand = entrypoint_demand(msg)
         entrypoint = msg.get("entrypoint") or ""
         notebook = msg.get("notebook")
         if notebook:  # run with this machine's Python, which has the runner and the kernel
@@ -87,6 +94,37 @@ class JobManager:
                "RUNTIME_ADDRESS": self.gcs_address.removeprefix("tcp:"),
                "RUNTIME_JOB_ID": job_id, "RUNTIME_JOB_DIR": jdir, "KERNEL_EXT_NONINTERACTIVE": "1",
                "PYTHONUNBUFFERED": "1"}
+        if demand:
+            if self.reserve is None:
+                raise ValueError("This job server cannot reserve entrypoint resources.")
+            job["message"] = f"waiting for the entrypoint resources {demand}"
+            self.persist(job)
+            task = self.waiting[job_id] = asyncio.get_running_loop().create_task(
+                self._start_when_reserved(job_id, demand, entrypoint, cwd, env))
+            task.add_done_callback(lambda _t: self.waiting.pop(job_id, None))
+            return {"job_id": job_id}
+        await self._start(job_id, entrypoint, cwd, env)
+        return {"job_id": job_id}
+
+    async def _start_when_reserved(self, job_id: str, demand: dict, entrypoint: str, cwd: str, env: dict) -> None:
+        """Ray's entrypoint resources: the job stays PENDING until they are held for it (a
+        placement group of one bundle, so no task can take them), and they are released when
+        it ends."""
+        try:
+            self.releases[job_id] = await self.reserve(job_id, demand)
+        except Exception as e:  # noqa: BLE001 - e.g. resources no node has: the job fails, saying so
+            job = self.jobs[job_id]
+            job.update(status="FAILED", message=f"could not reserve the entrypoint resources {demand}: {e}",
+                       end_time=time.time())
+            self.persist(job)
+            return
+        job = self.jobs[job_id]
+        job["message"] = ""
+        await self._start(job_id, entrypoint, cwd, env)
+
+    async def _start(self, job_id: str, entrypoint: str, cwd: str, env: dict) -> None:
+        job = self.jobs[job_id]
+        jdir = job["job_dir"]
         log = open(job["log_path"], "ab")
         exit_file = shlex.quote(os.path.join(jdir, "exit_code"))
         try:
@@ -97,14 +135,19 @@ class JobManager:
         except OSError as e:
             job.update(status="FAILED", message=f"could not start the entrypoint: {e}", end_time=time.time())
             self.persist(job)
-            return {"job_id": job_id}
+            self._release(job_id)
+            return
         finally:
             log.close()
         job.update(status="RUNNING", driver_pid=proc.pid)
         self.persist(job)
         self.procs[job_id] = proc
         asyncio.get_running_loop().create_task(self._wait(job_id, proc))
-        return {"job_id": job_id}
+
+    def _release(self, job_id: str) -> None:
+        release = self.releases.pop(job_id, None)
+        if release is not None:
+            asyncio.get_running_loop().create_task(release())
 
     async def _wait(self, job_id: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
@@ -112,6 +155,7 @@ class JobManager:
         self._finished(job_id, code)
 
     def _finished(self, job_id: str, shell_code: int | None) -> None:
+        self._release(job_id)
         job = self.jobs[job_id]
         try:
             with open(os.path.join(job["job_dir"], "exit_code")) as f:
@@ -167,6 +211,14 @@ class JobManager:
 
     def stop(self, job_id: str) -> bool:
         job = self.get(job_id)
+        waiting = self.waiting.get(job_id)
+        if waiting is not None and not job.get("driver_pid"):  # still waiting for its resources
+            waiting.cancel()
+            job.update(status="STOPPED", message="stopped by request while waiting for its entrypoint resources",
+                       end_time=time.time())
+            self.persist(job)
+            self._release(job_id)
+            return True
         if job["status"] in TERMINAL or not job.get("driver_pid"):
             return False
         job["status"], job["message"] = "STOPPED", "stopped by request"
@@ -193,6 +245,21 @@ class JobManager:
 
     def list(self) -> list[dict]:
         return list(self.jobs.values())
+
+
+def entrypoint_demand(msg: dict) -> dict[str, float]:
+    """Ray's entrypoint_num_cpus / _num_gpus / _memory / _resources as one resource demand;
+    a ValueError for negative or non-numeric amounts."""
+    demand: dict[str, float] = {}
+    for key, name in (("entrypoint_num_cpus", "CPU"), ("entrypoint_num_gpus", "GPU"), ("entrypoint_memory", "memory")):
+        if msg.get(key) is not None:
+            demand[name] = msg[key]
+    for name, amount in (msg.get("entrypoint_resources") or {}).items():
+        demand[str(name)] = amount
+    for name, amount in demand.items():
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise ValueError(f"Entrypoint resource {name} must be a non-negative number, got {amount!r}.")
+    return {k: float(v) for k, v in demand.items() if v > 0}
 
 
 def _alive(pid: int) -> bool:

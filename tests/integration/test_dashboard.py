@@ -189,3 +189,41 @@ def test_a_dashboard_beyond_loopback_needs_the_cluster_token(cli):
     cli.env["RUNTIME_CLUSTER_TOKEN"] = token
     assert "ALIVE" in cli.run("list", "nodes", "--address", base).stdout
     assert "SUBMISSION" not in cli.run("job", "list", "--address", base).stdout
+
+
+def test_entrypoint_resources_are_held_while_the_job_runs(cli, tmp_path):
+    port = _free_port()
+    cli.run("start", "--head", "--port", "0", "--num-cpus", "2", "--client-server-port", "0",
+            "--dashboard-port", str(port))
+    from runtime.job_submission import JobSubmissionClient
+    client = JobSubmissionClient(f"http://127.0.0.1:{port}")
+    release = tmp_path / "release"
+    waits = f"python -c \"import os, time\nwhile not os.path.exists('{release}'): time.sleep(0.05)\""
+    first = client.submit_job(entrypoint=waits, entrypoint_num_cpus=2)
+    wait_for(lambda: str(client.get_job_status(first)).endswith("RUNNING"), timeout=60, what="the first job runs")
+
+    def free_cpus():
+        return json.loads(cli.driver("""
+            import json, runtime
+            runtime.init(address="auto")
+            print(json.dumps(runtime.available_resources().get("CPU", 0.0)))
+        """).strip().splitlines()[-1])
+
+    assert free_cpus() == 0.0  # both held for the first job's driver
+    second = client.submit_job(entrypoint="echo second ran", entrypoint_num_cpus=1)
+    info = client.get_job_info(second)
+    assert str(info.status).endswith("PENDING") and "waiting for the entrypoint resources" in info.message
+    release.touch()
+    wait_for(lambda: str(client.get_job_status(second)).endswith("SUCCEEDED"), timeout=60,
+             what="the second job runs once the first has released its CPUs")
+    assert "second ran" in client.get_job_logs(second)
+    wait_for(lambda: free_cpus() == 2.0, timeout=30, what="the CPUs back after both jobs")
+
+    # A job stopped while it waits never starts; a negative amount is refused.
+    third = client.submit_job(entrypoint="echo never", entrypoint_resources={"nonexistent": 1})
+    assert str(client.get_job_status(third)).endswith("PENDING")
+    assert client.stop_job(third) is True
+    assert str(client.get_job_status(third)).endswith("STOPPED") and "never" not in client.get_job_logs(third)
+    status, body = _http(f"http://127.0.0.1:{port}/api/jobs/", "POST",
+                         json.dumps({"entrypoint": "true", "entrypoint_num_cpus": -1}).encode())
+    assert status == 400 and "must be a non-negative number" in body["message"]
