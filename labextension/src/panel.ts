@@ -15,6 +15,40 @@ const CANCELLABLE = new Set(['PENDING', 'RUNNING']);
 /** Tasks listed one by one (the rest are counted by function): what runs, and what went wrong. */
 const LISTED = new Set(['PENDING', 'RUNNING', 'FAILED', 'CANCELLED']);
 const STATE_ORDER = ['FINISHED', 'RUNNING', 'PENDING', 'FAILED', 'CANCELLED'];
+/** The task stream shows this many seconds back from now. */
+const STREAM_WINDOW_S = 120;
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+/** What ran on which worker over the last STREAM_WINDOW_S seconds, as dask's task stream. */
+function taskStream(tasks: ITask[], now: number): Element {
+  const start = now - STREAM_WINDOW_S;
+  const spans = tasks.filter(t => t.start_time && t.worker_id && (t.end_time ?? now) >= start);
+  if (spans.length === 0) {
+    return el('div', 'orrery-empty', `Nothing ran in the last ${STREAM_WINDOW_S / 60} minutes.`);
+  }
+  const workers = [...new Set(spans.map(t => t.worker_id as string))];
+  const rowHeight = 10;
+  const svg = document.createElementNS(SVG_NS, 'svg');
+  svg.setAttribute('class', 'orrery-stream');
+  svg.setAttribute('viewBox', `0 0 ${STREAM_WINDOW_S} ${workers.length * rowHeight}`);
+  svg.setAttribute('preserveAspectRatio', 'none');
+  svg.style.height = `${workers.length * rowHeight + 2}px`;
+  for (const t of spans) {
+    const from = Math.max(t.start_time as number, start) - start;
+    const to = (t.end_time ?? now) - start;
+    const rect = document.createElementNS(SVG_NS, 'rect');
+    rect.setAttribute('x', String(from));
+    rect.setAttribute('y', String(workers.indexOf(t.worker_id as string) * rowHeight + 1));
+    rect.setAttribute('width', String(Math.max(to - from, 0.3)));
+    rect.setAttribute('height', String(rowHeight - 2));
+    rect.setAttribute('class', `orrery-stream-${t.state.toLowerCase()}`);
+    const title = document.createElementNS(SVG_NS, 'title');
+    title.textContent = `${t.name} (${t.state}) on worker ${shortId(t.worker_id)}: ${((to - from) * 1000).toFixed(0)} ms`;
+    rect.appendChild(title);
+    svg.appendChild(rect);
+  }
+  return svg;
+}
 
 /** A labelled bar: `used` of `total`. */
 function bar(label: string, used: number, total: number, text: string): HTMLElement {
@@ -100,6 +134,7 @@ export class OrreryPanel extends Widget {
     this._sections = {
       nodes: this._section('Nodes'),
       tasks: this._section('Tasks', this._filterBox()),
+      stream: this._section('Task stream (last 2 minutes, a row per worker)'),
       actors: this._section('Actors'),
       placementGroups: this._section('Placement groups'),
       objects: this._section('Objects')
@@ -214,6 +249,7 @@ export class OrreryPanel extends Widget {
         ''
       )
     );
+    s.stream.replaceChildren(taskStream(snap.tasks, Date.now() / 1000));
     s.actors.replaceChildren(
       table(
         ['Actor', 'State', 'Name', 'Restarts', 'Cell'],
@@ -294,5 +330,5 @@ export class OrreryPanel extends Widget {
 
   private _status: HTMLElement;
   private _error: HTMLElement;
-  private _sections: Record<'nodes' | 'tasks' | 'actors' | 'placementGroups' | 'objects', HTMLElement>;
+  private _sections: Record<'nodes' | 'tasks' | 'stream' | 'actors' | 'placementGroups' | 'objects', HTMLElement>;
 }

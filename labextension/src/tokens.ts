@@ -45,6 +45,9 @@ export interface ITask {
   cell_id: string | null;
   error_type?: string | null;
   error_message?: string | null;
+  worker_id?: string | null;
+  start_time?: number | null;
+  end_time?: number | null;
 }
 
 export interface IActor {

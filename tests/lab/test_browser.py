@@ -129,6 +129,9 @@ def test_sidebar_shows_cluster_and_cancels_a_running_task(lab_app, lab_tmp: Path
         assert sidebar.locator("tr.orrery-task-row", has_text="lab_quick").count() == 0
         assert node_row.first.locator(".orrery-bar", has_text="CPU").count() == 1
         assert node_row.first.locator(".orrery-bar", has_text="store").count() == 1
+        # The task stream: what ran on which worker lately, the finished ones included.
+        assert sidebar.locator("svg.orrery-stream rect.orrery-stream-finished").count() >= 3
+        assert sidebar.locator("svg.orrery-stream rect.orrery-stream-cancelled").count() == 1
 
         # The full web UI opens in a lab tab, through the Jupyter server's proxy.
         sidebar.locator("button.orrery-open-dashboard").click()
