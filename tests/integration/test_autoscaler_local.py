@@ -64,6 +64,14 @@ def test_up_scales_out_for_waiting_work_and_back_in_when_idle(tmp_path, cli):
         refs = [hold.remote(str(go)) for _ in range(3)]  # one CPU on the head: two must wait
         x86 = on_x86.remote()  # no node has x86: the x86 type is launched
         wait_for(lambda: len(alive_nodes()) >= 4, timeout=60, what="the autoscaler to start 3 worker nodes")
+
+        def running_on() -> set:
+            from runtime.util import state
+            return {t["node_id"] for t in state.list_tasks() if t["name"].endswith("hold") and t["state"] == "RUNNING"}
+
+        # The waiting tasks move to the new nodes (at the next heartbeat's spillback): let them
+        # start there before releasing, or the head could run all three one after the other.
+        wait_for(lambda: len(running_on()) >= 2, timeout=60, what="the held tasks running on two nodes or more")
         go.write_text("go")
         assert len(set(runtime.get(refs, timeout=60))) >= 2
         x86_node = runtime.get(x86, timeout=60)
