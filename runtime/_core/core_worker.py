@@ -37,11 +37,11 @@ from ..exceptions import (
 from ..node import shm
 from ..rpc.connection import Connection, ConnectionClosed, bind_socket, connect, serve, socket_address
 from ..serialization.core import SerializedObject, deserialize, serialize
-from ..util import metrics
 from ..worker import output
 from ..worker.output import LinePrefixer
 from .ids import ObjectID
 from .memory_store import ERROR, INLINE, PENDING, SHM, MemoryStore
+from .metrics_registry import registry as metrics_registry
 from .object_ref import ObjectRef
 from .reference_table import RefEntry, ReferenceTable
 from . import task_events as te
@@ -255,8 +255,8 @@ class CoreWorker:
         reply, _ = await self.nm.request({"op": "node_info"}, timeout=self.config.startup_timeout_s)
         self.node_id, self.shm_dir, self.node_ip = reply["node_id"], reply["shm_dir"], reply["node_ip"]
         self.metrics_export_port = reply.get("metrics_export_port")
-        metrics.registry.on_dirty = self._metrics_dirty
-        if metrics.registry.dirty:  # recorded before init()
+        metrics_registry.on_dirty = self._metrics_dirty
+        if metrics_registry.dirty:  # recorded before init()
             self._metrics_dirty()
         if kind == "driver":
             await self.ensure_gcs()
@@ -1223,7 +1223,7 @@ class CoreWorker:
                                            self.report_metrics)
 
     def report_metrics(self) -> None:
-        families = metrics.registry.snapshot()
+        families = metrics_registry.snapshot()
         if families and self.nm is not None and not self.nm.closed:
             self.nm.send({"op": "metrics_report", "families": families})
 

@@ -680,20 +680,23 @@ class NodeDaemon:
             self.metrics.report(info["worker_id"], "driver" if info.get("kind") == "driver" else "core_worker",
                                 msg["families"])
 
-    def _worker_row(self, rec: WorkerRecord) -> dict:
-        return {"worker_id": rec.worker_id, "worker_type": "WORKER", "is_alive": True, "pid": rec.pid,
-                "state": rec.state.upper(), "actor_id": rec.actor_id or None, "node_id": self.node_id,
-                "ip": self.args["node_ip"], "start_time": rec.started_at, "end_time": None, "exit_code": None}
+    def _worker_row(self, rec: WorkerRecord | None = None, driver: tuple[str, dict] | None = None) -> dict:
+        """A worker process (`rec`) or a driver connected here (`driver`: its id and hello), for
+        the state API's workers."""
+        row = {"is_alive": True, "node_id": self.node_id, "ip": self.args["node_ip"], "end_time": None,
+               "exit_code": None}
+        if rec is not None:
+            return {**row, "worker_id": rec.worker_id, "worker_type": "WORKER", "pid": rec.pid,
+                    "state": rec.state.upper(), "actor_id": rec.actor_id or None, "start_time": rec.started_at}
+        wid, info = driver
+        return {**row, "worker_id": wid, "worker_type": "DRIVER", "pid": info.get("pid"), "state": "DRIVER",
+                "actor_id": None, "start_time": None}
 
     def on_list_workers(self, conn: Connection, msg: dict, bufs: list) -> dict:
         """This node's worker processes (live, and the latest that exited) and its drivers."""
         rows = [self._worker_row(w) for w in self.workers.values() if w.state != "dead"]
-        for wid, c in self.core_workers.items():
-            info = c.peer_info
-            if info.get("kind") == "driver":
-                rows.append({"worker_id": wid, "worker_type": "DRIVER", "is_alive": True, "pid": info.get("pid"),
-                             "state": "DRIVER", "actor_id": None, "node_id": self.node_id,
-                             "ip": self.args["node_ip"], "start_time": None, "end_time": None, "exit_code": None})
+        rows += [self._worker_row(driver=(wid, c.peer_info)) for wid, c in self.core_workers.items()
+                 if c.peer_info.get("kind") == "driver"]
         return {"workers": rows + list(self.dead_workers)}
 
     def on_list_logs(self, conn: Connection, msg: dict, bufs: list) -> dict:

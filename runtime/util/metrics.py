@@ -15,7 +15,6 @@ registry. Ours do the same, so code written for either works (docs/observability
 from __future__ import annotations
 
 import re
-import threading
 import warnings
 from typing import Any, Callable
 
@@ -26,55 +25,7 @@ METRIC_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 TAG_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
-class _Registry:
-    """Every metric of this process, by name; `snapshot()` is what is reported."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.families: dict[str, dict] = {}
-        self.dirty = False
-        self.on_dirty: Callable[[], None] | None = None  # set by the core worker once joined
-
-    def family(self, name: str, kind: str, description: str, tag_keys: tuple, boundaries: list | None) -> dict:
-        """The family of that name; declared again another way (a notebook cell run again with
-        new tag keys), a new family replaces it, and metric objects of the old one record into
-        nothing."""
-        with self.lock:
-            fam = self.families.get(name)
-            if fam is not None and (fam["kind"], fam["tag_keys"], fam["boundaries"]) == (kind, list(tag_keys),
-                                                                                       boundaries):
-                return fam
-            fam = self.families[name] = {"name": name, "kind": kind, "description": description,
-                                         "tag_keys": list(tag_keys), "boundaries": boundaries, "samples": {}}
-            notify = not self.dirty
-            self.dirty = True
-        if notify and self.on_dirty is not None:
-            self.on_dirty()
-        return fam
-
-    def record(self, fam: dict, key: tuple, update: Callable[[Any], Any]) -> None:
-        with self.lock:
-            samples = fam["samples"]
-            samples[key] = update(samples.get(key))
-            notify = not self.dirty
-            self.dirty = True
-        if notify and self.on_dirty is not None:
-            self.on_dirty()
-
-    def snapshot(self) -> list | None:
-        """The families with their samples (msgpack-able), or None when nothing changed since the
-        last snapshot."""
-        with self.lock:
-            if not self.dirty:
-                return None
-            self.dirty = False
-            return [{**{k: v for k, v in fam.items() if k != "samples"},
-                     "samples": [[list(key), list(v) if isinstance(v, list) else v]
-                                 for key, v in fam["samples"].items()]}
-                    for fam in self.families.values() if fam["samples"]]
-
-
-registry = _Registry()
+from .._core.metrics_registry import registry
 
 
 class Metric:
