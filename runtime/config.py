@@ -52,6 +52,12 @@ class SystemConfig:
     scheduler_spread_threshold: float = 0.5
     # How long node managers, drivers and workers keep trying to reach a restarted control store.
     gcs_reconnect_timeout_s: float = 60.0
+    # runtime_env: the largest working_dir or py_modules package, after excludes (Ray's is 500 MiB).
+    runtime_env_max_package_mb: int = 500
+    # runtime_env: a node removes an unpacked package or pip environment that no worker has used for
+    # this long, and the least recently used ones while its cache is over runtime_env_cache_max_mb.
+    runtime_env_cache_ttl_s: float = 600.0
+    runtime_env_cache_max_mb: int = 10240
 
     @classmethod
     def resolve(cls, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> SystemConfig:

@@ -88,7 +88,7 @@ class ActorClass:
         meta = {**self._meta, "max_task_retries": max_task_retries}
         msg = {"op": "create_actor", "actor_id": ActorID.new().hex(), "name": name, "namespace": namespace,
                "class_name": self.__qualname__, "meta": meta, "spec": spec, "demand": spec["demand"],
-               "env": env_of(options, api_state.job_runtime_env), "max_restarts": options.get("max_restarts") or 0,
+               "env": env_of(options, api_state.job_runtime_env, cw), "max_restarts": options.get("max_restarts") or 0,
                "detached": detached, "get_if_exists": bool(options.get("get_if_exists")), "job_id": cw.job_id,
                "cell": cw.current_cell, "strategy": strategy_of(options)}
         reply, _ = cw.run_sync(cw.gcs_request(msg, bufs))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import sys
@@ -113,7 +114,6 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         cw.current_cell = api_state.current_cell  # set by the notebook extension, if loaded
         worker_state.set_current(cw)
         api_state.cluster = cluster
-        api_state.job_runtime_env = runtime_env
         try:
             cw.start_loop_thread()
             cw.run_sync(_connect_driver(cw, ns), timeout=config.startup_timeout_s + 5)
@@ -122,6 +122,11 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
             logs = os.path.join(info["session_dir"], "logs")
             raise ConnectionError(f"Could not start or join the cluster ({type(e).__name__}: {e}). "
                                   f"See the logs in {logs}.") from e
+        try:  # packs and uploads a working_dir / py_modules once for the whole job
+            api_state.job_runtime_env = _job_runtime_env(cw, runtime_env)
+        except BaseException:
+            _teardown()
+            raise
         address_info = {"address": info["gcs_address"].removeprefix("tcp:"), "gcs_address": info["gcs_address"],
                         "node_address": info["node_address"], "session_dir": info["session_dir"],
                         "node_id": cw.node_id, "object_store_address": cw.shm_dir,
@@ -133,6 +138,28 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         api_state.context.dashboard_url = address_info["webui_url"]
         atexit.register(shutdown)
         return api_state.context
+
+
+def _job_runtime_env(cw: CoreWorker, runtime_env: dict | None) -> dict:
+    """The job's resolved runtime_env. A job submitted with a runtime_env (the job server sets
+    RUNTIME_JOB_RUNTIME_ENV) combines it with init()'s as Ray does: the same key or env var in
+    both is an error unless RUNTIME_OVERRIDE_JOB_RUNTIME_ENV=1 (Ray's RAY_OVERRIDE_...) lets
+    init()'s win."""
+    from ..runtime_env.driver import resolve_env
+    from ..runtime_env.spec import merge
+    mine = resolve_env(cw, runtime_env)
+    injected = os.environ.get("RUNTIME_JOB_RUNTIME_ENV")
+    if not injected:
+        return mine
+    job_env = json.loads(injected)
+    override = "1" in (os.environ.get("RUNTIME_OVERRIDE_JOB_RUNTIME_ENV"), os.environ.get("RAY_OVERRIDE_JOB_RUNTIME_ENV"))
+    clash = (set(job_env) & set(mine)) - {"env_vars"}
+    clash |= {f"env_vars[{k!r}]" for k in set(job_env.get("env_vars") or {}) & set(mine.get("env_vars") or {})}
+    if clash and not override:
+        raise ValueError(f"init(runtime_env=...) sets {sorted(clash)}, which the submitted job's runtime_env "
+                         "sets too. Set each in one place, or set RUNTIME_OVERRIDE_JOB_RUNTIME_ENV=1 to let "
+                         "init()'s win.")
+    return merge(job_env, mine)
 
 
 def _configure_logging(level: int | str, fmt: str | None) -> None:

@@ -789,7 +789,8 @@ class CoreWorker:
 
     async def _request_lease(self, sq: SchedulingQueue) -> None:
         """Ask our node manager for a worker; follow its spillback to another node's manager."""
-        nm, msg = self.nm, {"op": "lease", "demand": sq.demand, "env": sq.env, "strategy": sq.strategy}
+        nm, msg = self.nm, {"op": "lease", "demand": sq.demand, "env": sq.env, "strategy": sq.strategy,
+                            "job": self.job_id}
         try:
             while True:
                 reply, _ = await nm.request(msg, timeout=None)

@@ -25,9 +25,6 @@ ACTOR_OPTIONS = COMMON | {"max_restarts", "max_task_retries", "max_concurrency",
 METHOD_OPTIONS = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group",
                   "enable_task_events", "tensor_transport", "_labels", "_generator_backpressure_num_objects",
                   "_num_objects_per_yield"}
-RUNTIME_ENV_KEYS_NOW = {"env_vars"}
-RUNTIME_ENV_KEYS_LATER = {"working_dir", "py_modules", "pip", "conda", "excludes", "container", "uv", "image_uri",
-                          "config", "nsight", "java_jars", "worker_process_setup_hook"}
 
 
 def validate(options: dict, allowed: set[str], what: str) -> dict:
@@ -72,20 +69,8 @@ def validate(options: dict, allowed: set[str], what: str) -> dict:
 
 
 def validate_runtime_env(env: Any) -> None:
-    if env is None:
-        return
-    if not isinstance(env, dict):
-        raise TypeError(f"runtime_env must be a dict, got {type(env).__name__}.")
-    for key in env:
-        if key in RUNTIME_ENV_KEYS_NOW:
-            continue
-        if key in RUNTIME_ENV_KEYS_LATER:
-            raise ValueError(f"runtime_env key {key!r} is not supported yet; only 'env_vars' is. "
-                             "Install what the task needs on the cluster, or pass settings through env_vars.")
-        raise ValueError(f"Unknown runtime_env key {key!r}; the supported key is 'env_vars'.")
-    ev = env.get("env_vars", {})
-    if not isinstance(ev, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in ev.items()):
-        raise TypeError("runtime_env['env_vars'] must be a dict of str to str.")
+    from ..runtime_env.spec import validate as validate_env
+    validate_env(env)
 
 
 def demand_of(options: dict, default_cpus: float) -> dict[str, float]:
@@ -101,14 +86,19 @@ def demand_of(options: dict, default_cpus: float) -> dict[str, float]:
     return {k: v for k, v in d.items() if v > 0}
 
 
-def env_of(options: dict, job_env: dict | None) -> dict[str, str]:
-    env = dict((job_env or {}).get("env_vars") or {})
-    env.update((options.get("runtime_env") or {}).get("env_vars") or {})
-    return env
+def env_of(options: dict, job_env: dict | None, cw: Any = None) -> dict:
+    """The resolved runtime_env a task or actor runs in (runtime/runtime_env/spec.py): the job's,
+    overridden key by key by its own options' (env_vars merged)."""
+    task_env = options.get("runtime_env")
+    if not task_env:
+        return job_env or {}
+    from ..runtime_env.driver import resolve_env
+    from ..runtime_env.spec import merge
+    return merge(job_env, resolve_env(cw, task_env))
 
 
 def sched_key(demand: dict, env: dict, strategy: Any = None) -> str:
-    return json.dumps([sorted(demand.items()), sorted(env.items()), strategy])
+    return json.dumps([sorted(demand.items()), env, strategy], sort_keys=True)
 
 
 def strategy_of(options: dict) -> Any:

@@ -55,7 +55,7 @@ class RemoteFunction:
         so, deps = cw.prepare_args(args, kwargs, f"`{self.__name__}`")
         task_id = TaskID(task_id) if task_id else TaskID.new()  # a thin client's proxy passes the client's
         demand, pg_inherit = resolve_placement(options, demand_of(options, 1), cw)
-        env = env_of(options, api_state.job_runtime_env)
+        env = env_of(options, api_state.job_runtime_env, cw)
         max_retries = options.get("max_retries")
         spec = TaskSpec(task_id=task_id, name=self.__qualname__, fid=fid, fn_blob=blob,
                         return_ids=return_ids(task_id, num_returns),

@@ -74,6 +74,13 @@ def _json_object(text: str | None, flag: str) -> dict | None:
 def _runtime_env(args: argparse.Namespace) -> dict | None:
     """--runtime-env-json and --working-dir, as `ray job submit` takes them."""
     env = _json_object(args.runtime_env_json, "--runtime-env-json") or {}
+    if args.runtime_env:
+        import yaml
+        with open(args.runtime_env) as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"--runtime-env {args.runtime_env!r} must hold a mapping (YAML or JSON).")
+        env = {**loaded, **env}
     if args.working_dir:
         env["working_dir"] = os.path.abspath(args.working_dir)
     return env or None
@@ -129,7 +136,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--output", help="where to write the executed notebook (default: ./executed-NAME.ipynb)")
     s.add_argument("--submission-id", default=None)
     s.add_argument("--runtime-env-json", default=None, help='the job\'s runtime_env, like \'{"env_vars": {"A": "1"}}\'')
-    s.add_argument("--working-dir", default=None, help="a local directory the job runs in (uploaded over HTTP)")
+    s.add_argument("--runtime-env", default=None, help="a YAML or JSON file holding the job's runtime_env")
+    s.add_argument("--working-dir", default=None, help="a local directory the job runs in (uploaded to the head)")
     s.add_argument("--metadata-json", default=None, help="the job's metadata, a JSON object of strings")
     s.add_argument("--no-wait", action="store_true", help="return once submitted instead of following the log")
     s.add_argument("entrypoint", nargs=argparse.REMAINDER, help="-- COMMAND ARGS... for a script job")

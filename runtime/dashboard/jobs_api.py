@@ -8,12 +8,13 @@ import asyncio
 import json
 import os
 import re
-import zipfile
 from typing import Any
 
 from aiohttp import web
 
 from .._core.ray_state import driver_details, job_details
+from ..gcs.packages import check_name, name_of_uri
+from ..runtime_env.spec import is_package_uri, resolve, validate
 from ..jobs.manager import TERMINAL
 
 routes = web.RouteTableDef()
@@ -37,60 +38,55 @@ def _error(status: int, message: str) -> web.Response:
     return web.Response(text=json.dumps({"message": message}), status=status, content_type="application/json")
 
 
-def _package_path(app: web.Application, protocol: str, name: str) -> str | None:
-    """Where an uploaded package is kept; None for a name that could leave the directory."""
-    if not (_SAFE_NAME.match(protocol) and _SAFE_NAME.match(name)) or name.startswith("."):
-        return None
-    return os.path.join(app["session_dir"], "packages", f"{protocol}_{name}")
-
-
 @routes.get("/api/version")
 async def version(request: web.Request) -> web.Response:
     return _answer({"version": "4", "ray_version": RAY_API_VERSION, "ray_commit": "orrery",
                     "session_name": os.path.basename(request.app["session_dir"])})
 
 
+def _package_name(request: web.Request) -> str:
+    """The control store's package name for Ray's `/api/packages/<protocol>/<name>`."""
+    if request.match_info["protocol"] != "gcs":
+        raise ValueError(f"Packages are kept by this cluster (protocol 'gcs'), not {request.match_info['protocol']!r}.")
+    return check_name(request.match_info["name"])
+
+
 @routes.get("/api/packages/{protocol}/{name}")
 async def package_exists(request: web.Request) -> web.Response:
-    path = _package_path(request.app, request.match_info["protocol"], request.match_info["name"])
-    if path is None:
-        return _error(400, "A package name is letters, digits, '_', '-' and '.'.")
-    if not os.path.exists(path):
-        return _error(404, f"Package {request.match_info['protocol']}://{request.match_info['name']} does not exist")
+    """Ray's client asks before uploading. The packages live in the control store's package
+    store (runtime/gcs/packages.py), the same one drivers upload to: one store."""
+    try:
+        name = _package_name(request)
+    except ValueError as e:
+        return _error(400, str(e))
+    reply, _ = await request.app["gcs"].call({"op": "package_exists", "name": name})
+    if not reply["exists"]:
+        return _error(404, f"Package gcs://{name} does not exist")
     return web.Response()
 
 
 @routes.put("/api/packages/{protocol}/{name}")
 async def upload_package(request: web.Request) -> web.Response:
-    path = _package_path(request.app, request.match_info["protocol"], request.match_info["name"])
-    if path is None:
-        return _error(400, "A package name is letters, digits, '_', '-' and '.'.")
+    try:
+        name = _package_name(request)
+    except ValueError as e:
+        return _error(400, str(e))
     data = await request.read()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    await request.app["gcs"].call({"op": "put_package", "name": name}, [data], timeout=300)
     return web.Response()
 
 
-def _working_dir(app: web.Application, uri: str) -> str:
-    """An uploaded working_dir package ("gcs://_ray_pkg_<hash>.zip"), unpacked once by name."""
-    protocol, sep, name = uri.partition("://")
-    path = _package_path(app, protocol, name) if sep else None
-    if path is None or not os.path.exists(path):
-        raise ValueError(f"runtime_env working_dir {uri!r} is not an uploaded package; the job client uploads "
-                         "a local directory first (PUT /api/packages/...).")
-    target = path + ".d"
-    if not os.path.isdir(target):
-        tmp = f"{target}.{os.getpid()}.tmp"
-        with zipfile.ZipFile(path) as z:
-            for member in z.namelist():  # no member may land outside the directory
-                if member.startswith("/") or ".." in member.split("/"):
-                    raise ValueError(f"working_dir package {uri!r} has an unsafe path: {member!r}.")
-            z.extractall(tmp)
-        os.replace(tmp, target)
-    return target
+def _runtime_env(env: Any) -> dict:
+    """A job's runtime_env as Ray's client sends it (local paths already uploaded as gcs://
+    URIs; pip as a list or {"packages": [...], "pip_check": ...}), resolved as ours."""
+    env = dict(env or {})
+    validate(env)
+    for path in [env.get("working_dir")] + list(env.get("py_modules") or []):
+        if path is not None and not is_package_uri(path):
+            raise ValueError(f"runtime_env names the local path {path!r}; over HTTP the client uploads it first "
+                             "(PUT /api/packages/gcs/<name>) and sends its gcs:// URI, as Ray's "
+                             "JobSubmissionClient does.")
+    return resolve(env, lambda name, data: None, 0)
 
 
 def _submit_message(app: web.Application, body: Any) -> dict:
@@ -105,22 +101,11 @@ def _submit_message(app: web.Application, body: Any) -> dict:
             raise ValueError(f"Field {field!r} has the wrong type ({type(body[field]).__name__}).")
     if not body.get("entrypoint", "").strip():
         raise ValueError("The job request needs an entrypoint, the shell command to run.")
-    env = dict(body.get("runtime_env") or {})
-    env_vars = env.pop("env_vars", None) or {}
-    working_dir = env.pop("working_dir", None)
-    if env:
-        raise ValueError(f"runtime_env key(s) {sorted(env)} are not supported by this job server yet; "
-                         "env_vars and working_dir are.")
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
-        raise ValueError("runtime_env env_vars must map strings to strings.")
-    msg = {"op": "submit_job", "entrypoint": body["entrypoint"],
-           "submission_id": body.get("submission_id") or body.get("job_id"), "metadata": body.get("metadata") or {},
-           "env": env_vars, "files": [], "runtime_env": body.get("runtime_env") or {},
-           **{k: body[k] for k in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
-                                   "entrypoint_resources") if body.get(k) is not None}}
-    if working_dir is not None:
-        msg["working_dir"] = _working_dir(app, working_dir)
-    return msg
+    return {"op": "submit_job", "entrypoint": body["entrypoint"],
+            "submission_id": body.get("submission_id") or body.get("job_id"), "metadata": body.get("metadata") or {},
+            "files": [], "runtime_env": _runtime_env(body.get("runtime_env")),
+            **{k: body[k] for k in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
+                                    "entrypoint_resources") if body.get(k) is not None}}
 
 
 async def _job(request: web.Request, op: str, **extra: Any) -> tuple[dict, list] | web.Response:
@@ -145,6 +130,11 @@ async def submit(request: web.Request) -> web.Response:
                            '{"entrypoint": "python script.py"}.')
     try:
         msg = _submit_message(request.app, body)
+        renv = msg["runtime_env"]
+        for uri in [renv.get("working_dir")] + list(renv.get("py_modules") or []):
+            if uri and not (await request.app["gcs"].call({"op": "package_exists", "name": name_of_uri(uri)}))[0]["exists"]:
+                raise ValueError(f"runtime_env names {uri!r}, which is not an uploaded package; the job client "
+                                 "uploads a local directory first (PUT /api/packages/gcs/<name>).")
         reply, _ = await request.app["gcs"].call(msg)
     except ValueError as e:
         return _error(400, str(e))

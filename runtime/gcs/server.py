@@ -29,6 +29,8 @@ from typing import Any
 from .. import owner_pipe
 from ..config import SystemConfig
 from ..jobs.manager import JobManager
+from ..node.runtime_env_agent import RuntimeEnvAgent
+from .packages import PackageStore, check_name, name_of_uri
 from .persistence import NoPersistence, Persistence
 from .placement import PlacementGroupManager
 from ..rpc.connection import Connection, connect, serve
@@ -86,6 +88,15 @@ class ControlStore:
         self.named: dict[tuple[str, str], str] = {}
         self.kv: dict[str, bytes] = {}
         self.config = SystemConfig.from_json(args["system_config"]) if args.get("system_config") else SystemConfig()
+        self.packages = PackageStore(args["session_dir"])
+        self.package_users: dict[str, set[str]] = collections.defaultdict(set)  # package -> job ids using it
+        self._packages_swept = time.monotonic()
+
+        async def fetch(name: str) -> bytes:
+            return self.packages.get(name)
+        # Submitted jobs' runtime_envs, made ready on the head for their entrypoints.
+        self.job_envs = RuntimeEnvAgent(os.path.join(args["session_dir"], "runtime_resources", "jobs"), fetch,
+                                        self.config)
         # Task table for the state API, fed by the submitters' task events (insertion ordered,
         # so the oldest finished tasks are dropped first when it is full).
         self.tasks: collections.OrderedDict[str, dict] = collections.OrderedDict()
@@ -119,6 +130,8 @@ class ControlStore:
             "get_pg": self.on_get_pg, "list_pgs": self.on_list_pgs, "kv_get": self.on_kv_get, "kv_del": self.on_kv_del,
             "shutdown_cluster": self.on_shutdown_cluster, "resource_report": self.on_resource_report,
             "pick_node": self.on_pick_node, "hello": self.on_hello, "autoscaler_state": self.on_autoscaler_state,
+            "package_exists": self.on_package_exists, "put_package": self.on_put_package,
+            "get_package": self.on_get_package, "runtime_env_cache": self.on_runtime_env_cache,
         }
         # Answered only once what they changed is in storage: a reply is a promise that survives
         # a restart of the control store.
@@ -171,7 +184,7 @@ class ControlStore:
         host, port = sock.getsockname()[:2]
         self.job_manager = JobManager(self.args["session_dir"], f"{host}:{port}", persist=self.persist.submitted_job,
                                       recovered=self._recovered_jobs, forget=self.persist.submitted_job_deleted,
-                                      reserve=self._reserve_for_job)
+                                      reserve=self._reserve_for_job, runtime_envs=self.job_envs)
         server = await serve(sock, self.handlers, self.token, on_close=self.on_conn_closed, name="gcs")
         self.client_server = None
         if self.args.get("client_fd") is not None:  # thin clients (client://), see runtime/client
@@ -210,6 +223,9 @@ class ControlStore:
             if self.client_server is not None:
                 self.client_server.reap()
             now = time.monotonic()
+            if now - self._packages_swept > 60:
+                self._packages_swept = now
+                self._sweep_packages()
             for node_id, conn in list(self.node_conns.items()):
                 node = self.nodes[node_id]
                 silent = now - node["last_heartbeat"]
@@ -465,7 +481,12 @@ class ControlStore:
         return release
 
     async def on_submit_job(self, conn: Connection, msg: dict, bufs: list) -> dict:
-        return await self.job_manager.submit(msg, bufs)
+        reply = await self.job_manager.submit(msg, bufs)
+        renv = msg.get("runtime_env") or {}
+        for uri in [renv.get("working_dir")] + list(renv.get("py_modules") or []):
+            if uri:  # kept while the job runs (see _sweep_packages)
+                self.package_users[name_of_uri(uri)].add(reply["job_id"])
+        return reply
 
     def on_job_status(self, conn: Connection, msg: dict, bufs: list) -> dict:
         return self.job_manager.get(msg["job_id"])
@@ -662,7 +683,7 @@ class ControlStore:
         node_id, node_conn = picked
         try:
             lease, _ = await node_conn.request({"op": "lease_actor", "actor_id": rec.actor_id, "demand": rec.demand,
-                                                "env": rec.env}, timeout=None)
+                                                "env": rec.env, "job": rec.job_id}, timeout=None)
         except Exception as e:
             self._actor_failed(rec, f"could not get a worker: {e}")
             return
@@ -777,6 +798,49 @@ class ControlStore:
     def on_kv_del(self, conn: Connection, msg: dict, bufs: list) -> dict:
         self.persist.kv_delete(msg["key"])
         return {"deleted": self.kv.pop(msg["key"], None) is not None}
+
+    # -- runtime_env packages (runtime/gcs/packages.py) ---------------------------------
+    def on_package_exists(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        name = check_name(msg["name"])
+        job_id = conn.peer_info.get("job_id") or msg.get("job_id")
+        if job_id:
+            self.package_users[name].add(job_id)
+        exists = self.packages.exists(name)
+        if exists:
+            os.utime(self.packages.path(name))
+        return {"exists": exists}
+
+    def on_put_package(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        self.packages.put(check_name(msg["name"]), bytes(bufs[0]) if bufs else b"")
+        return {}
+
+    def on_get_package(self, conn: Connection, msg: dict, bufs: list) -> tuple:
+        return {}, [self.packages.get(check_name(msg["name"]))]
+
+    def _sweep_packages(self) -> None:
+        """Packages of jobs that ended, unused for runtime_env_cache_ttl_s, are deleted."""
+        live = {j for j, job in self.jobs.items() if job.get("status") == "RUNNING"}
+        live |= {j for j, job in self.job_manager.jobs.items() if job["status"] in ("PENDING", "RUNNING")}
+        in_use = {name for name, users in self.package_users.items() if users & live}
+        for key in self.job_envs.sweep():
+            logger.info("removed the unused job runtime_env cache entry %s", key)
+        for name in self.packages.remove_unused(in_use, self.config.runtime_env_cache_ttl_s):
+            self.package_users.pop(name, None)
+            logger.info("removed the unused runtime_env package %s", name)
+
+    async def on_runtime_env_cache(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        """Every node's runtime_env cache (`runtime status`), and the head's package store."""
+        async def ask(node_id: str, c: Connection) -> dict:
+            try:
+                reply, _ = await c.request({"op": "runtime_env_cache"}, timeout=5)
+                return {"node_id": node_id, "entries": reply["entries"]}
+            except Exception as e:  # noqa: BLE001 - a node that does not answer is shown as such
+                return {"node_id": node_id, "error": str(e), "entries": []}
+        nodes = await asyncio.gather(*(ask(n, c) for n, c in list(self.node_conns.items()) if not c.closed))
+        root = self.packages.root
+        names = sorted(os.listdir(root)) if os.path.isdir(root) else []
+        pkgs = [{"name": n, "bytes": os.path.getsize(os.path.join(root, n))} for n in names if not n.endswith(".tmp")]
+        return {"nodes": list(nodes), "packages": pkgs, "jobs": self.job_envs.describe()}
 
     def on_shutdown_cluster(self, conn: Connection, msg: dict, bufs: list) -> dict:
         for c in self.node_conns.values():

@@ -21,6 +21,11 @@ from ..rpc.connection import connect
 from .manager import TERMINAL
 
 
+def _max_package_bytes() -> int:
+    from ..config import SystemConfig
+    return SystemConfig.resolve().runtime_env_max_package_mb << 20
+
+
 class JobStatus:
     PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED = "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"
 
@@ -92,15 +97,28 @@ class JobSubmissionClient:
                 raise ValueError("Notebook jobs and job files go over the cluster address (HOST:PORT or 'auto'), "
                                  "not the dashboard's HTTP API; pass runtime_env={'working_dir': DIR} instead.")
             return self._http.submit(entrypoint, runtime_env, metadata, submission_id, resources)
-        env = dict((runtime_env or {}).get("env_vars") or {})
+        renv = self._resolve(runtime_env)
         files = files or {}
         reply, _ = self._call({"op": "submit_job", "entrypoint": entrypoint, "submission_id": submission_id,
-                               "metadata": metadata, "env": env, "files": list(files), "artifact": artifact,
-                               "working_dir": (runtime_env or {}).get("working_dir") or working_dir or os.getcwd(),
+                               "metadata": metadata, "files": list(files), "artifact": artifact,
+                               "runtime_env": renv,
+                               # Without a runtime_env working_dir, a job run from this machine
+                               # starts in this directory (when the head is this machine).
+                               "working_dir": None if renv.get("working_dir") else working_dir or os.getcwd(),
                                "notebook": notebook, "parameters": [list(p) for p in parameters or []],
                                **resources},
                               list(files.values()))
         return reply["job_id"]
+
+    def _resolve(self, runtime_env: dict | None) -> dict:
+        """Local working_dir and py_modules packed and uploaded to the head's package store."""
+        from ..runtime_env.spec import resolve, validate
+        validate(runtime_env)
+
+        def upload(name: str, data: bytes) -> None:
+            if not self._call({"op": "package_exists", "name": name})[0]["exists"]:
+                self._call({"op": "put_package", "name": name}, [data], timeout=300)
+        return resolve(runtime_env, upload, _max_package_bytes())
 
     def get_job_info(self, job_id: str) -> JobDetails:
         if self._http is not None:
@@ -229,35 +247,26 @@ class HttpJobs:
 
     def submit(self, entrypoint: str, runtime_env: dict | None, metadata: dict, submission_id: str | None,
                resources: dict | None = None) -> str:
-        env = dict(runtime_env or {})
-        if env.get("working_dir") and "://" not in env["working_dir"]:
-            env["working_dir"] = self.upload_dir(env["working_dir"])
+        from ..runtime_env.spec import resolve, validate
+        validate(runtime_env)
+        env = resolve(runtime_env, self.upload, _max_package_bytes())
+        if env.get("pip"):  # Ray's wire form of pip/uv
+            spec = env.pop("pip")
+            key = spec["installer"]
+            env[key] = {"packages": spec["packages"], f"{key}_check": spec["check"]}
+            if spec["install_options"]:
+                env[key][f"{key}_pip_install_options" if key == "uv" else "pip_install_options"] = spec["install_options"]
         reply = self.request("POST", "/api/jobs/", {"entrypoint": entrypoint, "runtime_env": env or None,
                                                     "metadata": metadata or None, "submission_id": submission_id,
                                                     **(resources or {})})
         return reply["submission_id"]
 
-    def upload_dir(self, path: str) -> str:
-        """Zip a local working_dir and upload it once by content hash, as Ray's client does."""
-        import hashlib
-        import io
-        import zipfile
-        if not os.path.isdir(path):
-            raise ValueError(f"runtime_env working_dir {path!r} is not a directory.")
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-            for root, dirs, names in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", ".git"))
-                for name in sorted(names):
-                    full = os.path.join(root, name)
-                    z.write(full, os.path.relpath(full, path))
-        data = buf.getvalue()
-        name = f"_ray_pkg_{hashlib.sha1(data).hexdigest()[:16]}.zip"
+    def upload(self, name: str, data: bytes) -> None:
+        """Upload a package once by content hash (Ray's client asks first, then PUTs)."""
         try:
             self.request("GET", f"/api/packages/gcs/{name}")
         except ValueError:  # 404: not there yet
             self.request("PUT", f"/api/packages/gcs/{name}", data=data)
-        return f"gcs://{name}"
 
     async def tail(self, job_id: str) -> AsyncIterator[str]:
         import aiohttp

@@ -16,6 +16,7 @@ code from the file when it ends.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shlex
@@ -29,10 +30,13 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 class JobManager:
     def __init__(self, session_dir: str, gcs_address: str, persist: Any = None,
-                 recovered: dict[str, dict] | None = None, forget: Any = None, reserve: Any = None) -> None:
+                 recovered: dict[str, dict] | None = None, forget: Any = None, reserve: Any = None,
+                 runtime_envs: Any = None) -> None:
         """`reserve(job_id, demand)`: an async function that holds `demand` (Ray's entrypoint
         resources) for the job and returns an async release function; the control store's
-        placement groups (server.py). Without it entrypoint resources are refused."""
+        placement groups (server.py). Without it entrypoint resources are refused.
+        `runtime_envs`: a RuntimeEnvAgent (runtime/node/runtime_env_agent.py) that makes a job's
+        runtime_env ready on the head for its entrypoint."""
         self.root = os.path.join(session_dir, "jobs")
         self.gcs_address = gcs_address
         self.persist = persist or (lambda job: None)  # called with a job whenever it changes
@@ -40,6 +44,7 @@ class JobManager:
         self.jobs: dict[str, dict] = dict(recovered or {})
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.reserve = reserve
+        self.runtime_envs = runtime_envs
         self.releases: dict[str, Any] = {}  # job id -> release of its entrypoint resources
         self.waiting: dict[str, asyncio.Task] = {}  # jobs waiting for their entrypoint resources
         for job_id, job in self.jobs.items():  # running when the previous control store died
@@ -90,26 +95,48 @@ class JobManager:
         # The head's own interpreter comes first on PATH, so `python` in an entrypoint is the one
         # the cluster runs on (a head started from an unactivated venv has the system's first).
         path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-        env = {**os.environ, "PATH": path, **(msg.get("env") or {}),
+        renv = msg.get("runtime_env") or {}
+        env = {**os.environ, "PATH": path, **(msg.get("env") or {}), **(renv.get("env_vars") or {}),
                "RUNTIME_ADDRESS": self.gcs_address.removeprefix("tcp:"),
                "RUNTIME_JOB_ID": job_id, "RUNTIME_JOB_DIR": jdir, "KERNEL_EXT_NONINTERACTIVE": "1",
                "PYTHONUNBUFFERED": "1"}
-        if demand:
-            if self.reserve is None:
-                raise ValueError("This job server cannot reserve entrypoint resources.")
-            job["message"] = f"waiting for the entrypoint resources {demand}"
+        if renv:  # the job's driver applies it to every task (runtime/_core/api.py _job_runtime_env)
+            env["RUNTIME_JOB_RUNTIME_ENV"] = json.dumps(renv)
+        needs_setup = self.runtime_envs is not None and self.runtime_envs.needs_setup(renv)
+        if demand and self.reserve is None:
+            raise ValueError("This job server cannot reserve entrypoint resources.")
+        if demand or needs_setup:
+            job["message"] = (f"waiting for the entrypoint resources {demand}" if demand else
+                              "setting up the runtime_env")
             self.persist(job)
             task = self.waiting[job_id] = asyncio.get_running_loop().create_task(
-                self._start_when_reserved(job_id, demand, entrypoint, cwd, env))
+                self._start_when_ready(job_id, demand, renv if needs_setup else {}, entrypoint, cwd, env))
             task.add_done_callback(lambda _t: self.waiting.pop(job_id, None))
             return {"job_id": job_id}
         await self._start(job_id, entrypoint, cwd, env)
         return {"job_id": job_id}
 
-    async def _start_when_reserved(self, job_id: str, demand: dict, entrypoint: str, cwd: str, env: dict) -> None:
-        """Ray's entrypoint resources: the job stays PENDING until they are held for it (a
-        placement group of one bundle, so no task can take them), and they are released when
-        it ends."""
+    async def _start_when_ready(self, job_id: str, demand: dict, renv: dict, entrypoint: str, cwd: str,
+                                env: dict) -> None:
+        """The job stays PENDING while its runtime_env is made ready on the head (its
+        working_dir becomes the entrypoint's cwd, py_modules and pip packages go on its
+        PYTHONPATH) and until Ray's entrypoint resources are held for it (a placement group of
+        one bundle, so no task can take them; released when it ends)."""
+        if renv:
+            try:
+                ctx = await self.runtime_envs.setup(renv)
+            except Exception as e:  # noqa: BLE001 - the job fails, saying why; the server carries on
+                job = self.jobs[job_id]
+                job.update(status="FAILED", message=f"runtime_env setup failed: {e}", end_time=time.time())
+                self.persist(job)
+                return
+            cwd = ctx["cwd"] or cwd
+            env["PYTHONPATH"] = os.pathsep.join(ctx["paths"] + [p for p in [env.get("PYTHONPATH")] if p])
+            env["PATH"] = os.pathsep.join(ctx["bin"] + [env["PATH"]])
+        if not demand:
+            self.jobs[job_id]["message"] = ""
+            await self._start(job_id, entrypoint, cwd, env)
+            return
         try:
             self.releases[job_id] = await self.reserve(job_id, demand)
         except Exception as e:  # noqa: BLE001 - e.g. resources no node has: the job fails, saying so

@@ -25,13 +25,16 @@ import psutil
 
 from .. import config as config_mod
 from .. import owner_pipe
+from ..exceptions import RuntimeEnvSetupError
 from ..rpc.connection import Connection, bind_socket, connect, serve, socket_address
+from ..runtime_env.spec import env_hash
 from . import logs
 from .metrics_export import MetricsExporter
 from .object_store import ObjectStoreManager
 from .transfer import ObjectTransfer
 from .resources import (LeaseQueue, LeaseRequest, ResourcePool, bundle_resources, is_group_resource,
                         normalize)
+from .runtime_env_agent import RuntimeEnvAgent
 from .zygote import become_subreaper, request_worker, start_zygote
 
 logger = logging.getLogger("runtime.node")
@@ -41,7 +44,9 @@ logger = logging.getLogger("runtime.node")
 class WorkerRecord:
     worker_id: str
     env_key: str
-    env: dict
+    env: dict  # its resolved runtime_env (runtime/runtime_env/spec.py)
+    job_id: str = ""
+    env_keys: list = field(default_factory=list)  # the runtime_env cache entries it uses
     state: str = "starting"  # starting -> idle <-> leased | actor -> dead
     pid: int = 0
     conn: Connection | None = None
@@ -106,6 +111,8 @@ class NodeDaemon:
         self.peer_conns: dict[str, Connection] = {}
         self._peer_connecting: dict[str, asyncio.Future] = {}
         self.metrics = MetricsExporter(self, args.get("metrics_fd"))
+        self.runtime_envs = RuntimeEnvAgent(os.path.join(self.session_dir, "runtime_resources", self.node_id[:12]),
+                                            self._fetch_package, self.config)
         self.transfer = ObjectTransfer(self.node_id, self.token, self.store, self._peer_for_transfer)
         self._report_scheduled = False
         self.nodes_epoch = [0, 0]
@@ -122,6 +129,7 @@ class NodeDaemon:
             "pull_object": self.on_pull_object, "object_info": self.on_object_info,
             "metrics_report": self.on_metrics_report, "list_workers": self.on_list_workers,
             "list_logs": self.on_list_logs, "read_log": self.on_read_log,
+            "runtime_env_cache": self.on_runtime_env_cache,
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -302,6 +310,8 @@ class NodeDaemon:
             for w in sorted(idle, key=lambda w: w.idle_since)[:max(0, len(idle) - keep)]:
                 if now - w.idle_since > self.config.idle_worker_timeout_s:
                     self._kill(w)
+            for key in self.runtime_envs.sweep():
+                logger.info("removed the unused runtime_env cache entry %s", key)
 
     def _reap(self) -> None:
         while True:
@@ -357,6 +367,11 @@ class NodeDaemon:
                 logger.info("freed %d objects owned by departed worker %s", freed, wid[:8])
         if info.get("kind") == "worker" and wid in self.workers:
             self._worker_died(self.workers[wid])
+        ended = info.get("leased_for_job") if info.get("kind") == "driver" else None
+        if ended:  # no task of that job can come from here again: its idle workers are not kept
+            for rec in list(self.workers.values()):
+                if rec.job_id == ended and rec.state == "idle":
+                    self._kill(rec)
         # Leases held by this connection (an owner) go back to the pool.
         for rec in list(self.workers.values()):
             if rec.lease_owner is conn and rec.state == "leased":
@@ -374,7 +389,7 @@ class NodeDaemon:
         strategy = msg.get("strategy")
         if not self.peers or (strategy is None and self.pool.fits(demand) and not self.leases.waiting
                               and self._utilisation(demand) <= self.config.scheduler_spread_threshold):
-            return self._queue_lease(conn, demand, msg.get("env") or {}, "task", pinned=False)
+            return self._queue_lease(conn, demand, msg.get("env") or {}, "task", pinned=False, job=msg.get("job", ""))
         return self._place(conn, msg, demand, "task")
 
     def _utilisation(self, demand: dict) -> float:
@@ -417,11 +432,16 @@ class NodeDaemon:
                 target = await self._pick_node(demand, below=self._utilisation(demand))
                 if target is not None:
                     return {"spillback": target["address"], "node_id": target["node_id"]}
-        return await self._queue_lease(conn, demand, msg.get("env") or {}, kind, pinned=pinned)
+        return await self._queue_lease(conn, demand, msg.get("env") or {}, kind, pinned=pinned, job=msg.get("job", ""))
 
-    def _queue_lease(self, conn: Connection, demand: dict, env: dict, kind: str, pinned: bool) -> asyncio.Future:
+    def _queue_lease(self, conn: Connection, demand: dict, env: dict, kind: str, pinned: bool,
+                     job: str = "") -> asyncio.Future:
+        """Workers are pooled by job and runtime_env: a worker never runs tasks of two jobs or of
+        two environments (so env_vars, cwd and sys.path cannot cross from one to the other)."""
         fut = asyncio.get_running_loop().create_future()
-        req = LeaseRequest(next(self.request_ids), demand, _env_key(env), payload=(fut, conn, env, kind),
+        if job and conn.peer_info.get("kind") == "driver":
+            conn.peer_info["leased_for_job"] = job  # its idle workers go when the driver does
+        req = LeaseRequest(next(self.request_ids), demand, _env_key(env, job), payload=(fut, conn, env, kind),
                            pinned=pinned)
         if not self.leases.add(req):
             self._warn_infeasible(conn, demand)
@@ -431,7 +451,8 @@ class NodeDaemon:
     def on_lease_actor(self, conn: Connection, msg: dict, bufs: list) -> asyncio.Future:
         # The control store chose this node for the actor: it waits here.
         demand = normalize(msg.get("demand"))
-        return self._queue_lease(conn, demand, msg.get("env") or {}, "actor:" + msg["actor_id"], pinned=True)
+        return self._queue_lease(conn, demand, msg.get("env") or {}, "actor:" + msg["actor_id"], pinned=True,
+                                 job=msg.get("job", ""))
 
     # -- placement group bundles (two-phase: the control store prepares on every node, then commits)
     def on_prepare_bundles(self, conn: Connection, msg: dict, bufs: list) -> dict:
@@ -510,8 +531,44 @@ class NodeDaemon:
 
     def _start_worker(self, env: dict, env_key: str) -> None:
         wid = os.urandom(16).hex()
-        self.workers[wid] = WorkerRecord(wid, env_key, env)
-        request_worker(self.zygote_sock, wid, env)
+        rec = self.workers[wid] = WorkerRecord(wid, env_key, env, job_id=env_key.partition("|")[0])
+        if not self.runtime_envs.needs_setup(env):
+            request_worker(self.zygote_sock, wid, {"env_vars": env.get("env_vars") or {}, "runtime_env": env})
+            return
+        _spawn(self._start_in_env(rec))
+
+    async def _start_in_env(self, rec: WorkerRecord) -> None:
+        """A worker whose runtime_env needs files or packages: made ready in the node's cache
+        first (runtime_env_agent.py). If that fails, the tasks and actors waiting for such a
+        worker fail with RuntimeEnvSetupError; the node carries on."""
+        try:
+            ctx = await self.runtime_envs.setup(rec.env)
+        except Exception as e:  # noqa: BLE001 - every setup failure goes to the waiting requests
+            err = e if isinstance(e, RuntimeEnvSetupError) else RuntimeEnvSetupError(f"{type(e).__name__}: {e}")
+            logger.warning("runtime_env setup failed: %s", err)
+            self.workers.pop(rec.worker_id, None)
+            waiting = self.waiting_for_worker.get(rec.env_key) or deque()
+            while waiting:
+                req, gpus = waiting.popleft()
+                self.pool.release(req.demand, gpus)
+                if not req.payload[0].done():
+                    req.payload[0].set_exception(err)
+            self._schedule()
+            return
+        if rec.worker_id not in self.workers or self.stopping:
+            return
+        rec.env_keys = ctx.pop("keys")
+        self.runtime_envs.acquire(rec.env_keys)
+        request_worker(self.zygote_sock, rec.worker_id, ctx)
+
+    async def _fetch_package(self, name: str) -> bytes:
+        if self.gcs is None or self.gcs.closed:
+            await self._connect_gcs(self.config.gcs_reconnect_timeout_s)
+        _, bufs = await self.gcs.request({"op": "get_package", "name": name}, timeout=300)
+        return bytes(bufs[0])
+
+    def on_runtime_env_cache(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        return {"node_id": self.node_id, "entries": self.runtime_envs.describe()}
 
     def _worker_ready(self, rec: WorkerRecord) -> None:
         waiting = self.waiting_for_worker[rec.env_key]
@@ -565,6 +622,7 @@ class NodeDaemon:
                                   "exit_code": self.exit_codes.get(rec.pid)})
         rec.state = "dead"
         self.workers.pop(rec.worker_id, None)
+        self.runtime_envs.release(rec.env_keys)
         if was_actor and self.gcs is not None and not self.gcs.closed:
             code = self.exit_codes.get(rec.pid)
             self.gcs.send({"op": "actor_worker_died", "actor_id": rec.actor_id, "worker_id": rec.worker_id,
@@ -724,8 +782,8 @@ def _spawn(coro: Any) -> None:
     task.add_done_callback(_TASKS.discard)
 
 
-def _env_key(env: dict) -> str:
-    return json.dumps(env, sort_keys=True) if env else ""
+def _env_key(env: dict, job: str) -> str:
+    return f"{job}|{env_hash(env)}"
 
 
 def main() -> None:

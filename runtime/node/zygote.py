@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import sys
 
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
@@ -71,13 +72,48 @@ def _zygote_main(sock: socket.socket, worker_args: dict) -> None:
                 sock.close()
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                os.environ.update(req.get("env") or {})
-                worker_main.run_worker({**worker_args, "worker_id": req["worker_id"]})
+                ctx = req.get("ctx") or {}
+                args = {**worker_args, "worker_id": req["worker_id"]}
+                enter_runtime_env(ctx)
+                if set(ctx.get("shadows") or ()) & set(sys.modules):
+                    # The pip layer brings its own version of a module this process has already
+                    # imported: only a fresh interpreter can load the layer's.
+                    os.execv(sys.executable, [sys.executable, "-c", _FRESH_WORKER, json.dumps(args)])
+                worker_main.run_worker(args, ctx.get("runtime_env") or {})
             finally:
                 os._exit(0)
         os.waitpid(pid, 0)
     # EOF: the node manager is gone.
 
 
-def request_worker(sock: socket.socket, worker_id: str, env: dict[str, str]) -> None:
-    sock.sendall(json.dumps({"worker_id": worker_id, "env": env}).encode() + b"\n")
+_FRESH_WORKER = ("import json, os, sys; from runtime.worker import main; "
+                 "main.run_worker(json.loads(sys.argv[1]), json.loads(os.environ.get('RUNTIME_WORKER_RUNTIME_ENV', '{}')))")
+
+
+def enter_runtime_env(ctx: dict) -> None:
+    """Make this process the runtime_env's (runtime/node/runtime_env_agent.py made `ctx`): its
+    env_vars, its working_dir as cwd, the working_dir, py_modules and pip layer first on
+    sys.path and PYTHONPATH (so a `python` the task starts sees them too), the layer's scripts
+    first on PATH."""
+    os.environ.update(ctx.get("env_vars") or {})
+    paths = list(ctx.get("paths") or ())
+    if paths:
+        import site
+        before = list(sys.path)
+        for p in paths:
+            site.addsitedir(p)  # runs a pip layer's .pth files
+        added = [p for p in sys.path if p not in before]
+        sys.path[:] = paths + [p for p in added if p not in paths] + before
+        os.environ["PYTHONPATH"] = os.pathsep.join(paths + [p for p in os.environ.get("PYTHONPATH", "").split(
+            os.pathsep) if p])
+    if ctx.get("bin"):
+        os.environ["PATH"] = os.pathsep.join(list(ctx["bin"]) + [os.environ.get("PATH", "")])
+    if ctx.get("cwd"):
+        os.chdir(ctx["cwd"])
+    if ctx.get("runtime_env"):
+        os.environ["RUNTIME_WORKER_RUNTIME_ENV"] = json.dumps(ctx["runtime_env"])
+
+
+def request_worker(sock: socket.socket, worker_id: str, ctx: dict) -> None:
+    """`ctx`: the runtime_env the worker enters (see enter_runtime_env)."""
+    sock.sendall(json.dumps({"worker_id": worker_id, "ctx": ctx}).encode() + b"\n")

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import inspect
 import os
 import queue
 import signal
+import sys
 import threading
 import traceback
-from typing import Any
+from typing import Any, Iterator
 
 import cloudpickle
 
@@ -29,6 +31,36 @@ from ..rpc.connection import DEFERRED, Connection
 from ..serialization.core import deserialize, serialize
 from ..serialization.errors import capture_task_error
 from . import output
+
+
+@contextlib.contextmanager
+def _task_scope() -> Iterator[None]:
+    """What a task changes in its process — environment variables, cwd, sys.path — is undone
+    when it ends, so the next task on this worker starts as the runtime_env says, not as the
+    last task left it. (Actors keep theirs: their state is theirs.) os.environ's underlying
+    dict is compared, not os.environ itself: a copy costs about a microsecond."""
+    data = getattr(os.environ, "_data", None)
+    env = data.copy() if data is not None else dict(os.environ)
+    cwd, path = os.getcwd(), list(sys.path)
+    try:
+        yield
+    finally:
+        now = data if data is not None else dict(os.environ)
+        if now != env:
+            decode = getattr(os.environ, "decodekey", lambda k: k)
+            decode_value = getattr(os.environ, "decodevalue", lambda v: v)
+            for k in [k for k in now if k not in env]:
+                del os.environ[decode(k)]
+            for k, v in env.items():
+                if now.get(k) != v:
+                    os.environ[decode(k)] = decode_value(v)
+        if sys.path != path:
+            sys.path[:] = path
+        try:
+            if os.getcwd() != cwd:
+                os.chdir(cwd)
+        except OSError:  # the task removed its cwd
+            os.chdir(cwd)
 
 
 class Executor:
@@ -109,7 +141,8 @@ class Executor:
                 err = capture_task_error(e, msg["n"], os.getpid(), self.cw.node_id)
                 self._reply(conn, msg, *self._error_results(msg, err))
                 return
-        self._execute(conn, msg, bufs, fn, main_thread=True)
+        with _task_scope():
+            self._execute(conn, msg, bufs, fn, main_thread=True)
 
     def _run_call(self, conn: Connection, msg: dict, bufs: list) -> None:
         method = getattr(self.instance, msg["m"])

@@ -7,13 +7,15 @@ import os
 import sys
 
 from ..config import SystemConfig
-from .._core import worker_state
+from .._core import api_state, worker_state
 from .._core.core_worker import CoreWorker
 from . import output
 from .executor import Executor
 
 
-def run_worker(args: dict) -> None:
+def run_worker(args: dict, runtime_env: dict | None = None) -> None:
+    """`runtime_env`: the resolved environment this worker was started in; the tasks and actors
+    it submits inherit it, as in Ray."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s worker: %(message)s")
     log_dir = os.path.join(args["session_dir"], "logs")
     os.makedirs(log_dir, exist_ok=True)
@@ -23,6 +25,7 @@ def run_worker(args: dict) -> None:
                     gcs_address=args["gcs_address"], config=config, sock_dir=args["sock_dir"],
                     node_ip=args["node_ip"])
     worker_state.set_current(cw)
+    api_state.job_runtime_env = runtime_env or None
     executor = Executor(cw)
     cw.handlers.update(push=executor.on_push, actor_call=executor.on_actor_call, cancel=executor.on_cancel,
                        create_actor=executor.on_create_actor)
