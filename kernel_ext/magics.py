@@ -27,6 +27,8 @@ def _remote_arguments(func: Any) -> Any:
         argument("--memory", default=None, help="Memory the task reserves, like 2GiB."),
         argument("--resources", default=None, help='Custom resources as JSON, like \'{"x86": 1}\'.'),
         argument("--env", default=None, help='Environment variables for the task as JSON.'),
+        argument("--pip", default=None, help="Packages the task needs, installed once per node: PKG[,PKG...]."),
+        argument("--working-dir", default=None, help="A local directory shipped to the task and made its cwd."),
         argument("--name", default=None, help="Label of the task (default: cell In[n])."),
         argument("--retries", type=int, default=None, help="Retries if the worker dies."),
         argument("--timeout", type=float, default=None, help="Cancel the cell after this many seconds."),

@@ -8,6 +8,7 @@ binding the names the cell assigned, and showing remote errors at the cell's lin
 from __future__ import annotations
 
 import json
+import os
 import queue
 import sys
 import threading
@@ -85,6 +86,15 @@ def task_options(args: Any, defaults: dict) -> dict:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
             raise UsageError("--env takes a JSON object of strings, like --env '{\"OMP_NUM_THREADS\": \"1\"}'.")
         opts["runtime_env"] = {"env_vars": env_vars}
+    # --pip and --working-dir make the same runtime_env as runtime_env={"pip": [...], "working_dir": ...}.
+    pip = pick("pip")
+    if pip:
+        opts.setdefault("runtime_env", {})["pip"] = [p.strip() for p in pip.split(",") if p.strip()]
+    working_dir = pick("working_dir")
+    if working_dir:
+        if not os.path.isdir(os.path.expanduser(working_dir)):
+            raise UsageError(f"--working-dir {working_dir!r} is not a directory here.")
+        opts.setdefault("runtime_env", {})["working_dir"] = os.path.abspath(os.path.expanduser(working_dir))
     if pick("retries") is not None:
         opts["max_retries"] = pick("retries")
     if getattr(args, "pg", None):

@@ -278,12 +278,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     def read() -> tuple:
         return (runtime.nodes(), runtime.cluster_resources(), runtime.available_resources(),
                 state.object_store_stats(), state.list_placement_groups(),
-                [d for n in state.node_stats() for d in (n.get("pending_demand") or [])])
+                [d for n in state.node_stats() for d in (n.get("pending_demand") or [])], state.runtime_env_cache())
 
     snapshot = _read_cluster(read)
     if snapshot is None:
         return 1
-    nodes, total, avail, stores, groups, demand = snapshot
+    nodes, total, avail, stores, groups, demand, env_cache = snapshot
     info = launcher.read_current_cluster() or {}
     dashboard = (info.get("ops") or {}).get("dashboard")
     if dashboard:
@@ -314,7 +314,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
         where = ", ".join(f"{i}:{n[:8]}" for i, n in enumerate(g["bundle_nodes"])) or g["pending_reason"]
         print(f"  {g['placement_group_id'][:12]} {g['name'] or '-'} {g['strategy']} {g['state']}  {where}")
     print("Pending demand: " + (pending_demand_text(demand) or "none"))
+    _print_runtime_env_cache(env_cache)
     return 0
+
+
+def _print_runtime_env_cache(cache: dict) -> None:
+    """What each node keeps for runtime_envs; entries no worker uses go after runtime_env_cache_ttl_s."""
+    pkgs = cache.get("packages") or []
+    print(f"Runtime env packages on the head: {len(pkgs) or 'none'}"
+          + (f" ({sum(p['bytes'] for p in pkgs) / 2**20:.1f} MiB)" if pkgs else ""))
+    rows = [(n["node_id"][:12], e) for n in cache.get("nodes") or [] for e in n["entries"]]
+    rows += [("jobs (head)", e) for e in cache.get("jobs") or []]
+    print(f"Runtime env cache: {len(rows) or 'empty'}")
+    for where, e in rows:
+        use = f"{e['workers']} workers" if e["workers"] else f"idle {e['idle_s']:.0f}s"
+        print(f"  {where}  {e['kind']:<11} {e['uri'][:40]:<40} {e['bytes'] / 2**20:8.1f} MiB  {use}  {e['detail'][:40]}")
 
 
 def pending_demand_text(demand: list[dict]) -> str:

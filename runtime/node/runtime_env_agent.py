@@ -260,8 +260,14 @@ class RuntimeEnvAgent:
                 for e in sorted(self.entries.values(), key=lambda e: (e.kind, e.key))]
 
 
+_EXIT_MARK = "__orrery_installer_exit__="
+
+
 async def _run(argv: list[str], log: Any, what: str, env: dict | None = None) -> str:
-    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+    # The exit code comes back on stdout: the node manager reaps every child it has (it is the
+    # workers' subreaper), which can take the installer's status before asyncio sees it.
+    shell = ["/bin/sh", "-c", f'"$@"; echo "{_EXIT_MARK}$?"', "sh", *argv]
+    proc = await asyncio.create_subprocess_exec(*shell, stdin=asyncio.subprocess.DEVNULL,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                                                 env=env)
     try:
@@ -270,10 +276,14 @@ async def _run(argv: list[str], log: Any, what: str, env: dict | None = None) ->
         proc.kill()
         raise
     text = out.decode(errors="replace")
+    code = proc.returncode
+    head, mark, tail_code = text.rpartition(_EXIT_MARK)
+    if mark:
+        text, code = head, int(tail_code.strip() or 1)
     log.write(f"$ {' '.join(argv)}\n{text}\n".encode())
     log.flush()
-    if proc.returncode != 0:
+    if code != 0:
         tail = "\n".join(text.strip().splitlines()[-15:])
         raise RuntimeEnvSetupError(f"Installing the runtime_env's packages failed ({what} exited with "
-                                   f"{proc.returncode}). Its last lines:\n{tail}")
+                                   f"{code}). Its last lines:\n{tail}")
     return text

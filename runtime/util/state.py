@@ -101,6 +101,12 @@ def object_store_stats() -> list[dict]:
     return _gcs({"op": "list_objects"})["stores"]
 
 
+def runtime_env_cache() -> dict:
+    """Every node's runtime_env cache (unpacked packages, pip layers: kind, uri, path, bytes,
+    workers using it, idle seconds), the head's job entrypoint cache, and the uploaded packages."""
+    return _gcs({"op": "runtime_env_cache"})
+
+
 def _tasks(timeout: float | None = None) -> list[dict]:
     """Tasks across the cluster, oldest first: submitted, running, and recently finished or failed.
 
