@@ -45,6 +45,9 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     # issue 5: Datasets >= 1.5x Ray Data, i.e. time ratio <= 1/1.5
     "data_map_batches_s": ("<=", 0.667),
     "data_parquet_roundtrip_s": ("<=", 0.667),
+    "runtime_env_pip_first_task_s": ("<=", 0.3),
+    "runtime_env_pip_cached_task_s": ("<=", 0.1),
+    "working_dir_job_s": ("<=", 0.5),
 }
 
 # Targets between two numbers of our own run: (numerator, denominator) -> (op, bound).

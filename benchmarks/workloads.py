@@ -612,3 +612,60 @@ def data_parquet_roundtrip(bench: Bench) -> float:
         return _best_of(run)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- runtime_env
+
+_RUNTIME_ENV = r"""
+import importlib, json, os, sys, tempfile, time
+ray = importlib.import_module(sys.argv[1])
+from importlib import import_module
+JobSubmissionClient = import_module(sys.argv[1] + ".job_submission").JobSubmissionClient
+
+@ray.remote
+def version():
+    import humanize
+    return humanize.__name__
+
+ctx = ray.init(num_cpus=2, include_dashboard=True)
+t0 = time.perf_counter()
+ray.get(version.options(runtime_env={"pip": ["humanize==4.9.0"]}).remote())
+t1 = time.perf_counter()
+# The same pip spec in another environment (other env_vars): the packages are cached, the
+# worker is new, as for the next job that uses the spec.
+ray.get(version.options(runtime_env={"pip": ["humanize==4.9.0"], "env_vars": {"NEXT": "1"}}).remote())
+t2 = time.perf_counter()
+wd = tempfile.mkdtemp()
+with open(os.path.join(wd, "blob.bin"), "wb") as f:
+    f.write(os.urandom(10 * 1024 * 1024))
+url = ctx.dashboard_url
+client = JobSubmissionClient("http://" + url)
+t3 = time.perf_counter()
+job = client.submit_job(entrypoint="python -c \"import os; assert os.path.getsize('blob.bin') == 10485760\"",
+                        runtime_env={"working_dir": wd})
+while True:
+    status = str(client.get_job_status(job))
+    if status.endswith(("SUCCEEDED", "FAILED", "STOPPED")):
+        break
+    time.sleep(0.02)
+t4 = time.perf_counter()
+assert status.endswith("SUCCEEDED"), (status, client.get_job_logs(job))
+ray.shutdown()
+print("RUNTIME_ENV_RESULT " + json.dumps({"runtime_env_pip_first_task_s": t1 - t0,
+      "runtime_env_pip_cached_task_s": t2 - t1, "working_dir_job_s": t4 - t3}), flush=True)
+"""
+
+
+@workload("runtime_env_pip_first_task_s", "runtime_env_pip_cached_task_s", "working_dir_job_s", needs_cluster=False)
+def runtime_env(bench: Bench) -> dict[str, float]:
+    """In a fresh cluster: the first task with {"pip": ["humanize==4.9.0"]} (the node's
+    environment cache is cold; the installer's download cache may not be, for either backend),
+    a task with the same pip spec in another environment (cached packages, a new worker), and a
+    job with a 10 MiB working_dir submitted over HTTP until SUCCEEDED."""
+    proc = subprocess.run([sys.executable, "-c", _RUNTIME_ENV, bench.backend], cwd=Path(__file__).resolve().parent,
+                          capture_output=True, text=True, timeout=600)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RUNTIME_ENV_RESULT "):
+            return json.loads(line.split(" ", 1)[1])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+    raise RuntimeError(f"runtime_env subprocess exited {proc.returncode}:\n" + "\n".join(tail))

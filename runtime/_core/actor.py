@@ -9,6 +9,7 @@ import cloudpickle
 
 from . import api_state, worker_state
 from .ids import ActorID, TaskID
+from ..runtime_env.spec import require_uploaded
 from .options import ACTOR_OPTIONS, METHOD_OPTIONS, demand_of, env_of, resolve_placement, strategy_of, validate
 from .task_spec import TaskSpec, return_ids, unpack_refs
 
@@ -66,6 +67,7 @@ class ActorClass:
         if self._blob is None:
             self._blob = cloudpickle.dumps(self._cls, protocol=5)
         if cw.is_client:  # a thin client: the head's proxy creates it (runtime/client)
+            require_uploaded(options.get("runtime_env"))
             actor_id, meta, owned = cw.create_actor(self._blob, args, kwargs, options)
             return ActorHandle(actor_id, meta, owned=owned)
         so, deps = cw.prepare_args(args, kwargs, f"`{self.__name__}.__init__`")

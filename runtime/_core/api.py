@@ -18,6 +18,7 @@ from .actor import ActorClass, ActorHandle
 from .context import ClusterContext
 from .core_worker import CoreWorker
 from .object_ref import ObjectRef
+from ..runtime_env.spec import require_uploaded
 from .options import validate_runtime_env
 from .remote_function import RemoteFunction
 
@@ -93,6 +94,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         config = SystemConfig.resolve(_system_config)
         address = address or cluster_address_from_env()
         if address is not None and address.startswith("client://"):
+            require_uploaded(runtime_env)
             return _init_client(address, namespace, runtime_env, config,
                                 any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)))
         cluster = None

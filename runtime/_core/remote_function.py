@@ -9,6 +9,7 @@ import cloudpickle
 
 from . import api_state
 from .ids import TaskID
+from ..runtime_env.spec import require_uploaded
 from .options import TASK_OPTIONS, demand_of, env_of, resolve_placement, sched_key, strategy_of, validate
 from .task_spec import TaskSpec, return_ids, unpack_refs
 
@@ -51,6 +52,7 @@ class RemoteFunction:
         fid, blob = self._function_blob()
         num_returns = options.get("num_returns", 1)
         if cw.is_client:  # a thin client: the head's proxy submits it (runtime/client)
+            require_uploaded(options.get("runtime_env"))
             return unpack_refs(cw.submit_function(fid, blob, args, kwargs, options), num_returns)
         so, deps = cw.prepare_args(args, kwargs, f"`{self.__name__}`")
         task_id = TaskID(task_id) if task_id else TaskID.new()  # a thin client's proxy passes the client's

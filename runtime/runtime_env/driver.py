@@ -54,10 +54,6 @@ def resolve_env(cw: Any, env: dict | None) -> dict:
         with _lock:
             _cache[key] = (now, fp, hit[2])
         return hit[2]
-    if paths and getattr(cw, "is_client", False) and (env.get("working_dir") or env.get("py_modules")):
-        raise ValueError("A thin client (client://) cannot ship a local working_dir or py_modules yet; upload "
-                         "it with the job client (runtime job submit --working-dir) or run the driver on the "
-                         "cluster.")
     resolved = resolve(env, lambda name, data: _upload(cw, name, data), cw.config.runtime_env_max_package_mb << 20)
     with _lock:
         _cache[key] = (now, fp, resolved)

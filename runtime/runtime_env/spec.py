@@ -80,6 +80,15 @@ def _requirements(path: str, key: str) -> list[str]:
     return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
+def require_uploaded(env: dict | None) -> None:
+    """A thin client's runtime_env is resolved on the head, where its local paths do not exist."""
+    for path in [(env or {}).get("working_dir")] + list((env or {}).get("py_modules") or []):
+        if path is not None and not is_package_uri(os.fspath(path) if isinstance(path, (str, os.PathLike)) else ""):
+            raise ValueError(f"A thin client (client://) cannot ship the local path {path!r} in a runtime_env: "
+                             "upload it with the job client (runtime job submit --working-dir), pass its gcs:// "
+                             "URI, or run the driver on the cluster.")
+
+
 def installer_spec(key: str, value: Any) -> dict:
     """Ray's pip/uv forms: a list, a requirements file path, or a dict with packages and options."""
     check_key, opts = ("pip_check", "pip_install_options") if key == "pip" else ("uv_check", "uv_pip_install_options")

@@ -87,6 +87,21 @@ def test_env_and_resources_options_reach_the_task(ip):
     assert value == "on"
 
 
+def test_working_dir_option_ships_the_directory_and_is_the_cells_cwd(ip, tmp_path):
+    (tmp_path / "notes.txt").write_text("from the notebook's directory")
+    value = run(ip, f"%%remote --working-dir {tmp_path} --env '{{\"A\": \"1\"}}'\nopen('notes.txt').read()")
+    assert value == "from the notebook's directory"
+    with pytest.raises(UsageError, match="--working-dir .* is not a directory"):
+        run(ip, f"%%remote --working-dir {tmp_path / 'missing'}\n1")
+
+
+def test_pip_option_makes_a_pip_runtime_env():
+    from types import SimpleNamespace
+    from kernel_ext.remote_magic import task_options
+    opts = task_options(SimpleNamespace(pip="tabulate==0.9.0, six", env='{"A": "1"}'), {})
+    assert opts["runtime_env"] == {"env_vars": {"A": "1"}, "pip": ["tabulate==0.9.0", "six"]}
+
+
 def test_line_magic_evaluates_expression_remotely(ip):
     ip.user_ns["x"] = 5
     assert run(ip, "%remote x * 3") == 15
