@@ -157,8 +157,7 @@ def resolve(env: dict | None, upload: Callable[[str, bytes], None], max_bytes: i
         if is_package_uri(wd):
             out["working_dir"] = wd
         elif wd.endswith(".zip") and os.path.isfile(wd):
-            with open(wd, "rb") as f:
-                data = f.read()
+            data = _without_top_directory(wd)
             out["working_dir"] = _upload(upload, data, hashlib.sha1(data).hexdigest()[:16], ".zip")
         else:
             data, digest = pack(wd, excludes, max_bytes=max_bytes, what="working_dir")
@@ -186,6 +185,30 @@ def resolve(env: dict | None, upload: Callable[[str, bytes], None], max_bytes: i
     if env.get("config"):
         out["config"] = dict(env["config"])
     return out
+
+
+def _without_top_directory(path: str) -> bytes:
+    """A user's .zip working_dir, as Ray reads it: when everything is under one top-level
+    directory, that directory is the working_dir."""
+    import io
+    import zipfile
+    with open(path, "rb") as f:
+        data = f.read()
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        infos = [i for i in z.infolist() if i.filename.strip("/")]
+        tops = {i.filename.split("/", 1)[0] for i in infos}
+        if len(tops) != 1 or not any(i.filename.startswith(next(iter(tops)) + "/") for i in infos):
+            return data
+        prefix = next(iter(tops)) + "/"
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as out:
+            for i in infos:
+                name = i.filename[len(prefix):]
+                if name and not i.is_dir():
+                    i2 = zipfile.ZipInfo(name, i.date_time)
+                    i2.external_attr = i.external_attr
+                    out.writestr(i2, z.read(i), zipfile.ZIP_DEFLATED)
+        return buf.getvalue()
 
 
 def _upload(upload: Callable[[str, bytes], None], data: bytes, digest: str, suffix: str) -> str:

@@ -28,6 +28,12 @@ def test_working_dir_py_modules_and_what_tasks_leave_behind(head):
     root = pathlib.Path(head.tmpdir) / "proj"
     _files(root, {"wd/data.txt": "from the working_dir", "wd/big/weights.bin": "x", "wd/helper.py": "WHO = 'wd'",
                   "lib/shared_pkg/__init__.py": "VALUE = 42", "lib/single.py": "def hi(): return 'hi'"})
+    import zipfile
+    with zipfile.ZipFile(root / "wheelmod-1.0-py3-none-any.whl", "w") as z:
+        z.writestr("wheelmod/__init__.py", "FROM = 'wheel'")
+        z.writestr("wheelmod-1.0.dist-info/METADATA", "Name: wheelmod\nVersion: 1.0\n")
+    with zipfile.ZipFile(root / "zipped.zip", "w") as z:  # Ray's rule: one top directory is the working_dir
+        z.writestr("top/inside.txt", "zipped")
     out = head.driver(f"""
         import json, os, sys
         import runtime
@@ -54,6 +60,12 @@ def test_working_dir_py_modules_and_what_tasks_leave_behind(head):
         @runtime.remote
         def clean():
             return [os.environ.get("LEFT"), open("data.txt").read() != "", "/left" in sys.path]
+
+        @runtime.remote(runtime_env={{"py_modules": ["wheelmod-1.0-py3-none-any.whl"], "working_dir": "zipped.zip"}})
+        def packed():
+            import wheelmod
+            return [wheelmod.FROM, open("inside.txt").read()]
+        assert runtime.get(packed.remote()) == ["wheel", "zipped"]
 
         a, b = runtime.get([look.remote(), mods.remote()])
         runtime.get([litter.remote() for _ in range(4)])
