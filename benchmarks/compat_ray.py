@@ -60,6 +60,22 @@ def main(address: str) -> None:
           f"get_job_info gives Ray's JobDetails ({info.submission_id}, {info.status})")
     check(any(j.submission_id == job_id for j in client.list_jobs()), "list_jobs lists it")
 
+    with tempfile.TemporaryDirectory() as root:  # py_modules as Ray's client uploads them
+        os.makedirs(os.path.join(root, "wd"))
+        os.makedirs(os.path.join(root, "shipped_mod"))
+        with open(os.path.join(root, "shipped_mod", "__init__.py"), "w") as f:
+            f.write("WHERE = 'py_modules'\n")
+        with open(os.path.join(root, "wd", "main.py"), "w") as f:
+            f.write("import shipped_mod, runtime\nruntime.init()\n@runtime.remote\ndef f():\n"
+                    "    import shipped_mod\n    return shipped_mod.WHERE\n"
+                    "print('module from', runtime.get(f.remote()))\n")
+        mod_job = client.submit_job(entrypoint="python main.py", runtime_env={
+            "working_dir": os.path.join(root, "wd"), "py_modules": [os.path.join(root, "shipped_mod")]})
+    status = wait_status(client, mod_job, {"SUCCEEDED", "FAILED", "STOPPED"})
+    logs = client.get_job_logs(mod_job)
+    check(status == "SUCCEEDED" and "module from py_modules" in logs,
+          f"submit_job with py_modules reaches the job's driver and its tasks: {status}; logs: {logs!r}")
+
     sleeper = client.submit_job(entrypoint="python -c \"import time; print('sleeping', flush=True); time.sleep(120)\"")
     check(wait_status(client, sleeper, {"RUNNING"}) == "RUNNING", "a second job runs")
 

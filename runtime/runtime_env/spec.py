@@ -40,6 +40,8 @@ def validate(env: Any) -> None:
     if not isinstance(env, dict):
         raise TypeError(f"runtime_env must be a dict, got {type(env).__name__}.")
     for key in env:
+        if isinstance(key, str) and key.startswith("_"):
+            continue  # Ray's internal keys (its client adds `_ray_commit`): accepted, unused
         if key in UNSUPPORTED:
             raise ValueError(f"runtime_env key {key!r} is not supported: {UNSUPPORTED[key]}.")
         if key not in KEYS:
