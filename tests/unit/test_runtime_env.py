@@ -89,6 +89,7 @@ def test_pip_forms_and_merging(tmp_path):
     uv = resolve({"uv": {"packages": ["six"], "uv_check": True}}, None, 0)["pip"]
     assert uv["installer"] == "uv" and uv["check"] is True
     assert RuntimeEnv(pip=["six"], env_vars={"B": "2"}) == {"pip": ["six"], "env_vars": {"B": "2"}}
+    validate({"_ray_commit": "abc", "env_vars": {}})  # Ray's client adds internal keys
     # Ray's rule: the task's keys replace the job's, env_vars are merged
     job = {"env_vars": {"A": "1", "B": "1"}, "working_dir": "gcs://_ray_pkg_a.zip"}
     assert merge(job, {"env_vars": {"B": "2"}, "working_dir": "gcs://_ray_pkg_b.zip"}) == {
