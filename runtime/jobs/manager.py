@@ -96,7 +96,7 @@ class JobManager:
         # the cluster runs on (a head started from an unactivated venv has the system's first).
         path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
         renv = msg.get("runtime_env") or {}
-        env = {**os.environ, "PATH": path, **(msg.get("env") or {}), **(renv.get("env_vars") or {}),
+        env = {**os.environ, "PATH": path, **(renv.get("env_vars") or {}),
                "RUNTIME_ADDRESS": self.gcs_address.removeprefix("tcp:"),
                "RUNTIME_JOB_ID": job_id, "RUNTIME_JOB_DIR": jdir, "KERNEL_EXT_NONINTERACTIVE": "1",
                "PYTHONUNBUFFERED": "1"}

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from .packaging import fingerprint
-from .spec import is_package_uri, resolve, validate
+from .spec import is_package_uri, module_path, resolve, validate
 
 _lock = threading.Lock()
 _cache: dict[str, tuple[float, tuple, dict]] = {}  # spec -> (checked at, fingerprint, resolved)
@@ -23,8 +23,8 @@ def _local_paths(env: dict) -> list[str]:
     if wd is not None and not is_package_uri(os.fspath(wd)):
         paths.append(os.path.abspath(os.fspath(wd)))
     for mod in env.get("py_modules") or []:
-        path = getattr(mod, "__file__", None) if not isinstance(mod, (str, os.PathLike)) else os.fspath(mod)
-        if path and not is_package_uri(path):
+        path = module_path(mod)
+        if not is_package_uri(path):
             paths.append(os.path.abspath(path))
     for key in ("pip", "uv"):
         spec = env.get(key)

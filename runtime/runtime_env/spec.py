@@ -131,7 +131,7 @@ def env_hash(resolved: dict) -> str:
     return hashlib.sha1(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16] if resolved else ""
 
 
-def _module_path(mod: Any) -> str:
+def module_path(mod: Any) -> str:
     import types
     if isinstance(mod, types.ModuleType):
         paths = list(getattr(mod, "__path__", []) or [])
@@ -159,24 +159,21 @@ def resolve(env: dict | None, upload: Callable[[str, bytes], None], max_bytes: i
         if is_package_uri(wd):
             out["working_dir"] = wd
         elif wd.endswith(".zip") and os.path.isfile(wd):
-            data = _without_top_directory(wd)
-            out["working_dir"] = _upload(upload, data, hashlib.sha1(data).hexdigest()[:16], ".zip")
+            out["working_dir"] = _upload(upload, _without_top_directory(wd), ".zip")
         else:
-            data, digest = pack(wd, excludes, max_bytes=max_bytes, what="working_dir")
-            out["working_dir"] = _upload(upload, data, digest, ".zip")
+            out["working_dir"] = _upload(upload, pack(wd, excludes, max_bytes=max_bytes, what="working_dir")[0], ".zip")
     mods = []
     for mod in env.get("py_modules") or []:
-        path = _module_path(mod)
+        path = module_path(mod)
         if is_package_uri(path):
             mods.append(path)
         elif path.endswith(".whl") and os.path.isfile(path):
             with open(path, "rb") as f:
-                data = f.read()
-            mods.append(_upload(upload, data, hashlib.sha1(data).hexdigest()[:16], ".whl"))
+                mods.append(_upload(upload, f.read(), ".whl"))
         else:
             prefix = os.path.basename(os.path.normpath(path)) + "/" if os.path.isdir(path) else ""
-            data, digest = pack(path, excludes, prefix=prefix, max_bytes=max_bytes, what="py_modules entry")
-            mods.append(_upload(upload, data, digest, ".zip"))
+            data = pack(path, excludes, prefix=prefix, max_bytes=max_bytes, what="py_modules entry")[0]
+            mods.append(_upload(upload, data, ".zip"))
     if mods:
         out["py_modules"] = mods
     for key in ("pip", "uv"):
@@ -213,7 +210,8 @@ def _without_top_directory(path: str) -> bytes:
         return buf.getvalue()
 
 
-def _upload(upload: Callable[[str, bytes], None], data: bytes, digest: str, suffix: str) -> str:
-    name = f"_ray_pkg_{digest}{suffix}"
+def _upload(upload: Callable[[str, bytes], None], data: bytes, suffix: str) -> str:
+    """Name a package by its content (packaging.pack makes zips deterministic) and upload it."""
+    name = f"_ray_pkg_{hashlib.sha1(data).hexdigest()[:16]}{suffix}"
     upload(name, data)
     return f"gcs://{name}"
