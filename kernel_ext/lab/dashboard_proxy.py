@@ -43,9 +43,10 @@ class DashboardProxyHandler(JupyterHandler):
             return
         query = f"?{self.request.query}" if self.request.query else ""
         try:
+            from runtime.rpc import tls  # a TLS cluster's dashboard wants our certificate too
             response = await httpclient.AsyncHTTPClient().fetch(
-                f"http://{url}/{path}{query}", headers={"Authorization": f"Bearer {token}"},
-                raise_error=False, request_timeout=60)
+                f"{tls.scheme()}://{url}/{path}{query}", headers={"Authorization": f"Bearer {token}"},
+                raise_error=False, request_timeout=60, ssl_options=tls.client_context())
         except OSError as e:
             self.set_status(502)
             self.finish(f"The dashboard at {url} did not answer: {e}")

@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 from ..config import SystemConfig, cluster_address_from_env
+from ..rpc import tls
 from . import api_state, launcher, worker_state
 from .actor import ActorClass, ActorHandle
 from .context import ClusterContext
@@ -135,7 +136,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
                         "metrics_export_port": cw.metrics_export_port}
         dashboard = ((info.get("ops") or {}).get("dashboard") or {}).get("url")
         # As Ray's: HOST:PORT without the scheme.
-        address_info["webui_url"] = dashboard.removeprefix("http://") if dashboard else None
+        address_info["webui_url"] = tls.strip_scheme(dashboard) if dashboard else None
         api_state.context = ClusterContext(address_info, cw.node_id, ns, {})
         api_state.context.dashboard_url = address_info["webui_url"]
         atexit.register(shutdown)

@@ -105,7 +105,8 @@ class ClusterContext:
                 prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/").rstrip("/")
                 href = f"{prefix}/orrery/dashboard/"
             else:
-                href = f"http://{self.dashboard_url}/"
+                from ..rpc import tls
+                href = f"{tls.scheme()}://{self.dashboard_url}/"
             dashboard = f'<a href="{html.escape(href)}" target="_blank">Dashboard</a> · '
         note = (f"<small>{dashboard}Live view: <code>%cluster</code> in a notebook, or the Orrery sidebar in "
                 "JupyterLab.</small>")

@@ -28,6 +28,7 @@ from .._core.ids import TaskID
 from .._core.object_ref import ObjectRef
 from .._core.task_spec import return_ids
 from ..config import SystemConfig
+from ..rpc import tls
 from ..rpc.connection import Connection, connect
 from ..worker.output import LinePrefixer
 from .protocol import pack, unpack
@@ -118,9 +119,9 @@ class ClientWorker:
         try:
             reply, bufs = await self.conn.request({"op": "init", "namespace": namespace, "runtime_env": runtime_env},
                                                   timeout=timeout)
-        except ConnectionError:
-            raise ConnectionLost("the client server closed the connection at once: check the cluster token "
-                                 "(RUNTIME_CLUSTER_TOKEN, the head's SESSION_DIR/token)") from None
+        except ConnectionError as e:
+            raise ConnectionLost(f"the client server closed the connection at once: {e} (the token is "
+                                 "RUNTIME_CLUSTER_TOKEN, the head's SESSION_DIR/token)") from None
         _raise_if_error(reply, bufs)
         for key in ("job_id", "node_id", "namespace", "worker_id", "gcs_address", "session_dir"):
             setattr(self, key, reply[key])
@@ -345,6 +346,8 @@ def connect_client(address: str, namespace: str | None, runtime_env: dict | None
         cw.run_sync(cw.connect(namespace, runtime_env, timeout), timeout=timeout + config.startup_timeout_s)
     except BaseException as e:
         cw.shutdown()
+        if isinstance(e, tls.PeerRefused):
+            raise ConnectionError(f"Could not connect to {address}: {e}") from None
         if isinstance(e, (ConnectionRefusedError, OSError)) and not isinstance(e, ConnectionLost):
             raise ConnectionError(f"Nothing accepts thin clients at {address} ({type(e).__name__}: {e}). Check the "
                                   "address `runtime start --head` printed (its client server port, "

@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from ..node.metrics_export import Families
+from ..rpc import tls
 
 routes = web.RouteTableDef()
 NODE_TIMEOUT_S = 5.0
@@ -49,7 +50,7 @@ async def cluster_metrics(request: web.Request) -> web.Response:
 
 async def _scrape(session: aiohttp.ClientSession, target: str) -> str | None:
     try:
-        async with session.get(f"http://{target}/metrics") as resp:
+        async with session.get(f"{tls.scheme()}://{target}/metrics", ssl=tls.client_context() or True) as resp:
             return await resp.text() if resp.status == 200 else None
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
         return None

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ..rpc import tls
 from ..rpc.connection import connect
 from .manager import TERMINAL
 
@@ -45,9 +46,9 @@ class JobSubmissionClient:
                  cookies: dict | None = None, metadata: dict | None = None, headers: dict | None = None,
                  verify: Any = True, **kwargs: Any) -> None:
         """`create_cluster_if_needed` and `verify` are Ray's and unused (a job server is a running
-        head's; TLS is not served yet). `metadata` is added to every job's; `headers` and
-        `cookies` go with every HTTP request, and RUNTIME_CLUSTER_TOKEN, when set, as the
-        bearer token a dashboard bound beyond loopback requires."""
+        head's; an https dashboard is checked with the RUNTIME_TLS_* settings). `metadata` is
+        added to every job's; `headers` and `cookies` go with every HTTP request, and
+        RUNTIME_CLUSTER_TOKEN, when set, as the bearer token the dashboard may require."""
         from .._core.api import _find_cluster
         from ..config import cluster_address_from_env
         address = address or cluster_address_from_env() or "auto"
@@ -212,6 +213,9 @@ class HttpJobs:
         self.headers = dict(headers)
         if cookies:
             self.headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+        # An https dashboard of a TLS cluster wants our certificate (runtime/rpc/tls.py); without
+        # TLS settings here, the system's authorities check an https server as usual.
+        self.ssl = tls.client_context() if self.base.startswith("https://") else None
 
     def request(self, method: str, path: str, body: Any = None, data: bytes | None = None,
                 raw: bool = False) -> Any:
@@ -224,7 +228,7 @@ class HttpJobs:
             data = json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, method=method, headers=self.headers)
         try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
+            with urllib.request.urlopen(req, timeout=60, context=self.ssl) as resp:
                 raw_bytes = resp.read()
         except urllib.error.HTTPError as e:
             text = e.read().decode(errors="replace")
@@ -271,7 +275,8 @@ class HttpJobs:
     async def tail(self, job_id: str) -> AsyncIterator[str]:
         import aiohttp
         url = self.base.replace("http", "ws", 1) + f"/api/jobs/{job_id}/logs/tail"
-        async with aiohttp.ClientSession(headers=self.headers) as session, session.ws_connect(url) as ws:
+        async with aiohttp.ClientSession(headers=self.headers) as session, \
+                session.ws_connect(url, ssl=self.ssl or True) as ws:
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     yield msg.data

@@ -11,6 +11,11 @@ of one object on one node share one transfer.
 
 Data stream request, fixed 76 bytes: token (32 ASCII hex) | object id (20) | offset (u64) |
 length (u64) | reserved (u64). Reply: u64 length that follows (0: not here), then the bytes.
+
+With TLS on (runtime/rpc/tls.py) a stream is a blocking TLS socket in a thread of its own:
+OpenSSL encrypts and decrypts without the GIL, the receiver decrypts straight into the
+mapping, and the two streams of a large object use two cores. (asyncio's TLS transport
+would run every byte through the event loop's one thread.)
 """
 
 from __future__ import annotations
@@ -21,9 +26,12 @@ import logging
 import mmap
 import os
 import socket
+import ssl
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from typing import Awaitable, Callable
 
+from ..rpc import tls
 from ..rpc.connection import Connection, parse_address
 from .object_store import ObjectStoreManager
 from .shm import object_path
@@ -34,11 +42,16 @@ STREAM_MIN_BYTES = 16 << 20  # objects at least this large come over two streams
 SEAL_WAIT_S = 20.0  # how long a pull waits for an object still being written on its node
 _REQUEST = struct.Struct("<32s20sQQQ")
 _LENGTH = struct.Struct("<Q")
+TLS_IO_TIMEOUT_S = 30.0  # a TLS stream's handshake, request or a send that makes no progress
+_CHUNK = 4 << 20  # bytes per TLS write: big enough for full records, small enough to stay in cache
+# TLS streams run here; a bounded pool, so a flood of connections queues instead of spawning threads.
+_TLS_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tls-stream")
 
 
 class ObjectTransfer:
     def __init__(self, node_id: str, token: str, store: ObjectStoreManager,
-                 peer: Callable[[str], Awaitable[tuple[Connection, str]]]) -> None:
+                 peer: Callable[[str], Awaitable[tuple[Connection, str]]], request_timeout: float = 10.0) -> None:
+        self.request_timeout = request_timeout  # a data stream whose request is not all in by then is closed
         self.node_id = node_id
         self.token = token
         self.store = store
@@ -96,11 +109,17 @@ class ObjectTransfer:
         """One byte range of the object, over its own data stream, into the mapping."""
         loop = asyncio.get_running_loop()
         _kind, (host, port) = parse_address(address)
+        request = _REQUEST.pack(self.token.encode(), oid, offset, length, 0)
+        ctx = tls.client_context()
+        if ctx is not None:
+            await loop.run_in_executor(_TLS_POOL, _receive_tls, ctx, (host, port), request,
+                                       view[offset:offset + length], oid)
+            return
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
             await asyncio.wait_for(loop.sock_connect(sock, (host, port)), 10)
-            await loop.sock_sendall(sock, _REQUEST.pack(self.token.encode(), oid, offset, length, 0))
+            await loop.sock_sendall(sock, request)
             head = await _recv_exactly(loop, sock, _LENGTH.size)
             (n,) = _LENGTH.unpack(head)
             if n != length:
@@ -135,8 +154,13 @@ class ObjectTransfer:
 
     async def _send(self, client: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        ctx = tls.server_context()
+        if ctx is not None:
+            await self._send_tls(ctx, client)
+            return
         try:
-            token, oid, offset, length, _ = _REQUEST.unpack(await _recv_exactly(loop, client, _REQUEST.size))
+            token, oid, offset, length, _ = _REQUEST.unpack(
+                await asyncio.wait_for(_recv_exactly(loop, client, _REQUEST.size), self.request_timeout))
             if not hmac.compare_digest(token, self.token.encode()):
                 logger.warning("closing a data stream: wrong cluster token")
                 return
@@ -157,6 +181,26 @@ class ObjectTransfer:
         finally:
             client.close()
 
+    async def _send_tls(self, ctx: ssl.SSLContext, client: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        conn = None
+        try:
+            client.setblocking(True)
+            client.settimeout(TLS_IO_TIMEOUT_S)
+            conn = await loop.run_in_executor(_TLS_POOL, _accept_tls, ctx, client)
+            request = await loop.run_in_executor(_TLS_POOL, _recv_exactly_blocking, conn, _REQUEST.size)
+            token, oid, offset, length, _ = _REQUEST.unpack(request)
+            if not hmac.compare_digest(token, self.token.encode()):
+                logger.warning("closing a data stream: wrong cluster token")
+                return
+            obj = self.store.objects.get(oid)
+            path = (obj.spilled_path or object_path(self.store.shm_dir, oid)) if obj is not None and obj.sealed else ""
+            await loop.run_in_executor(_TLS_POOL, _send_file_tls, conn, path, offset, length)
+        except (ConnectionError, OSError, struct.error) as e:  # ssl.SSLError is an OSError
+            logger.info("TLS data stream ended early: %s", e)
+        finally:
+            (conn or client).close()
+
     def forget(self, oid: bytes) -> set[str]:
         """The object is freed here: the nodes whose copies must be freed too."""
         return self.copies.pop(oid, set())
@@ -166,6 +210,62 @@ async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n:
     data = bytearray()
     while len(data) < n:
         chunk = await loop.sock_recv(sock, n - len(data))
+        if not chunk:
+            raise ConnectionError("the data stream closed early")
+        data += chunk
+    return bytes(data)
+
+
+def _accept_tls(ctx: ssl.SSLContext, client: socket.socket) -> ssl.SSLSocket:
+    return ctx.wrap_socket(client, server_side=True)
+
+
+def _receive_tls(ctx: ssl.SSLContext, target: tuple, request: bytes, view: memoryview, oid: bytes) -> None:
+    """The receiving end of one TLS stream (a _TLS_POOL thread): decrypts into `view`."""
+    try:
+        with socket.create_connection(target, timeout=TLS_IO_TIMEOUT_S) as raw, ctx.wrap_socket(raw) as sock:
+            sock.sendall(request)
+            (n,) = _LENGTH.unpack(_recv_exactly_blocking(sock, _LENGTH.size))
+            if n != len(view):
+                raise ConnectionError(f"object {oid.hex()[:16]} is no longer on its node (it sent {n} of "
+                                      f"{len(view)} bytes)")
+            got = 0
+            while got < n:
+                k = sock.recv_into(view[got:])
+                if k == 0:
+                    raise ConnectionError(f"the data stream of object {oid.hex()[:16]} closed early")
+                got += k
+    except ssl.SSLError as e:
+        raise tls.wrap_error(f"{target[0]}:{target[1]}", e) from None
+    finally:
+        view.release()
+
+
+def _send_file_tls(sock: ssl.SSLSocket, path: str, offset: int, length: int) -> None:
+    try:
+        f = open(path, "rb") if path else None
+    except OSError:
+        f = None
+    if f is None:
+        sock.sendall(_LENGTH.pack(0))
+        return
+    with f:
+        sock.sendall(_LENGTH.pack(length))
+        if not length:
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            try:
+                for start in range(offset, offset + length, _CHUNK):
+                    sock.sendall(view[start:min(start + _CHUNK, offset + length)])
+            finally:
+                view.release()
+
+
+def _recv_exactly_blocking(sock: socket.socket, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
         if not chunk:
             raise ConnectionError("the data stream closed early")
         data += chunk
