@@ -80,7 +80,9 @@ class _DashboardSource:
 
     def __init__(self, url: str) -> None:
         from ..jobs.client import HttpJobs
-        token = os.environ.get("RUNTIME_CLUSTER_TOKEN")  # a dashboard beyond loopback asks for it
+        from .._core.launcher import dashboard_token
+        # The dashboard may ask for it (beyond loopback, or RUNTIME_DASHBOARD_AUTH=1).
+        token = os.environ.get("RUNTIME_CLUSTER_TOKEN") or dashboard_token(url)
         self.url = url.rstrip("/")
         self.http = HttpJobs(self.url, {"Authorization": f"Bearer {token}"} if token else {}, {})
 

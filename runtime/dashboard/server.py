@@ -7,6 +7,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from .. import owner_pipe
 from .._core.ray_state import ControlStoreClient
+from ..rpc import tls
 from . import jobs_api, metrics_api, state_api, ui
 
 logger = logging.getLogger("runtime.dashboard")
@@ -42,6 +44,10 @@ def token_guard(token: str) -> Any:
     return guard
 
 
+def dashboard_auth_forced() -> bool:
+    return os.environ.get("RUNTIME_DASHBOARD_AUTH", os.environ.get("RAY_DASHBOARD_AUTH", "")).lower() in ("1", "true")
+
+
 def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -64,11 +70,14 @@ async def serve(args: dict) -> None:
     with open(args["token_file"]) as f:
         token = f.read().strip()
     sock = socket.socket(fileno=args["fd"])
-    guarded = not is_loopback(sock.getsockname()[0])
+    # Beyond loopback always; on loopback too when asked (RUNTIME_DASHBOARD_AUTH=1): other users
+    # of this machine then cannot submit jobs (run code) as the cluster's user.
+    guarded = not is_loopback(sock.getsockname()[0]) or dashboard_auth_forced()
     app = make_app(args["session_dir"], ControlStoreClient(args["gcs_address"], token), token if guarded else None)
-    runner = web.AppRunner(app, access_log=None)
+    # An idle connection (no request yet, or headers sent slowly) is closed after hello_timeout_s.
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=args.get("hello_timeout_s", 10.0))
     await runner.setup()
-    await web.SockSite(runner, sock).start()
+    await web.SockSite(runner, sock, ssl_context=tls.server_context()).start()  # HTTPS under TLS
     logger.info("dashboard serving on %s", sock.getsockname())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -56,7 +56,8 @@ class JobSubmissionClient:
         self._http: HttpJobs | None = None
         if address.startswith(("http://", "https://")):
             headers = dict(headers or {})
-            token = os.environ.get("RUNTIME_CLUSTER_TOKEN")
+            from .._core.launcher import dashboard_token
+            token = os.environ.get("RUNTIME_CLUSTER_TOKEN") or dashboard_token(address)
             if token and not any(k.lower() == "authorization" for k in headers):
                 headers["Authorization"] = f"Bearer {token}"  # a dashboard beyond loopback asks for it
             self._http = HttpJobs(address, headers, cookies or {})

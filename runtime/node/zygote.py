@@ -78,7 +78,12 @@ def _zygote_main(sock: socket.socket, worker_args: dict) -> None:
                 if set(ctx.get("shadows") or ()) & set(sys.modules):
                     # The pip layer brings its own version of a module this process has already
                     # imported: only a fresh interpreter can load the layer's.
-                    os.execv(sys.executable, [sys.executable, "-c", _FRESH_WORKER, json.dumps(args)])
+                    # Its arguments (the token among them) go through a pipe: argv is public in `ps`.
+                    r, w = os.pipe()
+                    os.write(w, json.dumps(args).encode())  # far below a pipe's buffer
+                    os.close(w)
+                    os.set_inheritable(r, True)
+                    os.execv(sys.executable, [sys.executable, "-c", _FRESH_WORKER, str(r)])
                 worker_main.run_worker(args, ctx.get("runtime_env") or {})
             finally:
                 os._exit(0)
@@ -87,7 +92,8 @@ def _zygote_main(sock: socket.socket, worker_args: dict) -> None:
 
 
 _FRESH_WORKER = ("import json, os, sys; from runtime.worker import main; "
-                 "main.run_worker(json.loads(sys.argv[1]), json.loads(os.environ.get('RUNTIME_WORKER_RUNTIME_ENV', '{}')))")
+                 "args = json.loads(os.fdopen(int(sys.argv[1]), 'rb').read()); "
+                 "main.run_worker(args, json.loads(os.environ.get('RUNTIME_WORKER_RUNTIME_ENV', '{}')))")
 
 
 def enter_runtime_env(ctx: dict) -> None:

@@ -15,9 +15,11 @@ import logging
 import os
 import pickle
 import socket
+import ssl
 import threading
 from typing import Any, Callable
 
+from . import tls
 from .framing import FrameDecoder, FrameError, encode
 
 logger = logging.getLogger(__name__)
@@ -25,6 +27,9 @@ logger = logging.getLogger(__name__)
 Handler = Callable[["Connection", dict, list], Any]
 # Called with (reply, buffers, None) or (None, None, error) when a request_cb is answered.
 ReplyCallback = Callable[[Any, Any, "BaseException | None"], None]
+
+# The most an unauthenticated peer may send before its hello is complete (a hello is < 1 KiB).
+MAX_HELLO_BYTES = 64 * 1024
 
 # Returned by a handler that will send its reply later itself (`conn.reply_threadsafe(call_id, ...)`).
 DEFERRED = object()
@@ -36,6 +41,10 @@ class RpcError(Exception):
 
 class ConnectionClosed(ConnectionError):
     pass
+
+
+class RefusedClosed(ConnectionClosed, tls.PeerRefused):
+    """Closed by a TCP server before it sent a word: it refused our hello (see tls.wrap_error)."""
 
 
 def parse_address(address: str) -> tuple[str, Any]:
@@ -54,16 +63,23 @@ class Connection(asyncio.Protocol):
     """A framed, authenticated, bidirectional RPC connection."""
 
     def __init__(self, handlers: dict[str, Handler], token: str, *, server_side: bool,
-                 on_close: Callable[[Connection], None] | None = None, name: str = "") -> None:
+                 on_close: Callable[[Connection], None] | None = None, name: str = "",
+                 hello_timeout: float | None = None) -> None:
         self.handlers = handlers
         self.token = token
         self.server_side = server_side
         self.authenticated = not server_side
         self.on_close = on_close
+        self.hello_timeout = hello_timeout  # server side: seconds a peer has to authenticate
+        self._hello_timer: asyncio.TimerHandle | None = None
         self.name = name
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.peer_info: dict[str, Any] = {}  # what the peer said about itself in hello
+        self.answered = server_side  # a client's peer has sent a frame (else a close is explained)
+        self.close_reason = ""
+        self.peer_address = ""  # what connect() dialled
+        self._tcp = False
         self._decoder = FrameDecoder()
         self._pending: dict[int, asyncio.Future | ReplyCallback] = {}
         self._ids = itertools.count(1)  # next() is atomic: any thread may number a request
@@ -81,11 +97,21 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            self._fd = sock.fileno()
+            # Writes from other threads go straight to the socket, except under TLS, where
+            # only the transport can encrypt them.
+            self._fd = sock.fileno() if transport.get_extra_info("sslcontext") is None else -1
             if sock.family in (socket.AF_INET, socket.AF_INET6):
+                self._tcp = True
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.server_side and self.hello_timeout:  # idle, or sending its hello byte by byte: closed
+            self._hello_timer = self._loop.call_later(self.hello_timeout, self._hello_expired)
 
     def data_received(self, data: bytes) -> None:
+        self.answered = True
+        if not self.authenticated and self._decoder.pending_bytes == 0 and _not_a_hello(data):
+            self.abort("a TLS client connected, but this server does not use TLS (RUNTIME_USE_TLS is off here)"
+                       if data[:2] == b"\x16\x03" else "unauthenticated: the first frame is too large for a hello")
+            return
         try:
             messages = self._decoder.feed(data)
         except FrameError as e:
@@ -99,18 +125,37 @@ class Connection(asyncio.Protocol):
                     self.abort("unauthenticated: first frame was not a hello with the cluster token")
                     return
                 self.authenticated = True
+                if self._hello_timer is not None:
+                    self._hello_timer.cancel()
                 self.peer_info = msg.get("info") or {}
+                if not isinstance(self.peer_info, dict):
+                    self.peer_info = {}
+                    self.abort("malformed hello: its info is not a map")
+                    return
                 h = self.handlers.get("hello")
                 if h is not None:
                     h(self, msg, bufs)
                 continue
             self._dispatch(msg, bufs)
+        if not self.authenticated and self._decoder.pending_bytes > MAX_HELLO_BYTES:
+            self.abort(f"unauthenticated: a first frame of over {MAX_HELLO_BYTES} bytes")
+
+    def _hello_expired(self) -> None:
+        if not self.authenticated and not self.closed:
+            self.abort(f"unauthenticated: no hello with the cluster token within {self.hello_timeout:g} s")
 
     def connection_lost(self, exc: Exception | None) -> None:
         with self._wlock:  # the socket is closed after this returns: no direct write may follow
             self.closed = True
             pending, self._pending = self._pending, {}
-        err = ConnectionClosed(f"connection {self.name} closed" + (f": {exc}" if exc else ""))
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        if not self.answered and self._tcp:
+            # Closed by a server that never said a word: our hello was refused (TLS on there
+            # and not here, or a wrong token). Say so instead of a bare "closed".
+            self.close_reason = str(tls.wrap_error(self.peer_address or self.name, exc or EOFError("end of stream")))
+        err = (RefusedClosed(self.close_reason) if self.close_reason else
+               ConnectionClosed(f"connection {self.name} closed" + (f": {exc}" if exc else "")))
         for fut in pending.values():
             if isinstance(fut, asyncio.Future):
                 if not fut.done():
@@ -202,6 +247,8 @@ class Connection(asyncio.Protocol):
     def send(self, msg: dict, bufs: list | tuple = ()) -> None:
         """Queue a frame (loop thread only); frames queued in one loop turn go out in one write."""
         if self.closed:
+            if self.close_reason:
+                raise RefusedClosed(self.close_reason)
             raise ConnectionClosed(f"connection {self.name} is closed")
         data = encode(msg, bufs)
         with self._wlock:
@@ -221,7 +268,7 @@ class Connection(asyncio.Protocol):
 
     def _write_threadsafe(self, data: list) -> None:
         # Caller holds _wlock. Write directly only when nothing is waiting to go out first.
-        if not (self._out or self._flush_scheduled or self.transport.get_write_buffer_size()):
+        if self._fd >= 0 and not (self._out or self._flush_scheduled or self.transport.get_write_buffer_size()):
             data = _write_some(self._fd, data)
             if not data:
                 return
@@ -320,6 +367,12 @@ def _write_some(fd: int, pieces: list) -> list:
     return []
 
 
+def _not_a_hello(first: bytes) -> bool:
+    """The first bytes of a connection declare a frame no hello could be: a TLS ClientHello
+    (0x16 0x03 ... reads as a length over 66 KB) or an HTTP request, say."""
+    return len(first) >= 4 and int.from_bytes(first[:4], "little") > MAX_HELLO_BYTES
+
+
 def _remote_error(msg: dict, bufs: list) -> BaseException:
     if bufs:
         try:
@@ -332,16 +385,21 @@ def _remote_error(msg: dict, bufs: list) -> BaseException:
 
 
 async def serve(address_sock: socket.socket, handlers: dict[str, Handler], token: str, *,
-                on_close: Callable[[Connection], None] | None = None, name: str = "") -> asyncio.AbstractServer:
-    """Serve on an already-bound listening socket (Unix or TCP)."""
+                on_close: Callable[[Connection], None] | None = None, name: str = "",
+                hello_timeout: float | None = None) -> asyncio.AbstractServer:
+    """Serve on an already-bound listening socket (Unix or TCP). `hello_timeout`: a connection
+    that has not authenticated after that many seconds is closed."""
     loop = asyncio.get_running_loop()
 
     def factory() -> Connection:
-        return Connection(handlers, token, server_side=True, on_close=on_close, name=name)
+        return Connection(handlers, token, server_side=True, on_close=on_close, name=name,
+                          hello_timeout=hello_timeout)
 
     if address_sock.family == socket.AF_UNIX:
         return await loop.create_unix_server(factory, sock=address_sock)
-    return await loop.create_server(factory, sock=address_sock)
+    ctx = tls.server_context()
+    return await loop.create_server(factory, sock=address_sock, ssl=ctx,
+                                    ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT_S if ctx else None)
 
 
 async def connect(address: str, handlers: dict[str, Handler], token: str, *, info: dict | None = None,
@@ -357,11 +415,17 @@ async def connect(address: str, handlers: dict[str, Handler], token: str, *, inf
     async def _open() -> Connection:
         if kind == "unix":
             _, conn = await loop.create_unix_connection(factory, target)
-        else:
-            _, conn = await loop.create_connection(factory, target[0], target[1])
+            return conn
+        ctx = tls.client_context()
+        try:
+            _, conn = await loop.create_connection(factory, target[0], target[1], ssl=ctx,
+                                                   ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT_S if ctx else None)
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as e:
+            raise tls.wrap_error(address, e) from None
         return conn
 
     conn = await asyncio.wait_for(_open(), timeout)
+    conn.peer_address = address.removeprefix("tcp:")
     conn.send({"op": "hello", "token": token, "info": info or {}})
     return conn
 
