@@ -43,6 +43,7 @@ from .ids import ObjectID
 from .memory_store import ERROR, INLINE, PENDING, SHM, MemoryStore
 from .metrics_registry import registry as metrics_registry
 from .object_ref import ObjectRef
+from .private_files import make_private_dir
 from .reference_table import RefEntry, ReferenceTable
 from . import task_events as te
 from .task_spec import TaskSpec, return_ids
@@ -132,11 +133,14 @@ class CoreWorker:
         self.metrics_export_port: int | None = None  # of its node manager (init() returns it)
         self.pid = os.getpid()
         sock_dir = sock_dir or os.path.join(session_dir, "sockets")  # short: unix paths max ~107 bytes
-        os.makedirs(sock_dir, exist_ok=True)
+        make_private_dir(sock_dir)
         # Processes on other nodes connect here (to fetch objects, borrow, call actors): a unix socket
         # when every node is on this machine's loopback, else TCP on the node's own address.
-        self._listen_sock = (bind_socket("unix:" + os.path.join(sock_dir, f"{mode[0]}-{worker_id[:12]}.sock"))
+        sock_path = os.path.join(sock_dir, f"{mode[0]}-{worker_id[:12]}.sock")
+        self._listen_sock = (bind_socket("unix:" + sock_path)
                              if node_ip in ("127.0.0.1", "localhost") else bind_socket(f"tcp:{node_ip}:0"))
+        if node_ip in ("127.0.0.1", "localhost"):
+            os.chmod(sock_path, 0o600)  # bound with this process's umask (a driver's is the user's)
         self.address = socket_address(self._listen_sock)
         self.store = MemoryStore()
         self.refs = ReferenceTable(self.address, self._on_release, self._on_new_borrow)

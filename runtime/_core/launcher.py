@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 
 from . import machine
+from .private_files import PRIVATE_UMASK, make_private_dir, open_private, user_umask, write_private_file
 
 from ..config import SystemConfig
 from ..rpc.connection import bind_socket, socket_address
@@ -97,17 +98,15 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
         raise ValueError(f"object_store_memory must be a positive number of bytes, got {object_store_memory!r}.")
     session_name = f"session_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{secrets.token_hex(3)}"
     session_dir = os.path.join(cluster_root(), session_name)
+    make_private_dir(cluster_root(), parents=True)  # 0700 each, whatever the umask (private_files.py)
     if temp_dir:
         session_dir = os.path.join(os.path.abspath(temp_dir), session_name)
-        os.makedirs(cluster_root(), exist_ok=True)
-        os.makedirs(session_dir)
+        make_private_dir(session_dir, parents=True)
         os.symlink(session_dir, os.path.join(cluster_root(), session_name))
-    os.makedirs(os.path.join(session_dir, "logs"), exist_ok=True)
+    make_private_dir(session_dir)
+    make_private_dir(os.path.join(session_dir, "logs"))
     token = token or secrets.token_hex(16)
-    token_file = os.path.join(session_dir, "token")
-    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.write(fd, token.encode())
-    os.close(fd)
+    write_private_file(os.path.join(session_dir, "token"), token)
     ops = dict(ops or {})
     bound: list = []  # the caller may try another port: a failed bind leaves nothing bound or made
     try:
@@ -197,7 +196,8 @@ def _start_gcs(cluster: ClusterProcesses, sock: Any, client_sock: Any = None, da
                 "dashboard_fd": dashboard_sock.fileno() if dashboard_sock is not None else None,
                 # The machine's cluster (`runtime start --head`) also writes Prometheus's service
                 # discovery file where Ray's is, at the top of the temp directory.
-                "discovery_root": cluster_root() if cluster.owner_read_fd is None else None}
+                "discovery_root": cluster_root() if cluster.owner_read_fd is None else None,
+                "user_umask": user_umask()}  # job entrypoints get it back (the daemons run with 077)
     keep = [sock.fileno()] + [s.fileno() for s in (client_sock, dashboard_sock) if s is not None]
     cluster.procs["gcs"] = _spawn(cluster, "gcs", "runtime.gcs", gcs_args, keep)
     for s in (sock, client_sock, dashboard_sock):
@@ -247,10 +247,11 @@ def add_node(cluster: ClusterProcesses, *, num_cpus: float | None = None, num_gp
     sock_dir = os.path.join(cluster.session_dir, "sockets" if first else f"sockets-{node_id[:8]}")
     if len(sock_dir) > 60:
         sock_dir = tempfile.mkdtemp(prefix="orrery-", dir="/tmp")
-    os.makedirs(sock_dir, exist_ok=True)
+    make_private_dir(sock_dir)
     shm_root = "/dev/shm" if os.path.isdir("/dev/shm") else cluster.session_dir
     shm_dir = os.path.join(shm_root, f"orrery-{cluster.session_name[-6:]}-{node_id[:8]}")
     nm_unix = bind_socket("unix:" + os.path.join(sock_dir, "node.sock"))
+    os.chmod(os.path.join(sock_dir, "node.sock"), 0o600)  # bound with this process's umask
     nm_tcp = bind_socket(f"tcp:{node_ip}:0")
     metrics_port = metrics_sock.getsockname()[1]
     nm_args = {"unix_fd": nm_unix.fileno(), "tcp_fd": nm_tcp.fileno(), "owner_fd": cluster.owner_read_fd,
@@ -261,7 +262,7 @@ def add_node(cluster: ClusterProcesses, *, num_cpus: float | None = None, num_gp
                "num_cpus": res["num_cpus"], "num_gpus": res["num_gpus"], "memory": res["memory"],
                "object_store_memory": res["object_store_memory"], "resources": resources or {},
                "shm_dir": shm_dir, "system_config": cluster.config.to_json(), "node_ip": node_ip,
-               "labels": {str(k): str(v) for k, v in (labels or {}).items()}}
+               "labels": {str(k): str(v) for k, v in (labels or {}).items()}, "user_umask": user_umask()}
     name = "node" if first else f"node-{node_id[:8]}"
     proc = _spawn(cluster, name, "runtime.node", nm_args, [nm_unix.fileno(), nm_tcp.fileno(), metrics_sock.fileno()])
     cluster.procs[name] = proc
@@ -288,14 +289,15 @@ def _spawn(cluster: ClusterProcesses, name: str, module: str, args: dict, keep_f
     env = dict(os.environ)
     env["ORRERY_SESSION"] = cluster.session_name
     env.setdefault("PYTHONUNBUFFERED", "1")
-    log = open(os.path.join(cluster.session_dir, "logs", f"{name}.log"), "ab")
+    log = open_private(os.path.join(cluster.session_dir, "logs", f"{name}.log"), "ab")
     pass_fds = keep_fds + ([cluster.owner_read_fd] if cluster.owner_read_fd is not None else [])
     try:
         # Own session even when embedded: an interrupt sent to the driver's process group (Ctrl-C,
-        # a Jupyter kernel interrupt) must reach the driver only, not kill its cluster.
+        # a Jupyter kernel interrupt) must reach the driver only, not kill its cluster. Umask 077:
+        # what the daemons and their tools write is the cluster user's only (private_files.py).
         return subprocess.Popen([sys.executable, "-m", module, json.dumps(args)], stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds, env=env,
-                                start_new_session=True, close_fds=True)
+                                start_new_session=True, close_fds=True, umask=PRIVATE_UMASK)
     finally:
         log.close()
 
@@ -315,10 +317,10 @@ def remote_cluster_info(address: str, token: str) -> dict:
     sockets, spilled objects) and the head's address and token."""
     session_name = f"node_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{secrets.token_hex(3)}"
     session_dir = os.path.join(cluster_root(), session_name)
-    os.makedirs(os.path.join(session_dir, "logs"), exist_ok=True)
-    fd = os.open(os.path.join(session_dir, "token"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.write(fd, token.encode())
-    os.close(fd)
+    make_private_dir(cluster_root(), parents=True)
+    make_private_dir(session_dir)
+    make_private_dir(os.path.join(session_dir, "logs"))
+    write_private_file(os.path.join(session_dir, "token"), token)
     return {"session_dir": session_dir, "session_name": session_name, "token": token,
             "gcs_address": "tcp:" + address.removeprefix("tcp:"), "node_address": ""}
 
@@ -351,11 +353,7 @@ def gcs_request(gcs_address: str, token: str, msg: dict, timeout: float = 10) ->
 
 def _write_private_json(path: str, data: dict) -> None:
     """Written whole (rename) and readable only by this user: it holds the cluster's token."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    write_private_file(path, json.dumps(data, indent=2))
 
 
 def _gcs_alive(info: dict) -> bool:
@@ -436,7 +434,7 @@ def cleanup_node_dirs(node: dict) -> None:
 
 def write_current_cluster(cluster: ClusterProcesses) -> str:
     path = current_cluster_file()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    make_private_dir(os.path.dirname(path), parents=True)
     _write_private_json(path, cluster.info())
     return path
 
@@ -462,11 +460,11 @@ def write_current_cluster_info(info: dict) -> None:
 def start_monitor(cluster: ClusterProcesses, config_path: str) -> None:
     """The autoscaler's monitor (runtime/autoscaler/monitor.py), next to the control store."""
     args = ["--config", config_path, "--cluster-info", os.path.join(cluster.session_dir, "cluster.json")]
-    log = open(os.path.join(cluster.session_dir, "logs", "autoscaler.log"), "ab")
+    log = open_private(os.path.join(cluster.session_dir, "logs", "autoscaler.log"), "ab")
     try:
         cluster.procs["monitor"] = subprocess.Popen(
             [sys.executable, "-m", "runtime.autoscaler.monitor", *args], stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, umask=PRIVATE_UMASK)
     finally:
         log.close()
 

@@ -9,6 +9,8 @@ import os
 import re
 import time
 
+from .._core.private_files import make_private_dir, write_private_file
+
 _NAME = re.compile(r"^_ray_pkg_[0-9a-f]{8,40}\.(zip|whl)$|^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}\.(zip|whl)$")
 
 
@@ -39,11 +41,8 @@ class PackageStore:
 
     def put(self, name: str, data: bytes) -> None:
         path = self.path(name)
-        os.makedirs(self.root, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        make_private_dir(self.root)
+        write_private_file(path, data)  # whole (renamed into place), 0600
 
     def get(self, name: str) -> bytes:
         path = self.path(name)

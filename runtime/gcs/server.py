@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import owner_pipe
+from .._core.private_files import write_private_file
 from ..config import SystemConfig
 from ..jobs.manager import JobManager
 from ..node.runtime_env_agent import RuntimeEnvAgent
@@ -184,7 +185,8 @@ class ControlStore:
         host, port = sock.getsockname()[:2]
         self.job_manager = JobManager(self.args["session_dir"], f"{host}:{port}", persist=self.persist.submitted_job,
                                       recovered=self._recovered_jobs, forget=self.persist.submitted_job_deleted,
-                                      reserve=self._reserve_for_job, runtime_envs=self.job_envs)
+                                      reserve=self._reserve_for_job, runtime_envs=self.job_envs,
+                                      entrypoint_umask=self.args.get("user_umask"))
         server = await serve(sock, self.handlers, self.token, on_close=self.on_conn_closed, name="gcs")
         self.client_server = None
         if self.args.get("client_fd") is not None:  # thin clients (client://), see runtime/client
@@ -330,9 +332,7 @@ class ControlStore:
                 continue
             path = os.path.join(folder, "prom_metrics_service_discovery.json")
             try:
-                with open(path + ".tmp", "w") as f:
-                    json.dump([{"labels": {"job": "ray"}, "targets": targets}], f)
-                os.replace(path + ".tmp", path)
+                write_private_file(path, json.dumps([{"labels": {"job": "ray"}, "targets": targets}]))
             except OSError as e:
                 logger.warning("could not write %s: %s", path, e)
 

@@ -25,18 +25,21 @@ import sys
 import time
 from typing import Any
 
+from .._core.private_files import make_private_dir, open_private
+
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 class JobManager:
     def __init__(self, session_dir: str, gcs_address: str, persist: Any = None,
                  recovered: dict[str, dict] | None = None, forget: Any = None, reserve: Any = None,
-                 runtime_envs: Any = None) -> None:
+                 runtime_envs: Any = None, entrypoint_umask: int | None = None) -> None:
         """`reserve(job_id, demand)`: an async function that holds `demand` (Ray's entrypoint
         resources) for the job and returns an async release function; the control store's
         placement groups (server.py). Without it entrypoint resources are refused.
         `runtime_envs`: a RuntimeEnvAgent (runtime/node/runtime_env_agent.py) that makes a job's
-        runtime_env ready on the head for its entrypoint."""
+        runtime_env ready on the head for its entrypoint. `entrypoint_umask`: the umask the
+        entrypoints run with (the user's: the control store's own is 077); None: this process's."""
         self.root = os.path.join(session_dir, "jobs")
         self.gcs_address = gcs_address
         self.persist = persist or (lambda job: None)  # called with a job whenever it changes
@@ -45,6 +48,7 @@ class JobManager:
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.reserve = reserve
         self.runtime_envs = runtime_envs
+        self.entrypoint_umask = -1 if entrypoint_umask is None else entrypoint_umask  # Popen's "unchanged"
         self.releases: dict[str, Any] = {}  # job id -> release of its entrypoint resources
         self.waiting: dict[str, asyncio.Task] = {}  # jobs waiting for their entrypoint resources
         for job_id, job in self.jobs.items():  # running when the previous control store died
@@ -63,6 +67,8 @@ class JobManager:
 
     async def submit(self, msg: dict, bufs: list) -> dict:
         job_id = msg["submission_id"] = msg.get("submission_id") or f"job_{secrets.token_hex(6)}"
+        if not isinstance(job_id, str) or os.path.basename(job_id) != job_id or job_id in (".", ".."):
+            raise ValueError(f"A submission id is a plain name (it names the job's directory), not {job_id!r}.")
         if job_id in self.jobs:
             raise ValueError(f"A job with submission id {job_id!r} already exists; pick another id.")
         demand = entrypoint_demand(msg)
@@ -78,11 +84,12 @@ class JobManager:
         if not isinstance(entrypoint, str) or not entrypoint.strip():
             raise ValueError("A job needs an entrypoint: a shell command such as 'python script.py'.")
         jdir = self.job_dir(job_id)
-        os.makedirs(jdir)
+        make_private_dir(self.root)
+        os.mkdir(jdir, 0o700)  # fails if it exists
         for name, data in zip(msg.get("files", []), bufs):  # e.g. the notebook, shipped by the client
             if os.path.basename(name) != name:
                 raise ValueError(f"Job file names must be plain names, not paths: {name!r}.")
-            with open(os.path.join(jdir, name), "wb") as f:
+            with open_private(os.path.join(jdir, name), "wb") as f:
                 f.write(data)
         cwd = msg.get("working_dir") or jdir
         if not os.path.isdir(cwd):
@@ -152,13 +159,15 @@ class JobManager:
     async def _start(self, job_id: str, entrypoint: str, cwd: str, env: dict) -> None:
         job = self.jobs[job_id]
         jdir = job["job_dir"]
-        log = open(job["log_path"], "ab")
+        log = open_private(job["log_path"], "ab")
         exit_file = shlex.quote(os.path.join(jdir, "exit_code"))
+        # The entrypoint runs with the user's umask: the shell's `>` keeps this file's mode, 0600.
+        open_private(os.path.join(jdir, "exit_code"), "wb").close()
         try:
             proc = await asyncio.create_subprocess_shell(f"{entrypoint}\nprintf %s $? > {exit_file}",
                                                          stdin=asyncio.subprocess.DEVNULL, stdout=log,
                                                          stderr=asyncio.subprocess.STDOUT, cwd=cwd, env=env,
-                                                         start_new_session=True)
+                                                         start_new_session=True, umask=self.entrypoint_umask)
         except OSError as e:
             job.update(status="FAILED", message=f"could not start the entrypoint: {e}", end_time=time.time())
             self.persist(job)

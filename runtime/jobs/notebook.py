@@ -61,6 +61,16 @@ def output_text(output: Any) -> str:
     return ""
 
 
+def _open_output(path: str) -> Any:
+    """A file this runner writes: as a job's (in RUNTIME_JOB_DIR, in the session directory) it is
+    the cluster user's only, 0600; else as open(path, "w") makes it."""
+    job_dir = os.environ.get("RUNTIME_JOB_DIR")
+    if job_dir and os.path.dirname(os.path.abspath(path)) == os.path.abspath(job_dir):
+        from .._core.private_files import open_private
+        return open_private(path, "w", encoding="utf-8")
+    return open(path, "w", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     import nbformat
     from nbclient import NotebookClient
@@ -101,12 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         err = next((o for o in nb.cells[index].outputs if o.get("output_type") == "error"), {}) if index is not None else {}
         message = (f"cell {n} (In[{nb.cells[index].get('execution_count') if index is not None else '?'}]) failed: "
                    f"{err.get('ename', 'Error')}: {err.get('evalue', first)}")
-        with open(failure_file, "w") as f:
+        with _open_output(failure_file) as f:
             f.write(message + "\n")
         print(f"[notebook] {message}", flush=True)
         code = 1
     finally:
-        nbformat.write(nb, args.output)
+        with _open_output(args.output) as f:
+            nbformat.write(nb, f)
     print(f"[notebook] executed notebook written to {args.output}", flush=True)
     return code
 

@@ -25,6 +25,7 @@ import psutil
 
 from .. import config as config_mod
 from .. import owner_pipe
+from .._core.private_files import make_private_dir
 from ..exceptions import RuntimeEnvSetupError
 from ..rpc.connection import Connection, bind_socket, connect, serve, socket_address
 from ..runtime_env.spec import env_hash
@@ -90,7 +91,7 @@ class NodeDaemon:
         self.pool = ResourcePool(total)
         self.leases = LeaseQueue(self.pool)
         self.shm_dir = args["shm_dir"]
-        os.makedirs(self.shm_dir, exist_ok=True)
+        make_private_dir(self.shm_dir)  # 0700; the object files in it are 0600 (shm.py)
         spill_root = self.config.object_spilling_directory or os.path.join(self.session_dir, "spill")
         self.store = ObjectStoreManager(self.shm_dir, os.path.join(spill_root, f"orrery-spill-{self.node_id[:12]}"),
                                         int(args["object_store_memory"]))
@@ -796,6 +797,7 @@ def main() -> None:
                    "shm_dir": args["shm_dir"], "session_dir": args["session_dir"],
                    "gcs_address": args["gcs_address"], "system_config": args["system_config"],
                    "node_ip": args["node_ip"], "sock_dir": os.path.dirname(args["unix_address"][5:]),
+                   "user_umask": args.get("user_umask"),  # given back to workers before user code runs
                    "_close_fds": [args["unix_fd"], args["tcp_fd"], args.get("owner_fd"), args.get("metrics_fd")]}
     zygote_pid, zygote_sock = start_zygote(worker_args)
     daemon = NodeDaemon(args)

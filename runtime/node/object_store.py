@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from .._core.private_files import copy_private, make_private_dir
 from ..exceptions import ObjectStoreFullError
 from .shm import REUSE_MIN_BYTES, object_path, try_lock_unmapped
 
@@ -156,10 +157,10 @@ class ObjectStoreManager:
                 "object_store_memory.")
 
     def _spill(self, obj: StoredObject) -> None:
-        os.makedirs(self.spill_dir, exist_ok=True)
+        make_private_dir(self.spill_dir, parents=True)  # 0700, its files 0600: the cluster user's only
         src = object_path(self.shm_dir, obj.object_id)
         dst = os.path.join(self.spill_dir, obj.object_id.hex())
-        shutil.copyfile(src, dst)
+        copy_private(src, dst)
         os.unlink(src)  # readers that mapped it keep their mapping
         obj.spilled_path = dst
         self.used -= obj.size
@@ -175,7 +176,7 @@ class ObjectStoreManager:
             return True
         self._make_room(obj.size)
         dst = object_path(self.shm_dir, object_id)
-        shutil.copyfile(obj.spilled_path, dst + ".tmp")
+        copy_private(obj.spilled_path, dst + ".tmp")
         os.rename(dst + ".tmp", dst)
         os.unlink(obj.spilled_path)
         obj.spilled_path = ""

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from .._core.private_files import make_private_dir, make_pycache_dirs, make_tree_private, open_private
 from ..exceptions import RuntimeEnvSetupError
 from ..runtime_env.packaging import unpack
 from ..runtime_env.spec import env_hash
@@ -168,7 +169,7 @@ class RuntimeEnvAgent:
         target = os.path.join(self.root, "packages", name.rsplit(".", 1)[0])
         if not os.path.isdir(target):  # left by an earlier worker start of this node
             data = await self.fetch(name)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+            make_private_dir(os.path.dirname(target), parents=True)
             await asyncio.to_thread(unpack, data, target)
         return target, uri
 
@@ -177,11 +178,11 @@ class RuntimeEnvAgent:
         log_path = target + ".log"
         if os.path.exists(os.path.join(target, ".orrery-layer.json")):
             return target, " ".join(spec["packages"])
-        os.makedirs(os.path.dirname(target), exist_ok=True)
+        make_private_dir(os.path.dirname(target), parents=True)
         tmp = f"{target}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        with open(log_path, "ab") as log:
+        make_private_dir(tmp)
+        with open_private(log_path, "ab") as log:
             log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} installing {spec}\n".encode())
             try:
                 await self._run_installer(spec, tmp, log)
@@ -191,8 +192,10 @@ class RuntimeEnvAgent:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-        with open(os.path.join(tmp, ".orrery-layer.json"), "w") as f:
+        with open_private(os.path.join(tmp, ".orrery-layer.json"), "w") as f:
             json.dump({"spec": spec, "modules": _top_level_modules(tmp), "installed_at": time.time()}, f)
+        make_pycache_dirs(tmp)  # workers run with the user's umask: their byte-code caches go in these
+        make_tree_private(tmp)  # the installer's modes (a wheel's, uv's) are the cluster user's only
         os.replace(tmp, target)
         return target, " ".join(spec["packages"])
 

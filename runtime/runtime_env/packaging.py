@@ -16,6 +16,8 @@ from typing import Iterable
 
 import pathspec
 
+from .._core.private_files import make_pycache_dirs, make_tree_private
+
 # Never worth shipping: byte-code caches and version-control metadata (Ray skips .git too).
 ALWAYS_EXCLUDED = [".git/", "__pycache__/", "*.pyc", ".ipynb_checkpoints/"]
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
@@ -109,6 +111,8 @@ def unpack(data: bytes, target: str) -> None:
             mode = info.external_attr >> 16
             if mode and not info.is_dir():
                 os.chmod(os.path.join(tmp, info.filename), stat.S_IMODE(mode))
+        make_pycache_dirs(tmp)  # so that workers, which run with the user's umask, write private ones
+        make_tree_private(tmp)  # the owner's bits only: it lives in the session directory
     try:
         os.replace(tmp, target)
     except OSError:  # another process unpacked it first

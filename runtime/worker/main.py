@@ -9,6 +9,7 @@ import sys
 from ..config import SystemConfig
 from .._core import api_state, worker_state
 from .._core.core_worker import CoreWorker
+from .._core.private_files import make_private_dir
 from . import output
 from .executor import Executor
 
@@ -17,8 +18,7 @@ def run_worker(args: dict, runtime_env: dict | None = None) -> None:
     """`runtime_env`: the resolved environment this worker was started in; the tasks and actors
     it submits inherit it, as in Ray."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s worker: %(message)s")
-    log_dir = os.path.join(args["session_dir"], "logs")
-    os.makedirs(log_dir, exist_ok=True)
+    log_dir = make_private_dir(os.path.join(args["session_dir"], "logs"))
     config = SystemConfig.from_json(args["system_config"])
     cw = CoreWorker(mode="worker", worker_id=args["worker_id"], token=args["token"],
                     session_dir=args["session_dir"], node_address=args["node_address"],
@@ -33,4 +33,8 @@ def run_worker(args: dict, runtime_env: dict | None = None) -> None:
     cw.run_sync(cw.connect_cluster("worker"), timeout=config.startup_timeout_s)
     sys.stdout.flush()
     output.install(os.path.join(log_dir, f"worker-{args['worker_id']}"))
+    if args.get("user_umask") is not None:
+        # The node manager's umask (077) made this worker's own files private; what the user's
+        # tasks write follows the user's umask, as in the driver.
+        os.umask(args["user_umask"])
     executor.run_forever()

@@ -23,6 +23,8 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from .._core.private_files import open_private
+
 # (send function, task id, task name) of the task running in this thread or coroutine.
 _sink: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("task_output_sink", default=None)
 _running: dict[bytes, tuple] = {}  # task id -> sink, to forward children's output (see forward_child)
@@ -44,8 +46,8 @@ class _WorkerLog:
         with self.lock:
             f = self.files.get(stream_no)
             if f is None:
-                f = self.files[stream_no] = open(f"{self.base}.{'out' if stream_no == 1 else 'err'}", "a",
-                                                 buffering=1, encoding="utf-8", errors="replace")
+                f = self.files[stream_no] = open_private(f"{self.base}.{'out' if stream_no == 1 else 'err'}", "a",
+                                                         buffering=1, encoding="utf-8", errors="replace")
             if self.last_task.get(stream_no) != task_id:
                 self.last_task[stream_no] = task_id
                 f.write(f"{TASK_MARKER}{task_id.hex()}\n")
