@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 RAY_VENV := .venv-ray
 RAY_VERSION := 2.60.0
 
-.PHONY: demo lab test test-fast bench bench-ray ray-signatures compat-ray clean lab-build
+.PHONY: demo lab test test-fast bench bench-ray bench-tls ray-signatures compat-ray clean lab-build
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,14 @@ bench-ray: $(VENV)/.installed $(RAY_VENV)/.installed
 	$(VPY) benchmarks/run.py --backend runtime --out benchmarks/results/runtime.json
 	$(RAY_VENV)/bin/python benchmarks/run.py --backend ray --out benchmarks/results/ray.json
 	$(VPY) benchmarks/compare.py benchmarks/results/runtime.json benchmarks/results/ray.json
+
+# What mutual TLS costs on the links it guards: the same workloads with TLS off, then on (benchmarks/tls_cost.py).
+TLS_WORKLOADS := internode_gbps_100mb,tasks_4_nodes_per_s,client_tasks_per_s
+bench-tls: $(VENV)/.installed
+	mkdir -p benchmarks/results
+	$(VPY) benchmarks/run.py --only $(TLS_WORKLOADS) --out benchmarks/results/tls_off.json
+	$(VPY) benchmarks/run.py --tls --only $(TLS_WORKLOADS) --out benchmarks/results/tls_on.json
+	$(VPY) benchmarks/tls_cost.py benchmarks/results/tls_off.json benchmarks/results/tls_on.json
 
 # Ray's signatures of the public API, for tests/unit/test_ray_signatures.py (docs/ray_compatibility.md).
 ray-signatures: $(RAY_VENV)/.installed

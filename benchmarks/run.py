@@ -95,7 +95,14 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated result names to run (see --list)")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per workload (default 300)")
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")
+    parser.add_argument("--tls", action="store_true",
+                        help="mutual TLS on every TCP link (ours only): a new CA and certificate for this run")
     args = parser.parse_args()
+    if args.tls:
+        import tempfile
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from runtime._testing.tls import tls_env
+        os.environ.update(tls_env(tempfile.mkdtemp(prefix="bench-tls-")))  # every process inherits it
 
     if args.list:
         for w in WORKLOADS.values():

@@ -669,3 +669,69 @@ def runtime_env(bench: Bench) -> dict[str, float]:
             return json.loads(line.split(" ", 1)[1])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
     raise RuntimeError(f"runtime_env subprocess exited {proc.returncode}:\n" + "\n".join(tail))
+
+
+# --------------------------------------------------------------------------- thin clients
+
+_CLIENT = r"""
+import importlib, json, sys, time
+import numpy as np
+ray = importlib.import_module(sys.argv[1])
+ray.init(sys.argv[2])
+
+@ray.remote
+def noop():
+    return None
+
+ray.get([noop.remote() for _ in range(50)])
+n = 500
+t0 = time.perf_counter()
+ray.get([noop.remote() for _ in range(n)])
+rate = n / (time.perf_counter() - t0)
+value = np.ones(10_000_000, dtype=np.uint8)
+best = float("inf")
+for _ in range(3):
+    t0 = time.perf_counter()
+    assert ray.get(ray.put(value)).nbytes == value.nbytes
+    best = min(best, time.perf_counter() - t0)
+ray.shutdown()
+print("CLIENT_RESULT " + json.dumps({"client_tasks_per_s": rate, "client_put_get_gbps_10mb": 0.02 / best}), flush=True)
+"""
+
+
+@workload("client_tasks_per_s", "client_put_get_gbps_10mb", needs_cluster=False)
+def thin_client(bench: Bench) -> dict[str, float]:
+    """A thin client (ours: client://, Ray: ray://) of a head started with each backend's
+    `start --head` on this machine: 500 empty tasks submitted then gathered, and a 10 MB array
+    put and got back (20 MB over the link, GB/s; best of 3)."""
+    import os
+    import shutil
+    import socket
+    import tempfile
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tempfile.mkdtemp(prefix="bench-client-")
+    env = {**os.environ, "TMPDIR": tmp}
+    if bench.backend == "ray":
+        cli = [os.path.join(os.path.dirname(sys.executable), "ray")]
+        start = [*cli, "start", "--head", "--port", "0", "--num-cpus", "2", "--ray-client-server-port", str(port),
+                 "--include-dashboard", "false", f"--temp-dir={tmp}/ray"]
+        address = f"ray://127.0.0.1:{port}"
+    else:
+        cli = [sys.executable, "-m", "runtime"]
+        start = [*cli, "start", "--head", "--port", "0", "--num-cpus", "2", "--client-server-port", str(port),
+                 "--include-dashboard", "false"]
+        address = f"client://127.0.0.1:{port}"
+    try:
+        subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
+        proc = subprocess.run([sys.executable, "-c", _CLIENT, bench.backend, address], env=env,
+                              cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=300)
+    finally:
+        subprocess.run([*cli, "stop"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(tmp, ignore_errors=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("CLIENT_RESULT "):
+            return json.loads(line.split(" ", 1)[1])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+    raise RuntimeError(f"thin client subprocess exited {proc.returncode}:\n" + "\n".join(tail))

@@ -158,12 +158,21 @@ def test_the_worker_command_joins_the_head_service():
     assert env["HEAD_SERVICE"] == service["metadata"]["name"]
     assert head["command"][:3] == ["runtime", "start", "--head"] and "--block" in head["command"]
     assert worker["command"][:2] == ["runtime", "start"] and "--block" in worker["command"]
-    # Both pods listen on the pod's address and share the token from one Secret.
-    for c in (head, worker):
+    # Both pods listen on the pod's address and read the token and their TLS certificate from
+    # the same Secrets, mounted as files only their user reads; no token in an environment.
+    for name, c in (("orrery-head", head), ("orrery-worker", worker)):
         env = {e["name"]: e for e in c["env"]}
         assert arg_after(c["command"], "--node-ip") == "$(POD_IP)"
         assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
-        assert env["RUNTIME_CLUSTER_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "orrery-token", "key": "token"}
+        assert "RUNTIME_CLUSTER_TOKEN" not in env
+        pod = find(objects, "Deployment", name)[0]["spec"]["template"]["spec"]
+        secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        assert secrets == {"token": {"secretName": "orrery-token", "defaultMode": 0o400},
+                           "tls": {"secretName": "orrery-tls", "defaultMode": 0o400}}
+        assert arg_after(c["command"], "--token-file") == mounts["token"] + "/token"
+        for flag, key in (("--tls-cert", "tls.crt"), ("--tls-key", "tls.key"), ("--tls-ca", "ca.crt")):
+            assert arg_after(c["command"], flag) == f"{mounts['tls']}/{key}"
 
 
 def test_shm_is_memory_backed_and_resources_are_set():
