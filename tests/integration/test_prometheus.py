@@ -131,3 +131,49 @@ def test_real_prometheus_scrapes_every_node_and_an_application_counter(tmp_path,
             proc.wait()
         log.close()
 
+
+
+@pytest.mark.slow
+def test_real_prometheus_scrapes_a_tls_cluster_with_its_certificate(tmp_path, cli):
+    """Under mutual TLS the metrics endpoints are HTTPS and want a client certificate:
+    Prometheus scrapes them with `scheme: https` and a `tls_config` (docs/security.md)."""
+    from runtime._testing import tls as certs
+    prometheus = require_debian_program("prometheus", "prometheus")
+    env = certs.tls_env(str(tmp_path))
+    cli.env.update(env)
+    cli.run("start", "--head", "--port", "0", "--num-cpus", "1", "--client-server-port", "-1",
+            "--include-dashboard", "false")
+    sd_file = Path(cli.tmpdir) / "orrery" / "prom_metrics_service_discovery.json"
+    (target,) = json.loads(sd_file.read_text())[0]["targets"]
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = "1s"
+    config.pop("rule_files", None)
+    job = config["scrape_configs"][0]
+    job["file_sd_configs"][0]["files"] = [str(sd_file)]
+    job["scheme"] = "https"
+    job["tls_config"] = {"ca_file": env["RUNTIME_TLS_CA_CERT"], "cert_file": env["RUNTIME_TLS_SERVER_CERT"],
+                         "key_file": env["RUNTIME_TLS_SERVER_KEY"]}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = _free_port()
+    log = open(tmp_path / "prometheus.log", "wb")
+    proc = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def health():
+            active = _api(base, "targets")["data"]["activeTargets"]
+            return [(t["labels"]["instance"], t["health"], t.get("lastError")) for t in active
+                    if t["health"] != "unknown"] or None
+
+        assert wait_for(health, timeout=90, what="Prometheus scraped the TLS node") == [(target, "up", "")]
+        with pytest.raises(OSError):  # plain HTTP is refused (URLError, or the connection closed)
+            urllib.request.urlopen(f"http://{target}/metrics", timeout=10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
