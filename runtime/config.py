@@ -58,6 +58,10 @@ class SystemConfig:
     # this long, and the least recently used ones while its cache is over runtime_env_cache_max_mb.
     runtime_env_cache_ttl_s: float = 600.0
     runtime_env_cache_max_mb: int = 10240
+    # Named actors and placement groups are reachable only from jobs of their own namespace: get_actor,
+    # get_if_exists and list_named_actors(all_namespaces=True) do not cross namespaces (`runtime start
+    # --head --isolate-namespaces`). Not a security boundary: see docs/security.md.
+    isolate_namespaces: bool = False
 
     @classmethod
     def resolve(cls, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> SystemConfig:

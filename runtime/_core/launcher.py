@@ -108,6 +108,8 @@ def start_cluster(*, num_cpus: float | None = None, num_gpus: float | None = Non
     token = token or secrets.token_hex(16)
     write_private_file(os.path.join(session_dir, "token"), token)
     ops = dict(ops or {})
+    if config.isolate_namespaces:  # recorded, so that `runtime start --head --restart` keeps it
+        ops["isolate_namespaces"] = True
     bound: list = []  # the caller may try another port: a failed bind leaves nothing bound or made
     try:
         gcs_sock = bind_socket(f"tcp:{node_ip}:{port}")

@@ -21,6 +21,12 @@ def _cmd_start(args: argparse.Namespace) -> int:
         overrides["object_spilling_directory"] = args.object_spill_dir
     if args.storage is not None:
         overrides["gcs_storage"] = args.storage
+    if args.isolate_namespaces:
+        if not args.head:
+            print("--isolate-namespaces is a setting of the head, whose control store keeps the named actors: "
+                  "give it with `runtime start --head`.", file=sys.stderr)
+            return 2
+        overrides["isolate_namespaces"] = True
     config = SystemConfig.resolve(overrides)
     if args.restart:
         return _restart_head(config)
@@ -127,6 +133,9 @@ def _restart_head(config: Any) -> int:
     if launcher._gcs_alive(info):
         print("The control store of the current cluster is running; there is nothing to restart.", file=sys.stderr)
         return 1
+    if (info.get("ops") or {}).get("isolate_namespaces") and not config.isolate_namespaces:
+        import dataclasses  # the restarted control store isolates namespaces as the first did
+        config = dataclasses.replace(config, isolate_namespaces=True)
     cluster = launcher.attach(info, config)
     launcher.restart_gcs(cluster)
     info["pids"]["gcs"] = cluster.procs["gcs"].pid
@@ -383,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--include-dashboard", type=_bool_arg, default=True, metavar="BOOL",
                    help="false: no dashboard on this head (default true)")
     s.add_argument("--metrics-export-port", type=int, help="port of the Prometheus metrics endpoint")
+    s.add_argument("--isolate-namespaces", action="store_true",
+                   help="named actors and placement groups are reachable only from jobs of their own namespace "
+                        "(get_actor across namespaces is refused); not a security boundary (docs/security.md)")
     s.add_argument("--disable-usage-stats", action="store_true",
                    help="accepted as Ray's; no effect (nothing is ever collected or sent)")
     s.set_defaults(fn=_cmd_start)

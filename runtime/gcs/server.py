@@ -120,6 +120,7 @@ class ControlStore:
             "get_actor": self.on_get_actor, "subscribe_actor": self.on_subscribe_actor,
             "kill_actor": self.on_kill_actor, "actor_worker_died": self.on_actor_worker_died,
             "list_nodes": self.on_list_nodes, "list_actors": self.on_list_actors, "list_jobs": self.on_list_jobs,
+            "list_named_actors": self.on_list_named_actors,
             "cluster_resources": self.on_cluster_resources, "list_objects": self.on_list_objects,
             "task_events": self.on_task_events, "list_tasks": self.on_list_tasks,
             "cluster_metrics": self.on_cluster_metrics, "list_workers": self.on_list_workers,
@@ -444,6 +445,8 @@ class ControlStore:
 
     # -- placement groups (placement.py) ----------------------------------------------------
     def on_create_pg(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        if msg.get("name"):
+            self._check_namespace(conn, msg.get("namespace", ""), f"the placement group named {msg['name']!r}")
         return self.placement_groups.create(msg, conn.peer_info.get("job_id") or msg.get("job_id", ""))
 
     async def on_wait_pg(self, conn: Connection, msg: dict, bufs: list) -> dict:
@@ -455,6 +458,7 @@ class ControlStore:
 
     def on_get_pg(self, conn: Connection, msg: dict, bufs: list) -> dict:
         if msg.get("name"):
+            self._check_namespace(conn, msg.get("namespace", ""), f"the placement group named {msg['name']!r}")
             return self.placement_groups.by_name(msg["name"], msg.get("namespace", ""))
         return self.placement_groups.get(msg["pg_id"]).public()
 
@@ -629,6 +633,7 @@ class ControlStore:
     # -- actors ------------------------------------------------------------------------
     def on_create_actor(self, conn: Connection, msg: dict, bufs: list) -> dict:
         name, ns = msg.get("name") or "", msg["namespace"]
+        self._check_namespace(conn, ns, f"the actor named {name!r}" if name else "an actor")
         if name:
             existing = self.actors.get(self.named.get((ns, name), ""))
             if existing is not None and existing.state != DEAD:
@@ -756,7 +761,32 @@ class ControlStore:
         return {"state": rec.state, "address": rec.address, "num_restarts": rec.num_restarts,
                 "reason": rec.death_reason, "version": rec.version, "node_id": rec.node_id}
 
+    def _job_namespace(self, conn: Connection) -> str | None:
+        """The namespace of the job this connection works for: a driver's is the job it registered
+        on this connection (or named when it reconnected after a restart of this process); a
+        worker's, the job it said it runs tasks of when it connected (workers are never shared
+        between jobs). None for connections of no job (tools, the dashboard, node managers)."""
+        job = self.jobs.get(conn.peer_info.get("job_id") or "")
+        return job["namespace"] if job is not None else None
+
+    def _check_namespace(self, conn: Connection, namespace: str, what: str) -> None:
+        """With isolate_namespaces (`runtime start --head --isolate-namespaces`), a job reaches
+        named resources of its own namespace only."""
+        if not self.config.isolate_namespaces:
+            return
+        mine = self._job_namespace(conn)
+        if mine is None:
+            raise ValueError(f"This cluster isolates namespaces (--isolate-namespaces), and {what} in namespace "
+                             f"{namespace!r} was asked for by a connection that belongs to no job; only drivers "
+                             "and their tasks and actors look up named resources, each in its own namespace.")
+        if namespace != mine:
+            raise ValueError(f"This cluster isolates namespaces (--isolate-namespaces): {what} in namespace "
+                             f"{namespace!r} cannot be reached from a job in namespace {mine!r}. Run the driver in "
+                             f"that namespace (runtime.init(namespace={namespace!r})), or hand this job the actor "
+                             "handle itself.")
+
     def on_get_actor(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        self._check_namespace(conn, msg["namespace"], f"the actor named {msg['name']!r}")
         aid = self.named.get((msg["namespace"], msg["name"]))
         rec = self.actors.get(aid or "")
         if rec is None or rec.state == DEAD:
@@ -784,6 +814,16 @@ class ControlStore:
 
     def on_list_actors(self, conn: Connection, msg: dict, bufs: list) -> dict:
         return {"actors": [r.public() for r in self.actors.values()]}
+
+    def on_list_named_actors(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        """Live named actors as {"name", "namespace"}: of every namespace, or, when the cluster
+        isolates namespaces, of the caller's job's only."""
+        only = self._job_namespace(conn) if self.config.isolate_namespaces else None
+        if self.config.isolate_namespaces and only is None:
+            return {"actors": []}
+        return {"actors": [{"name": name, "namespace": ns} for (ns, name), aid in sorted(self.named.items())
+                           if (only is None or ns == only) and aid in self.actors
+                           and self.actors[aid].state != DEAD]}
 
     # -- KV ----------------------------------------------------------------------------
     def on_kv_put(self, conn: Connection, msg: dict, bufs: list) -> dict:
