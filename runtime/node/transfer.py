@@ -45,7 +45,7 @@ _LENGTH = struct.Struct("<Q")
 TLS_IO_TIMEOUT_S = 30.0  # a TLS stream's handshake, request or a send that makes no progress
 _CHUNK = 4 << 20  # bytes per TLS write: big enough for full records, small enough to stay in cache
 # TLS streams run here; a bounded pool, so a flood of connections queues instead of spawning threads.
-_TLS_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tls-stream")
+_TLS_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="tls-stream")
 
 
 class ObjectTransfer:
@@ -186,9 +186,10 @@ class ObjectTransfer:
         conn = None
         try:
             client.setblocking(True)
-            client.settimeout(TLS_IO_TIMEOUT_S)
+            client.settimeout(tls.HANDSHAKE_TIMEOUT_S)  # a peer that stalls before its request holds a thread briefly
             conn = await loop.run_in_executor(_TLS_POOL, _accept_tls, ctx, client)
             request = await loop.run_in_executor(_TLS_POOL, _recv_exactly_blocking, conn, _REQUEST.size)
+            conn.settimeout(TLS_IO_TIMEOUT_S)
             token, oid, offset, length, _ = _REQUEST.unpack(request)
             if not hmac.compare_digest(token, self.token.encode()):
                 logger.warning("closing a data stream: wrong cluster token")
