@@ -62,11 +62,11 @@ def _tcp_listeners(procs: list[psutil.Process]) -> set[tuple[str, int]]:
 def _plain_hello_refused(addr: tuple[str, int], token: str) -> bool:
     """A plaintext hello with the right token gets no byte back: the connection is closed."""
     with socket.create_connection(addr, timeout=5) as s:
-        s.sendall(b"".join(bytes(p) for p in encode({"op": "hello", "token": token, "info": {}})))
-        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
         try:
+            s.sendall(b"".join(bytes(p) for p in encode({"op": "hello", "token": token, "info": {}})))
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
             return s.recv(1) == b""
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError):  # closed while we were still sending
             return True
 
 
@@ -145,6 +145,10 @@ def test_tls_cluster_accepts_only_certificates_of_its_authority(cli, tmp_path, m
     metrics_url = f"https://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
     with urllib.request.urlopen(metrics_url, context=_client_ctx(env), timeout=10) as resp:
         assert resp.status == 200 and b"ray_node" in resp.read()
+    # The dashboard's /metrics scrapes both nodes' HTTPS endpoints with the cluster's certificate.
+    with urllib.request.urlopen(f"https://127.0.0.1:{dash_port}/metrics", context=_client_ctx(env), timeout=30) as resp:
+        text = resp.read().decode()
+    assert "ray_dashboard_unreachable_nodes 0.0" in text and text.count("ray_node_cpu_count{") >= 2, text[-2000:]
 
     # Every TCP listener of every process of both nodes: plaintext, no certificate, or a
     # certificate of another authority are all refused; ours is accepted.
