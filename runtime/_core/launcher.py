@@ -22,7 +22,8 @@ from typing import Any
 import psutil
 
 from . import machine
-from .private_files import PRIVATE_UMASK, make_private_dir, open_private, user_umask, write_private_file
+from .private_files import (PRIVATE_UMASK, make_private_dir, open_private, private_process_env, user_umask,
+                            write_private_file)
 
 from ..config import SystemConfig
 from ..rpc.connection import bind_socket, socket_address
@@ -288,7 +289,7 @@ def _bind_metrics(node_ip: str, port: int | None) -> Any:
 
 
 def _spawn(cluster: ClusterProcesses, name: str, module: str, args: dict, keep_fds: list[int]) -> Any:
-    env = dict(os.environ)
+    env = private_process_env(dict(os.environ))  # umask 077 below; the user's is handed down
     env["ORRERY_SESSION"] = cluster.session_name
     env.setdefault("PYTHONUNBUFFERED", "1")
     log = open_private(os.path.join(cluster.session_dir, "logs", f"{name}.log"), "ab")
@@ -466,7 +467,8 @@ def start_monitor(cluster: ClusterProcesses, config_path: str) -> None:
     try:
         cluster.procs["monitor"] = subprocess.Popen(
             [sys.executable, "-m", "runtime.autoscaler.monitor", *args], stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, umask=PRIVATE_UMASK)
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, umask=PRIVATE_UMASK,
+            env=private_process_env(dict(os.environ)))  # the nodes it starts give workers the user's umask
     finally:
         log.close()
 

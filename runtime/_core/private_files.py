@@ -5,9 +5,9 @@ Modes are set explicitly, whatever the process umask: `os.makedirs(mode=...)` an
 `open(..., mode)` are narrowed by the umask but never widened, and `makedirs` leaves parents
 that already exist as they are; here every directory is made (or tightened) to 0700 and every
 file opened 0600. The daemons (control store, node managers) also run with umask 077
-(`PRIVATE_UMASK`, set by the launcher), so what they and the tools they start (uv, pip, SQLite)
-write is private too; workers and job entrypoints get the user's own umask back
-(`user_umask()`) before they run user code.
+(`PRIVATE_UMASK`, set by the launcher, with `private_process_env`), so what they and the tools
+they start (uv, pip, SQLite) write is private too; workers and job entrypoints get the user's
+own umask back (`user_umask()`) before they run user code.
 """
 
 from __future__ import annotations
@@ -21,7 +21,11 @@ PRIVATE_FILE_MODE = 0o600
 PRIVATE_UMASK = 0o077
 
 
-def user_umask() -> int:
+# The user's umask, handed down (in octal) to the processes started with PRIVATE_UMASK.
+USER_UMASK_ENV = "ORRERY_USER_UMASK"
+
+
+def process_umask() -> int:
     """This process's umask, read without changing it (Linux's /proc/self/status); elsewhere
     read by setting and restoring it."""
     try:
@@ -34,6 +38,26 @@ def user_umask() -> int:
     old = os.umask(PRIVATE_UMASK)
     os.umask(old)
     return old
+
+
+def user_umask() -> int:
+    """The umask user code should run with: this process's, or, in a process that runs with
+    PRIVATE_UMASK (a daemon, the autoscaler starting nodes), the user's it was handed in
+    USER_UMASK_ENV."""
+    current = process_umask()
+    given = os.environ.get(USER_UMASK_ENV, "")
+    if current == PRIVATE_UMASK and given:
+        try:
+            return int(given, 8) & 0o777
+        except ValueError:
+            pass
+    return current
+
+
+def private_process_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a process started with umask PRIVATE_UMASK: it carries the user's umask, for
+    the workers and job entrypoints it starts in turn."""
+    return {**env, USER_UMASK_ENV: format(user_umask(), "o")}
 
 
 def _not_ours(path: str, st: os.stat_result) -> PermissionError:

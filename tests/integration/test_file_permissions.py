@@ -81,10 +81,17 @@ def big(i):
     print("task", i, "ran")
     return np.full(%(n)d, float(i * helper.SCALE))
 
+@runtime.remote
+def umask_of_tasks():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 # 4 objects of 12 MiB from the driver and 2 from workers, in a 48 MiB store: some spill.
 refs = [runtime.put(np.full(%(n)d, float(i))) for i in range(4)]
 refs += [big.remote(i) for i in range(2)]
 runtime.get(refs)
+print("TASK UMASK", oct(runtime.get(umask_of_tasks.remote())), flush=True)
 print("READY", flush=True)
 sys.stdin.readline()  # the objects stay alive (in shared memory or spilled) while the test looks
 """
@@ -106,9 +113,13 @@ def test_session_files_are_private_to_the_cluster_user(cli, tmp_path):
                     break
             else:
                 pytest.fail(f"the driver exited ({driver.wait()}): {''.join(said)}\n{driver.stderr.read()}")
+            # User code keeps the user's umask: the daemons' 077 is not handed to tasks or jobs.
+            assert "TASK UMASK 0o2\n" in "".join(said), said
             job = cli.run("job", "submit", "--", sys.executable, "-c",
-                          "import runtime; runtime.init(address='auto'); print('job got', runtime.get(runtime.put(7)))")
+                          "import os, runtime; m = os.umask(0); print('job umask', oct(m)); "
+                          "runtime.init(address='auto'); print('job got', runtime.get(runtime.put(7)))")
             assert "job got 7" in job.stdout and "SUCCEEDED" in job.stdout, job.stdout
+            assert "job umask 0o2\n" in job.stdout, job.stdout
 
             root = os.path.join(cli.tmpdir, "orrery")
             with open(os.path.join(root, "current_cluster.json")) as f:

@@ -72,3 +72,25 @@ def test_private_files_helpers_under_a_permissive_umask(tmp_path):
         os.chown(theirs, 65534, 65534)
         with pytest.raises(PermissionError, match="belongs to uid 65534"):
             pf.make_private_dir(str(theirs))
+
+
+def test_user_umask_is_handed_down_to_processes_with_the_private_umask():
+    """The daemons run with umask 077; what they start for user code (workers, job entrypoints,
+    nodes the autoscaler adds) gets the user's umask from ORRERY_USER_UMASK."""
+    import subprocess
+    import sys
+    from runtime._core import private_files as pf
+    code = "from runtime._core.private_files import user_umask; print(oct(user_umask()))"
+
+    def run(umask: int, given: str | None) -> str:
+        env = {k: v for k, v in os.environ.items() if k != pf.USER_UMASK_ENV}
+        if given is not None:
+            env[pf.USER_UMASK_ENV] = given
+        return subprocess.run([sys.executable, "-c", code], env=env, umask=umask, capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    assert run(0o077, "2") == "0o2"  # a daemon: the user's, handed down
+    assert run(0o077, None) == "0o77"  # nothing handed down: its own
+    assert run(0o022, "2") == "0o22"  # a process with a umask of its own choosing keeps it
+    with permissive_umask():
+        assert pf.private_process_env({})[pf.USER_UMASK_ENV] == "2"
