@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import ssl
+import stat
 
 USE = "USE_TLS"
 CERT, KEY, CA = "TLS_SERVER_CERT", "TLS_SERVER_KEY", "TLS_CA_CERT"
@@ -58,6 +59,12 @@ def settings() -> tuple[str, str, str] | None:
     for name, path in files.items():
         if not os.access(path, os.R_OK):
             raise TlsConfigError(f"RUNTIME_{name}={path!r} cannot be read: give the path of a readable PEM file.")
+    # A key every user of the machine can read is no secret. (Group bits are let be: a
+    # Kubernetes Secret mounted for a pod's fsGroup is group-readable.)
+    mode = stat.S_IMODE(os.stat(files[KEY]).st_mode)
+    if mode & 0o007:
+        raise TlsConfigError(f"RUNTIME_TLS_SERVER_KEY={files[KEY]!r} can be read by every user of this machine "
+                             f"(mode {mode:04o}): run `chmod 600 {files[KEY]}`.")
     return files[CERT], files[KEY], files[CA]
 
 

@@ -36,6 +36,12 @@ def test_settings_name_what_is_missing(monkeypatch, tmp_path):
     monkeypatch.setenv("RUNTIME_TLS_CA_CERT", str(tmp_path / "missing.pem"))
     with pytest.raises(tls.TlsConfigError, match="missing.pem' cannot be read"):
         tls.settings()
+    monkeypatch.setenv("RUNTIME_TLS_CA_CERT", env["RUNTIME_TLS_CA_CERT"])
+    os.chmod(env["RUNTIME_TLS_SERVER_KEY"], 0o644)
+    with pytest.raises(tls.TlsConfigError, match="can be read by every user.*chmod 600"):
+        tls.settings()
+    os.chmod(env["RUNTIME_TLS_SERVER_KEY"], 0o600)
+    assert tls.settings() is not None
     monkeypatch.setenv("RUNTIME_TLS_CA_CERT", env["RUNTIME_TLS_SERVER_KEY"])  # a key is not a CA
     with pytest.raises(tls.TlsConfigError, match="cannot be used"):
         tls.server_context()
