@@ -26,6 +26,7 @@ from .private_files import (PRIVATE_UMASK, make_private_dir, open_private, priva
                             write_private_file)
 
 from ..config import SystemConfig
+from ..rpc import tls
 from ..rpc.connection import bind_socket, socket_address
 
 
@@ -187,7 +188,7 @@ def _bind_dashboard(ops: dict) -> Any:
                                          "another with --dashboard-port (dashboard_port=), or turn it off with "
                                          "--include-dashboard false.") from e
     bound = sock.getsockname()[1]
-    ops["dashboard"] = {"enabled": True, "host": host, "port": bound, "url": f"http://{host}:{bound}"}
+    ops["dashboard"] = {"enabled": True, "host": host, "port": bound, "url": f"{tls.scheme()}://{host}:{bound}"}
     return sock
 
 
@@ -290,6 +291,9 @@ def _bind_metrics(node_ip: str, port: int | None) -> Any:
 
 def _spawn(cluster: ClusterProcesses, name: str, module: str, args: dict, keep_fds: list[int]) -> Any:
     env = private_process_env(dict(os.environ))  # umask 077 below; the user's is handed down
+    # The daemons read the token from the session's file; none of their children (workers,
+    # whose tasks read their environment) get it from here.
+    env.pop("RUNTIME_CLUSTER_TOKEN", None)
     env["ORRERY_SESSION"] = cluster.session_name
     env.setdefault("PYTHONUNBUFFERED", "1")
     log = open_private(os.path.join(cluster.session_dir, "logs", f"{name}.log"), "ab")
@@ -396,6 +400,19 @@ def live_clusters() -> list[dict]:
         if _gcs_alive(info):
             found.append(info)
     return sorted(found, key=lambda i: i.get("started", 0), reverse=True)
+
+
+def dashboard_token(url: str) -> str | None:
+    """The token of this user's cluster on this machine whose dashboard is at `url`: our HTTP
+    clients send it by themselves (cluster.json is readable by this user only)."""
+    from urllib.parse import urlsplit
+    want = urlsplit(url if "://" in url else "http://" + url)
+    for info in live_clusters():
+        dash = urlsplit(((info.get("ops") or {}).get("dashboard") or {}).get("url") or "")
+        if dash.port == want.port and (dash.hostname == want.hostname or
+                                       {dash.hostname, want.hostname} <= {"127.0.0.1", "localhost"}):
+            return info.get("token")
+    return None
 
 
 def socket_address_unix(sock_dir: str) -> str:

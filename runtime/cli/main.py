@@ -16,6 +16,10 @@ from ..client.protocol import DEFAULT_PORT as DEFAULT_CLIENT_PORT
 
 def _cmd_start(args: argparse.Namespace) -> int:
     from ..config import SystemConfig
+    problem = _security_settings(args)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     overrides = json.loads(args.system_config) if args.system_config else {}
     if args.object_spill_dir:
         overrides["object_spilling_directory"] = args.object_spill_dir
@@ -104,6 +108,35 @@ def _start_head(config: Any, *, num_cpus: float | None, num_gpus: float | None, 
         print(f"Thin clients (notebooks on other machines): runtime.init('client://{cluster.client_address}') "
               "with RUNTIME_CLUSTER_TOKEN set to the token.")
     return 0
+
+
+def _security_settings(args: argparse.Namespace) -> str:
+    """`--tls-cert/--tls-key/--tls-ca` and `--token-file` become the environment every process
+    of the node inherits (runtime/rpc/tls.py), never command-line words of those processes.
+    Returns what is wrong, or ""."""
+    from ..rpc import tls
+    tls_flags = {"RUNTIME_TLS_SERVER_CERT": args.tls_cert, "RUNTIME_TLS_SERVER_KEY": args.tls_key,
+                 "RUNTIME_TLS_CA_CERT": args.tls_ca}
+    if any(tls_flags.values()):
+        if not all(tls_flags.values()):
+            return "Mutual TLS needs all three of --tls-cert, --tls-key and --tls-ca."
+        os.environ.update({k: os.path.abspath(v) for k, v in tls_flags.items()}, RUNTIME_USE_TLS="1")
+    try:
+        tls.settings()
+    except tls.TlsConfigError as e:
+        return str(e)
+    if args.token_file:
+        try:
+            with open(args.token_file) as f:
+                args.token = f.read().strip()
+        except OSError as e:
+            return f"--token-file {args.token_file}: {e.strerror}."
+        if not args.token:
+            return f"--token-file {args.token_file} is empty: it must hold the cluster's token."
+    elif args.token:
+        print("Note: --token is visible to every user of this machine in `ps`; prefer RUNTIME_CLUSTER_TOKEN or "
+              "--token-file.", file=sys.stderr)
+    return ""
 
 
 def _ops_settings(args: argparse.Namespace) -> dict:
@@ -379,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", help='node labels as JSON, e.g. \'{"zone": "a"}\' (shown in status and list nodes)')
     s.add_argument("--token", help="the cluster's shared secret (default: RUNTIME_CLUSTER_TOKEN, else a new one for "
                    "a head); nodes joining from another machine need the head's")
+    s.add_argument("--token-file", help="a file holding the token (a Kubernetes Secret mounted as a file): unlike "
+                   "--token, it is not shown by `ps`")
+    s.add_argument("--tls-cert", help="mutual TLS on every TCP link: this node's PEM certificate (as "
+                   "RUNTIME_TLS_SERVER_CERT; drivers and other nodes need the same settings, see docs/security.md)")
+    s.add_argument("--tls-key", help="the certificate's PEM private key (RUNTIME_TLS_SERVER_KEY)")
+    s.add_argument("--tls-ca", help="the PEM certificate of the authority that signed every node's (RUNTIME_TLS_CA_CERT)")
     s.add_argument("--client-server-port", type=int, default=DEFAULT_CLIENT_PORT,
                    help=f"port for thin clients, client://HOST:PORT (default {DEFAULT_CLIENT_PORT}, or a free one if "
                    "taken; 0 picks a free one; -1 turns it off)")
