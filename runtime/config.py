@@ -29,6 +29,9 @@ class SystemConfig:
     rpc_timeout_s: float = 30.0
     # Seconds init() waits for the embedded cluster to come up.
     startup_timeout_s: float = 30.0
+    # A connection to any of the cluster's ports that has not authenticated within this long (no
+    # hello with the token, a request sent byte by byte, an HTTP connection idle) is closed.
+    hello_timeout_s: float = 10.0
     # Node heartbeat period towards the control store.
     heartbeat_interval_s: float = 1.0
     # A node whose heartbeats stop for this long is declared dead (its connection is dropped, its

@@ -251,7 +251,7 @@ class CoreWorker:
 
     async def connect_cluster(self, kind: str, extra_info: dict | None = None) -> None:
         self._server = await serve(self._listen_sock, self.handlers, self.token, on_close=self._on_conn_closed,
-                                   name=f"{kind}-server")
+                                   name=f"{kind}-server", hello_timeout=self.config.hello_timeout_s)
         info = {"kind": kind, "worker_id": self.worker_id, "address": self.address, "pid": self.pid,
                 **(extra_info or {})}
         self.nm = await connect(self.node_address, self.handlers, self.token, info=info,

@@ -289,8 +289,12 @@ async def _serve(args: dict) -> None:
         loop.add_signal_handler(sig, done.set)
     session = ClientSession(args["gcs_address"])
     sock = socket.socket(fileno=args["fd"])
-    conn = Connection(session.handlers(), args["token"], server_side=True, on_close=lambda _c: done.set(),
-                      name=f"client {args.get('peer', '')}")
+    handlers = session.handlers()
+    ready_fd = args.get("ready_fd")
+    if ready_fd is not None:  # the client server counts proxies whose client has not said hello yet
+        handlers["hello"] = lambda _c, _m, _b: os.close(ready_fd)
+    conn = Connection(handlers, args["token"], server_side=True, on_close=lambda _c: done.set(),
+                      name=f"client {args.get('peer', '')}", hello_timeout=args.get("hello_timeout_s"))
     session.conn = conn
     await loop.connect_accepted_socket(lambda: conn, sock)
     await done.wait()

@@ -20,9 +20,11 @@ logger = logging.getLogger("runtime.gcs")
 
 
 class DashboardActivation:
-    def __init__(self, fd: int, session_dir: str, gcs_address: str, token_file: str) -> None:
+    def __init__(self, fd: int, session_dir: str, gcs_address: str, token_file: str,
+                 hello_timeout_s: float = 10.0) -> None:
         self.fd = fd
-        self.args = {"fd": fd, "session_dir": session_dir, "gcs_address": gcs_address, "token_file": token_file}
+        self.args = {"fd": fd, "session_dir": session_dir, "gcs_address": gcs_address, "token_file": token_file,
+                     "hello_timeout_s": hello_timeout_s}
         self.proc: subprocess.Popen | None = None
         self.loop: Any = None
         self.pipe_w: int | None = None

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..node.resources import normalize
+
 logger = logging.getLogger("runtime.gcs")
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -133,8 +135,12 @@ class PlacementGroupManager:
         if strategy not in STRATEGIES:
             raise ValueError(f"Unknown placement strategy {strategy!r}; use one of {', '.join(STRATEGIES)}.")
         bundles = msg["bundles"]
-        if not bundles or not all(isinstance(b, dict) and b for b in bundles):
+        if not isinstance(bundles, list) or not bundles or not all(isinstance(b, dict) and b for b in bundles):
             raise ValueError("A placement group needs a non-empty list of non-empty bundles, like [{'CPU': 1}].")
+        for b in bundles:  # amounts the placement loop can compare, checked here rather than failing it later
+            normalize(b)
+        if not isinstance(msg["pg_id"], str):
+            raise ValueError(f"A placement group id is a string, not {msg['pg_id']!r}.")
         name, ns = msg.get("name") or "", msg.get("namespace", "")
         if name and self.named.get((ns, name)) in self.groups:
             existing = self.groups[self.named[(ns, name)]]

@@ -17,6 +17,7 @@ import collections
 import itertools
 import json
 import logging
+import math
 import os
 import secrets
 import signal
@@ -30,6 +31,7 @@ from .. import owner_pipe
 from .._core.private_files import write_private_file
 from ..config import SystemConfig
 from ..jobs.manager import JobManager
+from ..node.resources import normalize
 from ..node.runtime_env_agent import RuntimeEnvAgent
 from .packages import PackageStore, check_name, name_of_uri
 from .persistence import NoPersistence, Persistence
@@ -188,19 +190,22 @@ class ControlStore:
                                       recovered=self._recovered_jobs, forget=self.persist.submitted_job_deleted,
                                       reserve=self._reserve_for_job, runtime_envs=self.job_envs,
                                       entrypoint_umask=self.args.get("user_umask"))
-        server = await serve(sock, self.handlers, self.token, on_close=self.on_conn_closed, name="gcs")
+        server = await serve(sock, self.handlers, self.token, on_close=self.on_conn_closed, name="gcs",
+                             hello_timeout=self.config.hello_timeout_s)
         self.client_server = None
         if self.args.get("client_fd") is not None:  # thin clients (client://), see runtime/client
             from ..client.server import ClientServer
             self.client_server = ClientServer(socket.socket(fileno=self.args["client_fd"]),
                                               gcs_address=f"{host}:{port}", session_dir=self.args["session_dir"],
-                                              token_file=self.args["token_file_path"])
+                                              token_file=self.args["token_file_path"],
+                                              hello_timeout_s=self.config.hello_timeout_s)
             self.client_server.start(loop)
         self.dashboard = None
         if self.args.get("dashboard_fd") is not None:  # started on first use (runtime/dashboard)
             from ..dashboard.activation import DashboardActivation
             self.dashboard = DashboardActivation(self.args["dashboard_fd"], self.args["session_dir"],
-                                                 f"{host}:{port}", self.args["token_file_path"])
+                                                 f"{host}:{port}", self.args["token_file_path"],
+                                                 hello_timeout_s=self.config.hello_timeout_s)
             self.dashboard.start(loop)
         watchdog = loop.create_task(self._watch_heartbeats())
         for rec in self.actors.values():  # recovered ones that were being placed when the old one died
@@ -293,6 +298,10 @@ class ControlStore:
 
     # -- nodes and jobs ----------------------------------------------------------------
     def on_register_node(self, conn: Connection, msg: dict, bufs: list) -> dict:
+        _typed(msg, node_id=str, address=str, transfer_address=str)
+        normalize(msg["resources"])
+        if not isinstance(msg.get("labels") or {}, dict):
+            raise ValueError("a node's labels are a map")
         known = self.nodes.get(msg["node_id"])
         if known is not None and not known["alive"]:
             raise ValueError(f"node {msg['node_id'][:8]} was declared dead ({known.get('death_reason')}); "
@@ -306,6 +315,7 @@ class ControlStore:
                     available=dict(msg["resources"]))
         self.nodes[msg["node_id"]] = node
         self.node_conns[msg["node_id"]] = conn
+        conn.peer_info.update(kind="node", node_id=msg["node_id"])  # so that its close is the node's death
         self.persist.node(node)
         if known is not None:
             logger.info("node %s reconnected after the control store restarted", msg["node_id"][:8])
@@ -376,7 +386,9 @@ class ControlStore:
 
     def on_resource_report(self, conn: Connection, msg: dict, bufs: list) -> None:
         node = self.nodes.get(msg["node_id"])
-        if node is not None:
+        if node is not None and self.node_conns.get(msg["node_id"]) is conn:  # a node reports for itself
+            _amounts(msg["total"])
+            _amounts(msg["available"])
             node["resources"], node["available"], node["pending"] = msg["total"], msg["available"], msg["pending"]
 
     def pick_node(self, demand: dict, *, strategy: str = "", fits_now: bool = True, exclude: str = "",
@@ -412,13 +424,14 @@ class ControlStore:
         return chosen["node_id"]
 
     def on_pick_node(self, conn: Connection, msg: dict, bufs: list) -> dict:
-        node_id = self.pick_node(msg["demand"], strategy=msg.get("strategy") or "", fits_now=msg.get("fits_now", True),
+        node_id = self.pick_node(normalize(msg["demand"]), strategy=msg.get("strategy") or "",
+                                 fits_now=msg.get("fits_now", True),
                                  exclude=msg.get("exclude", ""), below=msg.get("below", 2.0))
         return {"node_id": node_id, "address": self.nodes[node_id]["address"]} if node_id else {}
 
     def on_heartbeat(self, conn: Connection, msg: dict, bufs: list) -> None:
         node = self.nodes.get(msg["node_id"])
-        if node is not None:
+        if node is not None and self.node_conns.get(msg["node_id"]) is conn:
             node["last_heartbeat"] = time.monotonic()
 
     def on_register_job(self, conn: Connection, msg: dict, bufs: list) -> dict:
@@ -642,6 +655,9 @@ class ControlStore:
                     return {"actor_id": existing.actor_id, "existing": True, "meta": existing.meta}
                 raise ValueError(f"An actor named {name!r} already exists in namespace {ns!r}. Use "
                                  "runtime.get_actor(name) to get it, or pass get_if_exists=True.")
+        # Kept in the record: a wrong type would break its scheduling and restarts later, not this request.
+        _typed(msg, actor_id=str, namespace=str, class_name=str, max_restarts=int, detached=bool)
+        normalize(msg["demand"])
         rec = ActorRecord(actor_id=msg["actor_id"], job_id=conn.peer_info.get("job_id") or msg.get("job_id", ""),
                           name=name, namespace=ns, class_name=msg["class_name"], meta=msg["meta"], spec=msg["spec"],
                           spec_bufs=[bytes(b) for b in bufs], demand=msg["demand"], env=msg.get("env") or {},
@@ -891,6 +907,22 @@ class ControlStore:
 
 
 _TASKS: set = set()
+
+
+def _amounts(resources: Any) -> None:
+    """A node's resource view: names to numbers (CPU may be below zero while it is lent)."""
+    if not isinstance(resources, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for k, v in resources.items()):
+        raise ValueError(f"resources are a map of names to numbers, not {resources!r}")
+
+
+def _typed(msg: dict, **types: type) -> None:
+    """Fields of a request that a table keeps, checked as they come in."""
+    for name, kind in types.items():
+        value = msg[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"{name!r} must be {kind.__name__}, not {type(value).__name__}")
 
 
 def _utilisation(node: dict, demand: dict | None = None) -> float:

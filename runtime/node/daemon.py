@@ -114,7 +114,8 @@ class NodeDaemon:
         self.metrics = MetricsExporter(self, args.get("metrics_fd"))
         self.runtime_envs = RuntimeEnvAgent(os.path.join(self.session_dir, "runtime_resources", self.node_id[:12]),
                                             self._fetch_package, self.config)
-        self.transfer = ObjectTransfer(self.node_id, self.token, self.store, self._peer_for_transfer)
+        self.transfer = ObjectTransfer(self.node_id, self.token, self.store, self._peer_for_transfer,
+                                       request_timeout=self.config.hello_timeout_s)
         self._report_scheduled = False
         self.nodes_epoch = [0, 0]
         self.handlers = {
@@ -132,6 +133,10 @@ class NodeDaemon:
             "list_logs": self.on_list_logs, "read_log": self.on_read_log,
             "runtime_env_cache": self.on_runtime_env_cache,
         }
+        # The control store's to send, over the connection this node opened to it: from a peer that
+        # connected here they would replace the node list or hold resources for nobody.
+        for op in ("nodes_changed", "lease_actor", "prepare_bundles", "commit_bundles", "cancel_bundles"):
+            self.handlers[op] = _ours_only(op, self.handlers[op])
 
     # -- lifecycle ---------------------------------------------------------------------
     async def run(self, zygote_pid: int, zygote_sock: socket.socket) -> None:
@@ -149,7 +154,8 @@ class NodeDaemon:
         servers = []
         for fd in (self.args["unix_fd"], self.args["tcp_fd"]):
             sock = socket.socket(fileno=fd)
-            servers.append(await serve(sock, self.handlers, self.token, on_close=self.on_conn_closed, name="node"))
+            servers.append(await serve(sock, self.handlers, self.token, on_close=self.on_conn_closed, name="node",
+                                       hello_timeout=self.config.hello_timeout_s))
         hb = loop.create_task(self._heartbeat())
         reaper = loop.create_task(self._idle_reaper())
         self.metrics.start(loop)
@@ -217,6 +223,9 @@ class NodeDaemon:
             await asyncio.sleep(self.config.heartbeat_interval_s)
             if self.gcs is not None and not self.gcs.closed:
                 self.gcs.send({"op": "heartbeat", "node_id": self.node_id})
+            # Also what is free here, every beat: the control store's view, debited by each node it
+            # picks for a spillback that may never come, is set right within a beat.
+            self._report_resources()
             if self.peers and self.leases.waiting:
                 _spawn(self._respill())
 
@@ -373,10 +382,12 @@ class NodeDaemon:
             for rec in list(self.workers.values()):
                 if rec.job_id == ended and rec.state == "idle":
                     self._kill(rec)
-        # Leases held by this connection (an owner) go back to the pool.
+        # Leases held by this connection (an owner) go back to the pool, and their workers go:
+        # what they run is the departed owner's (left "released", they would never be used again).
         for rec in list(self.workers.values()):
             if rec.lease_owner is conn and rec.state == "leased":
                 self._release_lease(rec)
+                self._kill(rec)
         for req in list(self.leases.waiting.values()):
             if req.payload and req.payload[1] is conn:
                 self.leases.cancel(req.request_id)
@@ -575,7 +586,7 @@ class NodeDaemon:
         waiting = self.waiting_for_worker[rec.env_key]
         while waiting:
             req, gpus = waiting.popleft()
-            if req.payload[0].done():
+            if req.payload[0].done() or req.payload[1].closed:  # the requester left while it started
                 self.pool.release(req.demand, gpus)
                 continue
             self._grant(rec, req, gpus)
@@ -781,6 +792,14 @@ def _spawn(coro: Any) -> None:
     task = asyncio.get_running_loop().create_task(coro)
     _TASKS.add(task)
     task.add_done_callback(_TASKS.discard)
+
+
+def _ours_only(op: str, handler: Any) -> Any:
+    def run(conn: Connection, msg: dict, bufs: list) -> Any:
+        if conn.server_side:
+            raise PermissionError(f"{op!r} comes from the control store, over the node's own connection to it")
+        return handler(conn, msg, bufs)
+    return run
 
 
 def _env_key(env: dict, job: str) -> str:

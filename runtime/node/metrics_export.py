@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 from typing import Any
@@ -42,6 +43,9 @@ class MetricsExporter:
 
     # -- reports from this node's processes ------------------------------------------------
     def report(self, worker_id: str, component: str, families: list) -> None:
+        if not well_formed(families):  # kept, it would break every scrape of this node for DEAD_REPORT_TTL_S
+            logger.warning("metrics: dropped a malformed report from %s", str(worker_id)[:16])
+            return
         self.reports[worker_id] = {"component": component, "families": families, "gone_at": None}
 
     def worker_gone(self, worker_id: str) -> None:
@@ -85,7 +89,8 @@ class MetricsExporter:
         app = web.Application()
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/", metrics)
-        self.runner = web.AppRunner(app, access_log=None)
+        # An idle connection (no request yet, or headers sent slowly) is closed after hello_timeout_s.
+        self.runner = web.AppRunner(app, access_log=None, keepalive_timeout=self.daemon.config.hello_timeout_s)
         await self.runner.setup()
         await web.SockSite(self.runner, self.sock).start()
         logger.info("metrics endpoint serving on %s", self.address)
@@ -232,6 +237,42 @@ def cluster_families(counts: dict, base: dict[str, str]) -> Any:
         for row in counts.get("nodes" if key == "cluster_nodes" else key, ()):
             fam.add_metric(values + [str(x) for x in row[:-1]], row[-1])
         yield fam
+
+
+_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")  # runtime/util/metrics.py's METRIC_NAME_RE and TAG_KEY_RE
+_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def well_formed(families: Any) -> bool:
+    """A report as core workers send it (runtime/_core/metrics_registry.py `snapshot`): names and
+    tag keys Prometheus takes, string tag values, numbers, histogram rows of the right length."""
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    def names(x: Any, pattern: re.Pattern) -> bool:
+        return isinstance(x, list) and all(isinstance(k, str) and pattern.match(k) for k in x)
+
+    if not isinstance(families, list):
+        return False
+    for fam in families:
+        if not (isinstance(fam, dict) and names([fam.get("name")], _NAME) and names(fam.get("tag_keys"), _LABEL)
+                and fam.get("kind") in ("counter", "gauge", "histogram") and isinstance(fam.get("samples"), list)
+                and isinstance(fam.get("description") or "", str)):
+            return False
+        bounds = fam.get("boundaries")
+        if fam["kind"] == "histogram" and not (isinstance(bounds, list) and all(map(number, bounds))):
+            return False
+        for sample in fam["samples"]:
+            if not (isinstance(sample, list) and len(sample) == 2 and isinstance(sample[0], list)
+                    and len(sample[0]) == len(fam["tag_keys"]) and all(isinstance(v, str) for v in sample[0])):
+                return False
+            value = sample[1]
+            if fam["kind"] != "histogram" and not number(value):
+                return False
+            if fam["kind"] == "histogram" and not (isinstance(value, list) and len(value) == len(bounds) + 3
+                                                   and all(map(number, value))):
+                return False
+    return True
 
 
 class Families:

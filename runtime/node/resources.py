@@ -6,6 +6,7 @@ Quantities are floats; CPU can go negative while tasks that lent their CPU (bloc
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ def normalize(demand: dict[str, float] | None) -> dict[str, float]:
     for k, v in (demand or {}).items():
         if not isinstance(k, str):
             raise ValueError(f"Resource names must be strings, got {k!r}.")
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < math.inf:  # no NaN either
             raise ValueError(f"Resource {k!r} must be a non-negative number, got {v!r}.")
         if v > 0:
             out[k] = float(v)

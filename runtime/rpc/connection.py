@@ -31,6 +31,8 @@ ReplyCallback = Callable[[Any, Any, "BaseException | None"], None]
 
 # The most an unauthenticated peer may send before its hello is complete (a hello is < 1 KiB).
 MAX_HELLO_BYTES = 64 * 1024
+# What a peer says it is, in its hello's info; servers key their tables by these.
+_HELLO_IDS = ("kind", "worker_id", "node_id", "job_id", "address")
 
 # Returned by a handler that will send its reply later itself (`conn.reply_threadsafe(call_id, ...)`).
 DEFERRED = object()
@@ -129,13 +131,18 @@ class Connection(asyncio.Protocol):
                 if self._hello_timer is not None:
                     self._hello_timer.cancel()
                 self.peer_info = msg.get("info") or {}
-                if not isinstance(self.peer_info, dict):
+                if not isinstance(self.peer_info, dict) or not all(
+                        isinstance(self.peer_info.get(k), (str, type(None))) for k in _HELLO_IDS):
                     self.peer_info = {}
-                    self.abort("malformed hello: its info is not a map")
+                    self.abort("malformed hello: its info is not a map of string ids")
                     return
                 h = self.handlers.get("hello")
                 if h is not None:
-                    h(self, msg, bufs)
+                    try:
+                        h(self, msg, bufs)
+                    except Exception as e:  # noqa: BLE001 - a hello this server cannot take closes that connection
+                        self.abort(f"hello refused: {type(e).__name__}: {e}")
+                        return
                 continue
             self._dispatch(msg, bufs)
         if not self.authenticated and self._decoder.pending_bytes > MAX_HELLO_BYTES:
@@ -175,7 +182,8 @@ class Connection(asyncio.Protocol):
     def _dispatch(self, msg: dict, bufs: list) -> None:
         op = msg["op"]
         if op == "_r":
-            fut = self._pending.pop(msg.get("id"), None)
+            call_id = msg.get("id")
+            fut = self._pending.pop(call_id, None) if isinstance(call_id, int) else None
             if fut is None:
                 return
             ok = msg.get("ok", True)

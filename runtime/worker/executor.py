@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import inspect
+import logging
 import os
 import queue
 import signal
@@ -23,6 +24,7 @@ from typing import Any, Iterator
 import cloudpickle
 
 from .._core.core_worker import CoreWorker
+from .._core.metrics_registry import registry as metrics_registry
 from .._core.object_ref import ObjectRef
 from .._core.task_spec import ArgRef
 from ..exceptions import TaskCancelledError
@@ -86,6 +88,11 @@ class Executor:
             self.cw.on_loop(nm.send, {"op": "blocked" if blocked else "unblocked"})
 
     # -- handlers (io loop thread) -------------------------------------------------------
+    def handlers(self) -> dict:
+        """The ops a worker serves on top of its core worker's (installed by worker/main.py)."""
+        return {"push": self.on_push, "actor_call": self.on_actor_call, "cancel": self.on_cancel,
+                "create_actor": self.on_create_actor}
+
     def on_push(self, conn: Connection, msg: dict, bufs: list) -> Any:
         self.q.put((self._run_task, conn, msg, bufs))
         return DEFERRED
@@ -122,6 +129,8 @@ class Executor:
                 fn(conn, msg, bufs)
             except KeyboardInterrupt:
                 continue  # a cancel that arrived just after its task finished
+            except Exception as e:  # noqa: BLE001 - a malformed request fails alone, not the worker
+                _malformed(conn, msg, e)
 
     def _reply(self, conn: Connection, msg: dict, body: dict, bufs: list) -> None:
         conn.reply_threadsafe(msg["id"], (body, bufs))
@@ -180,6 +189,8 @@ class Executor:
                 self.running = None
             self.cancelled.discard(tid)
         self._reply(conn, msg, body, out)
+        if metrics_registry.dirty:  # what it recorded goes now: a worker whose owner leaves is stopped
+            cw.on_loop(cw.report_metrics)
 
     def _enter(self, msg: dict) -> None:
         cw = self.cw
@@ -326,3 +337,13 @@ class Executor:
             return self._error_results(msg, TaskCancelledError(msg["t"].hex()))
         except Exception as e:
             return self._error_results(msg, capture_task_error(e, msg["n"], os.getpid(), self.cw.node_id))
+
+
+def _malformed(conn: Connection, msg: dict, e: Exception) -> None:
+    """A request this worker could not even start (fields missing or of the wrong type): its
+    caller gets the error, the worker carries on."""
+    logging.getLogger("runtime.worker").warning("malformed %r request: %s: %s", msg.get("op"), type(e).__name__, e)
+    call_id = msg.get("id")
+    if isinstance(call_id, int) and not isinstance(call_id, bool):
+        with contextlib.suppress(Exception):
+            conn.send_threadsafe({"op": "_r", "id": call_id, "ok": False, "err": f"malformed request: {e}"})

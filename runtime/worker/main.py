@@ -27,8 +27,7 @@ def run_worker(args: dict, runtime_env: dict | None = None) -> None:
     worker_state.set_current(cw)
     api_state.job_runtime_env = runtime_env or None
     executor = Executor(cw)
-    cw.handlers.update(push=executor.on_push, actor_call=executor.on_actor_call, cancel=executor.on_cancel,
-                       create_actor=executor.on_create_actor)
+    cw.handlers.update(executor.handlers())
     cw.start_loop_thread()
     cw.run_sync(cw.connect_cluster("worker"), timeout=config.startup_timeout_s)
     sys.stdout.flush()
