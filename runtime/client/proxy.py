@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
+from ..rpc import tls
 from ..rpc.connection import DEFERRED, Connection
 from ..rpc.framing import FrameError
 from .protocol import pack, pack_error, unpack
@@ -296,7 +297,9 @@ async def _serve(args: dict) -> None:
     conn = Connection(handlers, args["token"], server_side=True, on_close=lambda _c: done.set(),
                       name=f"client {args.get('peer', '')}", hello_timeout=args.get("hello_timeout_s"))
     session.conn = conn
-    await loop.connect_accepted_socket(lambda: conn, sock)
+    ctx = tls.server_context()  # this process does the handshake: the client server only accepted
+    await loop.connect_accepted_socket(lambda: conn, sock, ssl=ctx,
+                                       ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT_S if ctx else None)
     await done.wait()
     await asyncio.get_running_loop().run_in_executor(None, session.close)
 

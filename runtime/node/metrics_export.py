@@ -26,6 +26,8 @@ from typing import Any
 
 import psutil
 
+from ..rpc import tls
+
 logger = logging.getLogger("runtime.node")
 DEAD_REPORT_TTL_S = 300.0  # the last values of an exited process are still served this long
 PREFIX = "ray_"  # Ray's, so that dashboards and alert rules written for Ray find our series
@@ -92,7 +94,7 @@ class MetricsExporter:
         # An idle connection (no request yet, or headers sent slowly) is closed after hello_timeout_s.
         self.runner = web.AppRunner(app, access_log=None, keepalive_timeout=self.daemon.config.hello_timeout_s)
         await self.runner.setup()
-        await web.SockSite(self.runner, self.sock).start()
+        await web.SockSite(self.runner, self.sock, ssl_context=tls.server_context()).start()  # HTTPS under TLS
         logger.info("metrics endpoint serving on %s", self.address)
 
     async def stop(self) -> None:
