@@ -578,6 +578,9 @@ class ControlStore:
     # -- tasks (state API) ---------------------------------------------------------------
     def on_task_events(self, conn: Connection, msg: dict, bufs: list) -> None:
         for row in msg["tasks"]:
+            if not _task_row(row):  # kept, it would break the state API and the metrics on every read
+                logger.warning("dropped a malformed task event: %.200r", row)
+                continue
             tid = row["task_id"]
             old = self.tasks.get(tid)
             if old is None or old["state"] in ("PENDING", "RUNNING"):
@@ -907,6 +910,20 @@ class ControlStore:
 
 
 _TASKS: set = set()
+
+
+def _task_row(row: Any) -> bool:
+    """A task event as core workers send them (runtime/_core/task_events.py): strings (or None),
+    numbers for the times, a map for the notebook cell."""
+    def ok(key: str, value: Any) -> bool:
+        if key in ("creation_time", "start_time", "end_time"):
+            return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+        if key == "cell":
+            return value is None or (isinstance(value, dict) and all(
+                isinstance(v, (str, int, float, type(None))) for v in value.values()))
+        return value is None or isinstance(value, str)
+    return (isinstance(row, dict) and isinstance(row.get("task_id"), str) and isinstance(row.get("state"), str)
+            and all(isinstance(k, str) and ok(k, v) for k, v in row.items()))
 
 
 def _amounts(resources: Any) -> None:

@@ -173,3 +173,16 @@ def test_every_rpc_server_answers_after_these(cluster):
     for lst in cluster.listeners():
         if lst.role == RPC:
             assert support.rpc_alive(lst, cluster.token), lst
+
+
+def test_task_events_with_fields_of_the_wrong_type_do_not_break_the_tables(cluster):
+    """A running task whose name was a list was kept; the control store's metrics (the head's
+    /metrics) and the state API then failed on it until the task table was trimmed."""
+    with _session(_listener(cluster, "gcs"), cluster.token) as s:
+        rows = [{"task_id": secrets.token_hex(8), "state": "RUNNING", "name": [1]},
+                {"task_id": [2], "state": "FINISHED"}, {"task_id": secrets.token_hex(8), "state": {}}, 5]
+        support.request(s, {"op": "task_events", "tasks": rows})
+    assert support.http_alive(_listener(cluster, "metrics", "head"), "/metrics") == 200
+    dashboard = _listener(cluster, "dashboard")
+    for path in ("/api/v0/tasks", "/api/v0/tasks/summarize", "/api/v0/tasks/timeline", "/api/orrery/overview"):
+        assert support.http_alive(dashboard, path) == 200, path
