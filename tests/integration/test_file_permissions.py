@@ -9,7 +9,6 @@ account, so a file made with the default mode would be group-writable and world-
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
@@ -21,19 +20,11 @@ import textwrap
 import pytest
 
 import runtime
+from runtime._testing.umask import permissive_umask
 
 pytestmark = pytest.mark.timeout(180)
 
 MB = 1 << 20
-
-
-@contextlib.contextmanager
-def permissive_umask():
-    old = os.umask(0o002)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def loose(root: str) -> list[str]:

@@ -5,6 +5,7 @@ PromQL over metric names we really export."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,27 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _prometheus(prometheus: str, tmp_path: Path, config: dict) -> Iterator[str]:
+    """Debian's Prometheus with `config`, on a free port; yields its base URL."""
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = _free_port()
+    log = open(tmp_path / "prometheus.log", "wb")
+    proc = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
 
 
 def _api(base: str, path: str, **params: str) -> dict:
@@ -85,14 +108,7 @@ def test_real_prometheus_scrapes_every_node_and_an_application_counter(tmp_path,
     config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = "1s"
     config["rule_files"] = [str(DEPLOY / "prometheus" / "alerts.yml")]
     config["scrape_configs"][0]["file_sd_configs"][0]["files"] = [str(sd_file)]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
-    log = open(tmp_path / "prometheus.log", "wb")
-    proc = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with _prometheus(prometheus, tmp_path, config) as base:
         def all_up():
             active = _api(base, "targets")["data"]["activeTargets"]
             up = sorted(t["labels"]["instance"] for t in active if t["health"] == "up")
@@ -122,14 +138,6 @@ def test_real_prometheus_scrapes_every_node_and_an_application_counter(tmp_path,
                 assert name in exported, f"{name} (used in {expr!r}) is not exported"
         stored = set(_api(base, "label/__name__/values")["data"])
         assert {"ray_tasks", "ray_cluster_nodes", "ray_resources", "ray_orders_processed_total"} <= stored
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 
@@ -153,14 +161,7 @@ def test_real_prometheus_scrapes_a_tls_cluster_with_its_certificate(tmp_path, cl
     job["scheme"] = "https"
     job["tls_config"] = {"ca_file": env["RUNTIME_TLS_CA_CERT"], "cert_file": env["RUNTIME_TLS_SERVER_CERT"],
                          "key_file": env["RUNTIME_TLS_SERVER_KEY"]}
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
-    log = open(tmp_path / "prometheus.log", "wb")
-    proc = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with _prometheus(prometheus, tmp_path, config) as base:
         def health():
             active = _api(base, "targets")["data"]["activeTargets"]
             return [(t["labels"]["instance"], t["health"], t.get("lastError")) for t in active
@@ -169,11 +170,3 @@ def test_real_prometheus_scrapes_a_tls_cluster_with_its_certificate(tmp_path, cl
         assert wait_for(health, timeout=90, what="Prometheus scraped the TLS node") == [(target, "up", "")]
         with pytest.raises(OSError):  # plain HTTP is refused (URLError, or the connection closed)
             urllib.request.urlopen(f"http://{target}/metrics", timeout=10)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()

@@ -3,20 +3,12 @@ tightened, secrets with loose modes refused."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 
 import pytest
 
-
-@contextlib.contextmanager
-def permissive_umask():
-    old = os.umask(0o002)
-    try:
-        yield
-    finally:
-        os.umask(old)
+from runtime._testing.umask import permissive_umask
 
 
 def mode(path) -> int:
