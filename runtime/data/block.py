@@ -162,11 +162,45 @@ def map_batches(call: Any, block: pa.Table, batch_size: int | None, batch_format
                 fn_kwargs: dict, name: str) -> pa.Table:
     """`call` on each batch of the block, the outputs as one block: map_batches' loop, the same
     in a task and in a pool actor."""
+    if batch_format in ("default", "pandas") and batch_size is not None and _pandas_once(block, batch_size):
+        return _map_pandas_batches(call, block, batch_size, fn_args, fn_kwargs, name)
     outs = []
     for i, batch in enumerate(batches(block, batch_size)):
         out = call(to_batch(batch, batch_format), *fn_args, **fn_kwargs)
         outs.append(from_batch(out, f"{name} on batch {i} ({batch.num_rows} rows)"))
     return concat(outs)
+
+
+def _pandas_once(block: pa.Table, batch_size: int) -> bool:
+    """The block may be converted to pandas once and sliced: each slice is then what converting
+    that slice alone gives. Not so with nulls (a slice without one keeps int64, the whole block
+    becomes float64) or python-object columns."""
+    return (block.num_rows > batch_size and not _python_object_columns(block)
+            and all(col.null_count == 0 for col in block.columns))
+
+
+def _map_pandas_batches(call: Any, block: pa.Table, batch_size: int, fn_args: tuple, fn_kwargs: dict,
+                        name: str) -> pa.Table:
+    """map_batches over pandas batches with one Arrow-to-pandas conversion for the block and,
+    when every batch gives back a frame of the same columns and dtypes, one conversion back:
+    per 4,096-row batch the two conversions cost more than most functions do
+    (data_map_batches_s: 0.81 s before, 0.31 s after, one run each; docs/benchmarks.md)."""
+    import pandas as pd
+    df = to_pandas(block)
+    outs = []
+    for start in range(0, len(df), batch_size):
+        batch = df.iloc[start:start + batch_size]
+        batch.index = pd.RangeIndex(len(batch))  # as the slice converted alone (copy-on-write: a new frame)
+        outs.append(call(batch, *fn_args, **fn_kwargs))
+    first = outs[0]
+    if all(isinstance(o, pd.DataFrame) and o.columns.equals(first.columns) for o in outs):
+        whole = pd.concat(outs, ignore_index=True)
+        # Batches whose dtypes differed were promoted by concat: then each is converted alone,
+        # as before, and Arrow says what it makes of them.
+        if whole.dtypes.equals(first.dtypes):
+            return _from_pandas(whole)
+    return concat([from_batch(o, f"{name} on batch {i} ({min(batch_size, len(df) - i * batch_size)} rows)")
+                   for i, o in enumerate(outs)])
 
 
 def compact(block: pa.Table) -> pa.Table:
