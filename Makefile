@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 RAY_VENV := .venv-ray
 RAY_VERSION := 2.60.0
 
-.PHONY: demo lab test test-fast bench bench-ray bench-tls ray-signatures compat-ray clean lab-build
+.PHONY: demo lab test test-fast bench bench-ray bench-tls bench-scale ray-signatures compat-ray clean lab-build
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ bench-tls: $(VENV)/.installed
 	$(VPY) benchmarks/run.py --only $(TLS_WORKLOADS) --out benchmarks/results/tls_off.json
 	$(VPY) benchmarks/run.py --tls --only $(TLS_WORKLOADS) --out benchmarks/results/tls_on.json
 	$(VPY) benchmarks/tls_cost.py benchmarks/results/tls_off.json benchmarks/results/tls_on.json
+
+# How cost grows with work (benchmarks/scale.py): each point in a fresh driver, ours then Ray's.
+bench-scale: $(VENV)/.installed $(RAY_VENV)/.installed
+	mkdir -p benchmarks/results
+	$(VPY) benchmarks/scale.py --backend runtime --out benchmarks/results/scale_runtime.json
+	$(RAY_VENV)/bin/python benchmarks/scale.py --backend ray --out benchmarks/results/scale_ray.json
 
 # Ray's signatures of the public API, for tests/unit/test_ray_signatures.py (docs/ray_compatibility.md).
 ray-signatures: $(RAY_VENV)/.installed

@@ -14,6 +14,9 @@ import threading
 from typing import Callable
 
 
+_NONE: frozenset = frozenset()
+
+
 class RefEntry:
     __slots__ = ("owner", "owned", "local", "submitted", "contained_in", "borrowers")
 
@@ -22,8 +25,10 @@ class RefEntry:
         self.owned = owned
         self.local = 0
         self.submitted = 0
-        self.contained_in: set[bytes] = set()
-        self.borrowers: set[str] = set()
+        # Most objects are never pickled inside another nor borrowed: these stay the one shared
+        # empty frozenset until they are (two empty sets were 430 of a pending task's ~1,900 bytes).
+        self.contained_in: set[bytes] | frozenset = _NONE
+        self.borrowers: set[str] | frozenset = _NONE
 
     def in_use(self) -> bool:
         return bool(self.local or self.submitted or self.contained_in or self.borrowers)
@@ -85,14 +90,18 @@ class ReferenceTable:
 
     def add_contained(self, oid: bytes, owner: str, outer: bytes) -> None:
         with self._lock:
-            self._entry(oid, owner).contained_in.add(outer)
+            e = self._entry(oid, owner)
+            if not e.contained_in:
+                e.contained_in = set()
+            e.contained_in.add(outer)
 
     def remove_contained(self, oid: bytes, outer: bytes) -> None:
         with self._lock:
             e = self.entries.get(oid)
             if e is None:
                 return
-            e.contained_in.discard(outer)
+            if e.contained_in:
+                e.contained_in.discard(outer)
         self._check(oid, e)
 
     def add_borrower(self, oid: bytes, borrower: str) -> bool:
@@ -100,6 +109,8 @@ class ReferenceTable:
             e = self.entries.get(oid)
             if e is None:
                 return False
+            if not e.borrowers:
+                e.borrowers = set()
             e.borrowers.add(borrower)
             return True
 
@@ -108,7 +119,8 @@ class ReferenceTable:
             e = self.entries.get(oid)
             if e is None:
                 return
-            e.borrowers.discard(borrower)
+            if e.borrowers:
+                e.borrowers.discard(borrower)
         self._check(oid, e)
 
     def remove_borrower_everywhere(self, borrower: str) -> None:
