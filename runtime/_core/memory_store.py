@@ -19,12 +19,14 @@ class StoreEntry:
     def __init__(self) -> None:
         self.state = PENDING
         self.meta: bytes | None = None
-        self.bufs: list = []
+        # Empty tuples, not lists, until the value arrives (then they are replaced, never
+        # appended to): a pending result is most of what a queued task costs its owner.
+        self.bufs: list | tuple = ()
         self.size = 0
         self.error: BaseException | None = None
         self.waiters: list[Callable[[], None]] | None = None
         self.mapped: Any = None  # (meta view, buffer views) of the shm mapping, once read
-        self.nested: list = []  # [(object_id, owner, holder)] refs pickled inside this value
+        self.nested: list | tuple = ()  # [(object_id, owner, holder)] refs pickled inside this value
         self.node_id = ""
 
 
