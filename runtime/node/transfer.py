@@ -42,7 +42,7 @@ STREAM_MIN_BYTES = 16 << 20  # objects at least this large come over two streams
 SEAL_WAIT_S = 20.0  # how long a pull waits for an object still being written on its node
 _REQUEST = struct.Struct("<32s20sQQQ")
 _LENGTH = struct.Struct("<Q")
-TLS_IO_TIMEOUT_S = 30.0  # a TLS stream's handshake, request or a send that makes no progress
+TLS_IO_TIMEOUT_S = 30.0  # a TLS stream's send or receive that makes no progress
 _CHUNK = 4 << 20  # bytes per TLS write: big enough for full records, small enough to stay in cache
 # TLS streams run here; a bounded pool, so a flood of connections queues instead of spawning threads.
 _TLS_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="tls-stream")
@@ -159,13 +159,10 @@ class ObjectTransfer:
             await self._send_tls(ctx, client)
             return
         try:
-            token, oid, offset, length, _ = _REQUEST.unpack(
+            path, offset, length = self._requested(
                 await asyncio.wait_for(_recv_exactly(loop, client, _REQUEST.size), self.request_timeout))
-            if not hmac.compare_digest(token, self.token.encode()):
-                logger.warning("closing a data stream: wrong cluster token")
+            if path is None:
                 return
-            obj = self.store.objects.get(oid)
-            path = (obj.spilled_path or object_path(self.store.shm_dir, oid)) if obj is not None and obj.sealed else ""
             try:
                 f = open(path, "rb") if path else None
             except OSError:
@@ -181,21 +178,29 @@ class ObjectTransfer:
         finally:
             client.close()
 
+    def _requested(self, request: bytes) -> tuple[str | None, int, int]:
+        """(file to send, offset, length) of a data stream's request: path None for a wrong
+        token (close the stream), "" for an object not here (send length 0)."""
+        token, oid, offset, length, _ = _REQUEST.unpack(request)
+        if not hmac.compare_digest(token, self.token.encode()):
+            logger.warning("closing a data stream: wrong cluster token")
+            return None, 0, 0
+        obj = self.store.objects.get(oid)
+        path = (obj.spilled_path or object_path(self.store.shm_dir, oid)) if obj is not None and obj.sealed else ""
+        return path, offset, length
+
     async def _send_tls(self, ctx: ssl.SSLContext, client: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         conn = None
         try:
             client.setblocking(True)
-            client.settimeout(tls.HANDSHAKE_TIMEOUT_S)  # a peer that stalls before its request holds a thread briefly
+            client.settimeout(self.request_timeout)  # a peer that stalls before its request holds a thread briefly
             conn = await loop.run_in_executor(_TLS_POOL, _accept_tls, ctx, client)
             request = await loop.run_in_executor(_TLS_POOL, _recv_exactly_blocking, conn, _REQUEST.size)
             conn.settimeout(TLS_IO_TIMEOUT_S)
-            token, oid, offset, length, _ = _REQUEST.unpack(request)
-            if not hmac.compare_digest(token, self.token.encode()):
-                logger.warning("closing a data stream: wrong cluster token")
+            path, offset, length = self._requested(request)
+            if path is None:
                 return
-            obj = self.store.objects.get(oid)
-            path = (obj.spilled_path or object_path(self.store.shm_dir, oid)) if obj is not None and obj.sealed else ""
             await loop.run_in_executor(_TLS_POOL, _send_file_tls, conn, path, offset, length)
         except (ConnectionError, OSError, struct.error) as e:  # ssl.SSLError is an OSError
             logger.info("TLS data stream ended early: %s", e)

@@ -111,10 +111,6 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.answered = True
-        if not self.authenticated and self._decoder.pending_bytes == 0 and _not_a_hello(data):
-            self.abort("a TLS client connected, but this server does not use TLS (RUNTIME_USE_TLS is off here)"
-                       if data[:2] == b"\x16\x03" else "unauthenticated: the first frame is too large for a hello")
-            return
         try:
             messages = self._decoder.feed(data)
         except FrameError as e:
@@ -145,8 +141,18 @@ class Connection(asyncio.Protocol):
                         return
                 continue
             self._dispatch(msg, bufs)
-        if not self.authenticated and self._decoder.pending_bytes > MAX_HELLO_BYTES:
-            self.abort(f"unauthenticated: a first frame of over {MAX_HELLO_BYTES} bytes")
+        if not self.authenticated:
+            self._check_first_frame()
+
+    def _check_first_frame(self) -> None:
+        """A first frame no hello could be is refused as soon as its length is known, not
+        buffered: a TLS ClientHello (0x16 0x03 ... reads as a length over 66 KB), an HTTP
+        request, a huge prefix."""
+        head = self._decoder.head(4)
+        if len(head) == 4 and int.from_bytes(head, "little") > MAX_HELLO_BYTES:
+            self.abort("a TLS client connected, but this server does not use TLS (RUNTIME_USE_TLS is off here)"
+                       if head[:2] == b"\x16\x03" else
+                       f"unauthenticated: a first frame of over {MAX_HELLO_BYTES} bytes")
 
     def _hello_expired(self) -> None:
         if not self.authenticated and not self.closed:
@@ -379,12 +385,6 @@ def _write_some(fd: int, pieces: list) -> list:
 def _token_matches(given: Any, token: str) -> bool:
     """In constant time: how long a refusal takes says nothing about how much of it was right."""
     return isinstance(given, str) and hmac.compare_digest(given.encode(), token.encode())
-
-
-def _not_a_hello(first: bytes) -> bool:
-    """The first bytes of a connection declare a frame no hello could be: a TLS ClientHello
-    (0x16 0x03 ... reads as a length over 66 KB) or an HTTP request, say."""
-    return len(first) >= 4 and int.from_bytes(first[:4], "little") > MAX_HELLO_BYTES
 
 
 def _remote_error(msg: dict, bufs: list) -> BaseException:

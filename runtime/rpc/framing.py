@@ -83,6 +83,10 @@ class FrameDecoder:
             del buf[:pos]
         return out
 
+    def head(self, n: int) -> bytes:
+        """The first `n` bytes still buffered (fewer if fewer arrived)."""
+        return bytes(self._buf[:n])
+
     @property
     def pending_bytes(self) -> int:
         return len(self._buf)

@@ -234,11 +234,9 @@ class Executor:
         else:
             args, kwargs = deserialize(msg["a"], bufs[:nb])
         deps = msg["d"]
-        kept: dict[bytes, Any] = {}
+        previous, kept = (self.kept if keep else {}), {}
         if keep:
-            self.kept, previous = kept, self.kept  # what this task does not use is let go
-        else:
-            previous = {}
+            self.kept = kept  # what this task does not use is let go
         if not deps:
             return args, kwargs
         values = []
@@ -248,7 +246,7 @@ class Executor:
                 values.append(deserialize(meta, bufs[pos:pos + n]))
                 pos += n
             elif kind == "s":
-                mapped = previous.get(oid) if keep else None
+                mapped = previous.get(oid)
                 if mapped is None:
                     mapped = shm.map_object(cw.shm_dir, oid)
                 if keep and mapped is not None and sum(b.nbytes for b in mapped[1]) >= KEEP_MIN_BYTES:
