@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
-import json
 import logging
 import os
 import pickle
@@ -24,18 +23,15 @@ from typing import Any, Callable
 
 from ..config import SystemConfig
 from ..exceptions import (
-    ActorDiedError,
     GetTimeoutError,
     ObjectLostError,
-    ObjectReconstructionFailedError,
     OwnerDiedError,
     PlacementGroupError,
     TaskCancelledError,
     TaskError,
-    WorkerCrashedError,
 )
 from ..node import shm
-from ..rpc.connection import Connection, ConnectionClosed, bind_socket, connect, serve, socket_address
+from ..rpc.connection import Connection, bind_socket, connect, serve, socket_address
 from ..serialization.core import SerializedObject, deserialize, serialize
 from ..worker import output
 from ..worker.output import LinePrefixer
@@ -46,70 +42,14 @@ from .object_ref import ObjectRef
 from .private_files import make_private_dir
 from .reference_table import RefEntry, ReferenceTable
 from . import task_events as te
+from .actor_task_submitter import ActorChannel, ActorTaskSubmitter
+from .normal_task_submitter import Lease, NormalTaskSubmitter, SchedulingQueue  # noqa: F401 - were defined here
+from .object_recovery import ObjectRecovery
+from .task_manager import TaskManager
 from .task_spec import TaskSpec, return_ids
 
 logger = logging.getLogger("runtime")
 
-
-
-class Lease:
-    __slots__ = ("lease_id", "worker_id", "address", "conn", "gpus", "busy", "idle_handle", "sq", "dead", "nm",
-                 "node_id")
-
-    def __init__(self, reply: dict, conn: Connection, sq: SchedulingQueue, nm: Connection) -> None:
-        self.lease_id = reply["lease_id"]
-        self.worker_id = reply["worker_id"]
-        self.address = reply["address"]
-        self.gpus = reply["gpus"]
-        self.node_id = reply["node_id"]
-        self.nm = nm  # the node manager that granted it: the lease goes back there
-        self.conn = conn
-        self.busy: TaskSpec | None = None
-        self.idle_handle: asyncio.TimerHandle | None = None
-        self.sq = sq
-        self.dead = False
-
-
-class SchedulingQueue:
-    """Tasks with the same resource demand and environment share leased workers."""
-
-    __slots__ = ("key", "demand", "env", "queue", "leases", "requesting", "strategy", "infeasible")
-
-    def __init__(self, key: str, demand: dict, env: dict, strategy: Any = None) -> None:
-        self.key, self.demand, self.env, self.strategy = key, demand, env, strategy
-        self.infeasible: str | None = None  # why no node can grant this demand, until one does
-        self.queue: collections.deque[TaskSpec] = collections.deque()
-        self.leases: list[Lease] = []
-        self.requesting = 0
-
-
-class ActorChannel:
-    """Caller-side state of one actor: where it is, and calls not yet answered."""
-
-    __slots__ = ("actor_id", "state", "address", "conn", "connecting", "queue", "inflight", "reason",
-                 "subscribed", "handle_gone", "max_task_retries", "num_restarts", "version", "lock", "posted",
-                 "node_id")
-
-    def __init__(self, actor_id: str, max_task_retries: int) -> None:
-        self.actor_id = actor_id
-        self.state = "PENDING_CREATION"
-        self.address = ""
-        self.node_id = ""
-        self.conn: Connection | None = None
-        self.connecting = False
-        self.queue: collections.deque[TaskSpec] = collections.deque()
-        self.inflight: dict[bytes, TaskSpec] = {}
-        self.reason = ""
-        self.subscribed = False
-        self.handle_gone = False
-        self.max_task_retries = max_task_retries
-        self.num_restarts = 0
-        self.version = -1  # of the last control-store state applied
-        # The caller's thread may send a call itself (CoreWorker.submit_actor_task); the loop
-        # holds this lock while it changes where calls go or sends queued ones, so calls stay
-        # in order. `posted` counts calls handed to the loop but not yet in `queue`.
-        self.lock = threading.RLock()
-        self.posted = 0
 
 
 class CoreWorker:
@@ -162,9 +102,16 @@ class CoreWorker:
         self.nm: Connection | None = None
         self.gcs: Connection | None = None
         self._gcs_connecting: asyncio.Future | None = None
-        self.queues: dict[str, SchedulingQueue] = {}
-        self.tasks: dict[bytes, TaskSpec] = {}  # return object id -> pending spec (for cancel)
-        self.actors: dict[str, ActorChannel] = {}
+        # The parts this object wires together, each owning one kind of state:
+        self.task_manager = TaskManager(self.store)  # pending tasks, retries, lineage
+        self.normal_submitter = NormalTaskSubmitter(self)  # leases, and tasks pushed to leased workers
+        self.actor_submitter = ActorTaskSubmitter(self)  # actor calls, per actor
+        self.recovery = ObjectRecovery(self)  # rebuilding objects lost with their node
+        # The same tables under their old names (api.py's get_task reads `tasks`).
+        self.tasks = self.task_manager.tasks  # return object id -> pending spec
+        self.lineage = self.task_manager.lineage
+        self.queues = self.normal_submitter.queues
+        self.actors = self.actor_submitter.actors
         self._posts: collections.deque = collections.deque()
         # ObjectRef.__del__ may run inside any allocation (GC), even while this thread holds
         # one of our locks: it only appends here; the loop applies the decrements.
@@ -173,7 +120,6 @@ class CoreWorker:
         self._post_lock = threading.Lock()
         self._post_scheduled = False
         self._fetching: set[bytes] = set()
-        self._infeasible_warned: set[tuple] = set()  # (text, cell) already shown
         self.current_task_name = ""
         self.current_task_id = b""
         self.current_actor_id = ""
@@ -190,7 +136,6 @@ class CoreWorker:
         self.current_pg: list | None = None  # placement group the running task captures children into
         self.object_cells: dict[bytes, dict] = {}  # owned object -> the cell that created it
         self.object_sites: dict[bytes, str] = {}  # owned object -> where it was created, when recorded
-        self.lineage: dict[bytes, TaskSpec] = {}  # owned result in shared memory -> the task that made it
         self.task_events = te.TaskEventBuffer(self.address)
         self._events_armed = False
 
@@ -291,9 +236,7 @@ class CoreWorker:
             self.gcs = conn
             if again:
                 logger.info("reconnected to the control store")
-                for ch in self.actors.values():
-                    if ch.subscribed and ch.state != "DEAD":
-                        self.spawn(self._subscribe_actor(ch))
+                self.actor_submitter.resubscribe()
             return conn
         finally:
             self._gcs_connecting = None
@@ -352,14 +295,8 @@ class CoreWorker:
         peer = conn.peer_info.get("address")
         if conn.server_side and peer:
             self.refs.remove_borrower_everywhere(peer)
-        for sq in self.queues.values():
-            for lease in list(sq.leases):
-                if lease.conn is conn:
-                    lease.dead = True
-                    sq.leases.remove(lease)
-        for ch in self.actors.values():
-            if ch.conn is conn:
-                self._actor_conn_lost(ch)
+        self.normal_submitter.conn_closed(conn)
+        self.actor_submitter.conn_closed(conn)
 
     # -- references ----------------------------------------------------------------------
     def _on_new_borrow(self, oid: bytes, owner: str) -> None:
@@ -392,10 +329,11 @@ class CoreWorker:
                 if entry.state == SHM:
                     self.free_shm(oid, entry.node_id)
                 self._release_nested(oid, entry.nested)
-            self.tasks.pop(oid, None)
             self.object_cells.pop(oid, None)
             self.object_sites.pop(oid, None)
-            self._drop_lineage(oid)
+            freed = self.task_manager.forget(oid)
+            if freed is not None:
+                self._release_task_args(freed)
         else:
             self._send_owner(e.owner, {"op": "remove_borrower", "o": oid, "a": self.address})
 
@@ -505,7 +443,7 @@ class CoreWorker:
         try:
             conn = await self.get_conn(owner)
             reply, bufs = await conn.request({"op": "get_object", "o": oid}, timeout=None)
-            self._apply_object_reply(oid, reply, bufs)
+            self.apply_object_reply(oid, reply, bufs)
         except (ConnectionError, OSError, asyncio.TimeoutError) as e:
             self.store.set_error(oid, OwnerDiedError(oid.hex(), f"its owner {owner} is unreachable ({e}); "
                                                       "the process that created it has exited."))
@@ -514,7 +452,7 @@ class CoreWorker:
         finally:
             self._fetching.discard(oid)
 
-    def _apply_object_reply(self, oid: bytes, reply: dict, bufs: list) -> None:
+    def apply_object_reply(self, oid: bytes, reply: dict, bufs: list) -> None:
         kind = reply["k"]
         if kind == "i":
             self.store.set_inline(oid, reply["m"], [bytes(b) for b in bufs])
@@ -698,7 +636,14 @@ class CoreWorker:
 
     def submit_task(self, spec: TaskSpec, so: SerializedObject, deps: list[ObjectRef]) -> list[ObjectRef]:
         refs = self._attach_args(spec, so, deps)
-        self.post(self._submit_on_loop, spec)
+        self.post(self.submit_on_loop, spec)
+        return refs
+
+    def submit_actor_task(self, spec: TaskSpec, so: SerializedObject, deps: list[ObjectRef],
+                          max_task_retries: int) -> list[ObjectRef]:
+        spec.max_retries = max_task_retries
+        refs = self._attach_args(spec, so, deps)
+        self.actor_submitter.submit(spec, bool(deps), max_task_retries)
         return refs
 
     def _attach_args(self, spec: TaskSpec, so: SerializedObject, deps: list[ObjectRef]) -> list[ObjectRef]:
@@ -737,12 +682,16 @@ class CoreWorker:
         self.store_serialized(oid, so, nested, owner_wid=self.worker_id)
         return ref
 
-    def _submit_on_loop(self, spec: TaskSpec) -> None:
-        for oid in spec.return_ids:
-            self.tasks[oid] = spec
-        self._when_deps_ready(spec, self._enqueue)
+    def submit_on_loop(self, spec: TaskSpec) -> None:
+        self.task_manager.add_pending(spec)
+        self.when_deps_ready(spec, self.normal_submitter.enqueue)
 
-    def _when_deps_ready(self, spec: TaskSpec, then: Callable[[TaskSpec], None]) -> None:
+    # Dependencies this process owns are waited for here, before a task is queued or an actor
+    # call sent; those owned elsewhere the executing worker fetches itself.
+    def deps_pending(self, spec: TaskSpec) -> bool:
+        return any(r._owner == self.address and not self.store.ready(r._id) for r in spec.deps)
+
+    def when_deps_ready(self, spec: TaskSpec, then: Callable[[TaskSpec], None]) -> None:
         waiting = [r for r in spec.deps if r._owner == self.address and not self.store.ready(r._id)]
         if not waiting:
             then(spec)
@@ -758,107 +707,14 @@ class CoreWorker:
             if not self.store.add_waiter(r._id, lambda: self.on_loop(one)):
                 one()
 
-    def _dep_error(self, spec: TaskSpec) -> BaseException | None:
+    def dep_error(self, spec: TaskSpec) -> BaseException | None:
         for r in spec.deps:
             e = self.store.entries.get(r._id)
             if e is not None and e.state == ERROR and r._owner == self.address:
                 return e.error
         return None
 
-    def _enqueue(self, spec: TaskSpec) -> None:
-        if spec.cancelled:
-            return
-        err = self._dep_error(spec)
-        if err is not None:
-            self._finish_task(spec, error=err)
-            return
-        sq = self.queues.get(spec.sched_key)
-        if sq is None:
-            sq = self.queues[spec.sched_key] = SchedulingQueue(spec.sched_key, spec.demand, spec.env, spec.strategy)
-        sq.queue.append(spec)
-        self._dispatch(sq)
-
-    def _dispatch(self, sq: SchedulingQueue) -> None:
-        if sq.infeasible is not None:  # a task joined a queue already known to wait: its cell is told
-            self._say_infeasible(sq)
-        for lease in sq.leases:
-            if not sq.queue:
-                break
-            if lease.busy is None and not lease.dead:
-                self._push(lease, sq.queue.popleft())
-        want = min(len(sq.queue), 64) - sq.requesting
-        for _ in range(max(0, want)):
-            sq.requesting += 1
-            self.spawn(self._request_lease(sq))
-
-    async def _request_lease(self, sq: SchedulingQueue) -> None:
-        """Ask our node manager for a worker; follow its spillback to another node's manager."""
-        nm, msg = self.nm, {"op": "lease", "demand": sq.demand, "env": sq.env, "strategy": sq.strategy,
-                            "job": self.job_id}
-        try:
-            while True:
-                reply, _ = await nm.request(msg, timeout=None)
-                if "spillback" not in reply:
-                    break
-                nm = await self.get_conn(reply["spillback"])
-                msg["spilled"] = True
-        except (ConnectionError, OSError):
-            sq.requesting -= 1
-            if sq.queue and not self.closed:  # that node died: ask again (our own node decides anew)
-                self.loop.call_later(0.1, self._dispatch, sq)
-            return
-        except Exception as e:  # noqa: BLE001 - the request itself is wrong (e.g. affinity to a dead node)
-            sq.requesting -= 1
-            while sq.queue:
-                self._finish_task(sq.queue.popleft(), error=e)
-            return
-        sq.requesting -= 1
-        sq.infeasible = None  # granted: the cluster can hold it now
-        try:
-            conn = await self.get_conn(reply["address"])
-        except Exception:
-            logger.warning("could not reach leased worker %s", reply["address"])
-            self._return_lease_msg(nm, reply, kill=True)
-            self._dispatch(sq)
-            return
-        lease = Lease(reply, conn, sq, nm)
-        sq.leases.append(lease)
-        if sq.queue:
-            self._push(lease, sq.queue.popleft())
-        else:
-            self._return_lease(lease)
-
-    def _return_lease_msg(self, nm: Connection, reply: dict, kill: bool = False) -> None:
-        if nm is not None and not nm.closed:
-            nm.send({"op": "return_lease", "worker_id": reply["worker_id"], "lease_id": reply["lease_id"],
-                          "kill": kill})
-
-    def _return_lease(self, lease: Lease) -> None:
-        lease.idle_handle = None
-        if lease.busy is not None or lease.dead:
-            return
-        lease.dead = True
-        if lease in lease.sq.leases:
-            lease.sq.leases.remove(lease)
-        self._return_lease_msg(lease.nm, {"worker_id": lease.worker_id, "lease_id": lease.lease_id})
-
-    def _push(self, lease: Lease, spec: TaskSpec) -> None:
-        if lease.idle_handle is not None:
-            lease.idle_handle.cancel()
-            lease.idle_handle = None
-        lease.busy = spec
-        spec.lease = lease
-        self.task_event(spec, te.RUNNING, (lease.worker_id, lease.node_id))
-        msg, bufs = self._task_message(spec, lease.conn, lease.node_id)
-        msg["gpu"] = lease.gpus
-        msg["res"] = spec.demand
-        try:
-            lease.conn.request_cb(msg, bufs, lambda r, b, err: self._on_task_done(
-                lease, spec, None if err else (r, b), err))
-        except ConnectionClosed as e:
-            self._on_task_done(lease, spec, None, e)
-
-    def _task_message(self, spec: TaskSpec, conn: Connection, node_id: str) -> tuple[dict, list]:
+    def task_message(self, spec: TaskSpec, conn: Connection, node_id: str) -> tuple[dict, list]:
         """The push message; a dependency in shared memory on the worker's own node (`node_id`)
         is mapped there directly, others the worker fetches (and pulls) itself."""
         bufs = list(spec.args_bufs)
@@ -891,52 +747,8 @@ class CoreWorker:
                 sent.add(spec.fid)
         return msg, bufs
 
-    def _on_task_done(self, lease: Lease, spec: TaskSpec, result: Any, exc: BaseException | None) -> None:
-        if self.closed:
-            return  # shutting down: connections closing is expected, not a crash
-        lease.busy = None
-        sq = lease.sq
-        if exc is not None:
-            lease.dead = True
-            if lease in sq.leases:
-                sq.leases.remove(lease)
-            if spec.cancelled:
-                self._finish_task(spec, error=TaskCancelledError(spec.task_id.hex()))
-            elif spec.max_retries != 0:
-                spec.max_retries -= 1
-                output.in_context(spec, logger.warning, "A worker died while running task `%s`; retrying (%s "
-                                  "retries left).", spec.name, "infinite" if spec.max_retries < 0 else spec.max_retries)
-                sq.queue.appendleft(spec)
-            else:
-                self._finish_task(spec, error=WorkerCrashedError(spec.name, f"worker {lease.worker_id[:8]} exited"))
-        else:
-            reply, bufs = result
-            if not self._maybe_retry_exception(spec, reply):
-                self._apply_results(spec, reply, bufs, lease.address)
-            else:
-                sq.queue.appendleft(spec)
-        if sq.strategy == "SPREAD" and not lease.dead:
-            self._return_lease(lease)  # one task per lease: each is placed (spread) on its own
-        if sq.queue:
-            self._dispatch(sq)
-        elif not lease.dead and lease.busy is None:
-            lease.idle_handle = self.loop.call_later(self.config.lease_idle_timeout_s, self._return_lease, lease)
-
-    def _maybe_retry_exception(self, spec: TaskSpec, reply: dict) -> bool:
-        if not spec.retry_exceptions or spec.max_retries == 0 or spec.cancelled:
-            return False
-        for kind, meta, *_ in reply["res"]:
-            if kind == "e":
-                err = pickle.loads(meta)
-                cause = getattr(err, "cause", err)
-                rx = spec.retry_exceptions
-                if rx is True or (isinstance(rx, (list, tuple)) and isinstance(cause, tuple(rx))):
-                    spec.max_retries -= 1
-                    logger.info("task `%s` raised %s; retrying", spec.name, type(cause).__name__)
-                    return True
-        return False
-
-    def _apply_results(self, spec: TaskSpec, reply: dict, bufs: list, worker_address: str) -> None:
+    # -- task results ------------------------------------------------------------------------
+    def apply_results(self, spec: TaskSpec, reply: dict, bufs: list, worker_address: str) -> None:
         pos = 0
         for oid, (kind, meta, nbufs, nested) in zip(spec.return_ids, reply["res"]):
             if not self.refs.holds(oid):  # nobody wants this result any more
@@ -956,40 +768,23 @@ class CoreWorker:
             pos += nbufs
         for oid in reply.get("b", ()):  # refs the worker still borrows
             self.refs.add_borrower(oid, worker_address)
-        self._task_finished(spec, self._reply_error(reply))
+        self._task_finished(spec, _reply_error(reply))
 
-    def _finish_task(self, spec: TaskSpec, *, error: BaseException) -> None:
+    def finish_task(self, spec: TaskSpec, *, error: BaseException) -> None:
         for oid in spec.return_ids:
             self.store.set_error(oid, error)
         self._task_finished(spec, error)
 
-    @staticmethod
-    def _reply_error(reply: dict) -> BaseException | None:
-        for kind, meta, *_ in reply["res"]:
-            if kind == "e":
-                try:
-                    return pickle.loads(meta)
-                except Exception as e:  # the owner already reported it; the event only summarises
-                    return e
-        return None
-
     def _task_finished(self, spec: TaskSpec, error: BaseException | None = None) -> None:
         if spec.finished:
             return
-        spec.finished = True
         state = te.FINISHED if error is None else (
             te.CANCELLED if isinstance(error, TaskCancelledError) else te.FAILED)
         self.task_event(spec, state, error)
-        for oid in spec.return_ids:
-            if self.tasks.get(oid) is spec:
-                del self.tasks[oid]
-        if not self._keep_lineage(spec, error):
+        if self.task_manager.finish(spec, error):
             self._release_task_args(spec)
         if spec.actor_id:
-            ch = self.actors.get(spec.actor_id)
-            if ch is not None:
-                ch.inflight.pop(spec.task_id, None)
-                self._maybe_kill_out_of_scope(ch)
+            self.actor_submitter.task_finished(spec)
 
     def _release_task_args(self, spec: TaskSpec) -> None:
         for r in spec.deps:
@@ -998,122 +793,33 @@ class CoreWorker:
             self.refs.remove_submitted(r._id)
         spec.deps, spec.nested = [], []
 
-    # -- lineage: rebuilding results lost with a node ----------------------------------------
-    # A task's results in shared memory live on one node; if it dies they are gone. As in Ray,
-    # the owner keeps the task (and its arguments pinned) while such a result is referenced and
-    # the task has retries left, and runs it again when a reader finds the copy gone.
-    def _keep_lineage(self, spec: TaskSpec, error: BaseException | None) -> bool:
-        if error is not None or spec.actor_id or spec.max_retries == 0:
-            return False
-        kept = False
-        for oid in spec.return_ids:
-            e = self.store.entries.get(oid)
-            if e is not None and e.state == SHM:
-                self.lineage[oid] = spec
-                kept = True
-        return kept
-
-    def _drop_lineage(self, oid: bytes) -> None:
-        spec = self.lineage.pop(oid, None)
-        if spec is not None and not any(self.lineage.get(o) is spec for o in spec.return_ids):
-            self._release_task_args(spec)
-
+    # -- lost objects and nodes ----------------------------------------------------------------
     async def reconstruct(self, oid: bytes, lost_node: str, why_lost: str = "") -> None:
-        """Make `oid` (owned, its copy lost with `lost_node`) available again, or store why not."""
-        e = self.store.entries.get(oid)
-        if e is None or (e.state == SHM and e.node_id != lost_node) or e.state in (INLINE, ERROR):
-            return  # freed, or already rebuilt elsewhere
-        if e.state == SHM:
-            spec = self.lineage.get(oid)
-            if spec is None or spec.max_retries == 0:
-                why = ("its task has no retries left (max_retries); raise max_retries to let lost results be rebuilt"
-                       if spec is not None else
-                       "no lineage is kept for it (put() objects, actor results and tasks with max_retries=0 "
-                       "cannot be rebuilt; raise max_retries)")
-                self.store.set_error(oid, ObjectReconstructionFailedError(
-                    oid.hex(), f"its only copy was on node {lost_node[:8]}, which is gone, and {why}"))
-                return
-            if spec.max_retries > 0:
-                spec.max_retries -= 1
-            self._forget_leases_on(lost_node)
-            output.in_context(spec, logger.warning, "Rebuilding the results of task `%s`: their only copy was on "
-                              "node %s: %s.", spec.name, lost_node[:8], why_lost or "the node is gone")
-            for o in spec.return_ids:
-                self.lineage.pop(o, None)
-                self.store.reset_pending(o)
-            spec.finished, spec.lease = False, None
-            self.task_event(spec, te.PENDING)
-            self._submit_on_loop(spec)
-        fut = self.loop.create_future()
-        if self.store.add_waiter(oid, lambda: self.on_loop(lambda: fut.done() or fut.set_result(None))):
-            await fut
+        await self.recovery.reconstruct(oid, lost_node, why_lost)
+
+    async def _recover(self, ref: ObjectRef, lost_node: str, why_lost: str = "") -> None:
+        await self.recovery.recover(ref, lost_node, why_lost)
+
+    async def on_recover_object(self, conn: Connection, msg: dict, bufs: list) -> Any:
+        await self.recovery.reconstruct(msg["o"], msg["node"], msg.get("why", ""))
+        return self._object_reply(msg["o"])
 
     def on_node_dead(self, conn: Connection, msg: dict, bufs: list) -> None:
         """A node was declared dead (its node manager stopped answering, perhaps cut off by a
         partition): connections to its workers may never close by themselves, so drop them; their
         tasks are retried and their actors' calls wait for the restart, as when a worker dies."""
         node_id = msg["node_id"]
-        self._forget_leases_on(node_id)
+        why = f"node {node_id[:8]} was declared dead"
+        self.normal_submitter.forget_leases_on(node_id)
         nm = self.conns.get(msg.get("address", ""))
         if nm is not None:  # lease requests waiting there: asked again of our own node
-            nm.abort(f"node {node_id[:8]} was declared dead")
-        for sq in self.queues.values():
-            for lease in list(sq.leases):
-                if lease.node_id == node_id:
-                    lease.conn.abort(f"node {node_id[:8]} was declared dead")
-        for ch in self.actors.values():
-            if ch.node_id == node_id and ch.conn is not None:
-                ch.conn.abort(f"node {node_id[:8]} was declared dead")
-
-    def _forget_leases_on(self, node_id: str) -> None:
-        """Workers leased on a node believed gone take no more tasks (their connections may not
-        have closed yet). They are handed back too: if the node is in fact alive (a reader could not
-        pull from it for another reason), a worker kept leased would hold its resources forever."""
-        for sq in self.queues.values():
-            for lease in [x for x in sq.leases if x.node_id == node_id and x.busy is None]:
-                if lease.idle_handle is not None:
-                    lease.idle_handle.cancel()
-                self._return_lease(lease)
-
-    async def _recover(self, ref: ObjectRef, lost_node: str, why_lost: str = "") -> None:
-        if ref._owner == self.address:
-            await self.reconstruct(ref._id, lost_node, why_lost)
-            return
-        try:
-            conn = await self.get_conn(ref._owner)
-            reply, bufs = await conn.request({"op": "recover_object", "o": ref._id, "node": lost_node,
-                                              "why": why_lost}, timeout=None)
-        except (ConnectionError, OSError) as e:
-            self.store.set_error(ref._id, OwnerDiedError(ref.hex(), f"its copy was lost with node {lost_node[:8]} "
-                                                         f"and its owner {ref._owner} is unreachable ({e})"))
-            return
-        self.store.reset_pending(ref._id)
-        self._apply_object_reply(ref._id, reply, bufs)
-
-    async def on_recover_object(self, conn: Connection, msg: dict, bufs: list) -> Any:
-        await self.reconstruct(msg["o"], msg["node"], msg.get("why", ""))
-        return self._object_reply(msg["o"])
+            nm.abort(why)
+        self.normal_submitter.abort_leases_on(node_id, why)
+        self.actor_submitter.abort_conns_on(node_id, why)
 
     def on_infeasible(self, conn: Connection, msg: dict, bufs: list) -> None:
-        """A lease request of ours can never be granted as the cluster is: say so where the
-        waiting tasks were submitted (each notebook cell once), else once in this process."""
         demand = {k: float(v) for k, v in (msg.get("demand") or {}).items()}
-        queues = [sq for sq in self.queues.values() if sq.demand == demand]
-        for sq in queues:
-            sq.infeasible = msg["text"]
-            self._say_infeasible(sq)
-        if not any(s.context is not None for sq in queues for s in sq.queue):
-            if (msg["text"], None) not in self._infeasible_warned:
-                self._infeasible_warned.add((msg["text"], None))
-                logger.warning(msg["text"])
-
-    def _say_infeasible(self, sq: SchedulingQueue) -> None:
-        """Tell each notebook cell with a task waiting in `sq` why it waits (once per cell)."""
-        for spec in sq.queue:
-            key = (sq.infeasible, json.dumps(spec.cell, sort_keys=True, default=str))
-            if spec.context is not None and key not in self._infeasible_warned:
-                self._infeasible_warned.add(key)
-                output.in_context(spec, logger.warning, sq.infeasible)
+        self.normal_submitter.on_infeasible(demand, msg["text"])
 
     # -- task output ---------------------------------------------------------------------------
     def on_task_output(self, conn: Connection, msg: dict, bufs: list) -> None:
@@ -1132,45 +838,27 @@ class CoreWorker:
         self.on_loop(self._cancel_on_loop, ref._id, force, recursive)
 
     def _cancel_on_loop(self, oid: bytes, force: bool, recursive: bool) -> None:
-        spec = self.tasks.get(oid)
-        if spec is None or spec.finished:
+        spec = self.task_manager.pending(oid)
+        if spec is None:
             return
         spec.cancelled = True
         if spec.actor_id:
-            ch = self.actor_channel(spec.actor_id)
-            with ch.lock:
-                if spec in ch.queue:
-                    ch.queue.remove(spec)
-                    self._finish_task(spec, error=TaskCancelledError(spec.task_id.hex()))
-                elif ch.conn is not None and not ch.conn.closed:
-                    ch.conn.send({"op": "cancel", "t": spec.task_id, "force": False, "recursive": recursive})
-            return
-        sq = self.queues.get(spec.sched_key)
-        if spec.lease is None or spec.lease.busy is not spec:
-            if sq is not None and spec in sq.queue:
-                sq.queue.remove(spec)
-            self._finish_task(spec, error=TaskCancelledError(spec.task_id.hex()))
-            return
-        lease = spec.lease
-        if force:
-            if not lease.nm.closed:
-                lease.nm.send({"op": "kill_worker", "worker_id": lease.worker_id})
+            self.actor_submitter.cancel(spec, recursive)
         else:
-            lease.conn.send({"op": "cancel", "t": spec.task_id, "recursive": recursive})
+            self.normal_submitter.cancel(spec, force, recursive)
 
     def on_cancel_task(self, conn: Connection, msg: dict, bufs: list) -> dict:
         """Cancel asked for by task id through the control store (state API, lab extension)."""
-        spec = self.tasks.get(return_ids(msg["t"], 1)[0])
-        if spec is None or spec.finished:
+        spec = self.task_manager.pending(return_ids(msg["t"], 1)[0])
+        if spec is None:
             return {"cancelled": False}
         self._cancel_on_loop(spec.return_ids[0], bool(msg.get("force")), True)
         return {"cancelled": True}
 
     def cancel_children(self, parent_task_id: bytes) -> None:
         """Cancel tasks this process submitted while running `parent_task_id` (recursive cancel)."""
-        for oid, spec in list(self.tasks.items()):
-            if getattr(spec, "parent", None) == parent_task_id:
-                self._cancel_on_loop(oid, False, True)
+        for oid in self.task_manager.children_of(parent_task_id):
+            self._cancel_on_loop(oid, False, True)
 
     # -- placement groups ------------------------------------------------------------------------
     def placement_group_ready(self, pg: Any) -> ObjectRef:
@@ -1232,203 +920,22 @@ class CoreWorker:
         if families and self.nm is not None and not self.nm.closed:
             self.nm.send({"op": "metrics_report", "families": families})
 
-    # -- actors -------------------------------------------------------------------------------
+    # -- actors (ActorTaskSubmitter does the work) -------------------------------------------------
     def actor_channel(self, actor_id: str, max_task_retries: int = 0) -> ActorChannel:
-        ch = self.actors.get(actor_id)
-        if ch is None:  # setdefault: the caller's thread may create it at the same time
-            ch = self.actors.setdefault(actor_id, ActorChannel(actor_id, max_task_retries))
-        return ch
-
-    def submit_actor_task(self, spec: TaskSpec, so: SerializedObject, deps: list[ObjectRef],
-                          max_task_retries: int) -> list[ObjectRef]:
-        spec.max_retries = max_task_retries
-        refs = self._attach_args(spec, so, deps)
-        ch = self.actor_channel(spec.actor_id, max_task_retries)
-        with ch.lock:
-            # Fast path: a connected actor with nothing queued ahead gets the call straight from
-            # this thread, which saves waking the io thread (about a fifth of a sync call).
-            if not (deps or ch.posted or ch.queue or ch.state != "ALIVE" or ch.conn is None or self.closed):
-                for oid in spec.return_ids:
-                    self.tasks[oid] = spec
-                ch.inflight[spec.task_id] = spec
-                if self._send_actor_call(ch, spec, ch.conn, threadsafe=True):
-                    return refs
-                del ch.inflight[spec.task_id]
-            ch.posted += 1
-        self.post(self._submit_actor_on_loop, spec)
-        return refs
-
-    def _send_actor_call(self, ch: ActorChannel, spec: TaskSpec, conn: Connection, threadsafe: bool) -> bool:
-        msg, bufs = self._task_message(spec, conn, ch.node_id)
-        self.task_event(spec, te.RUNNING, ("", ch.node_id))
-
-        def on_reply(reply: Any, rbufs: Any, err: BaseException | None) -> None:
-            self._on_actor_reply(ch, spec, reply, rbufs, err)
-
-        if threadsafe:
-            return conn.request_cb_threadsafe(msg, bufs, on_reply)
-        conn.request_cb(msg, bufs, on_reply)
-        return True
-
-    def _submit_actor_on_loop(self, spec: TaskSpec) -> None:
-        ch = self.actor_channel(spec.actor_id)
-        with ch.lock:
-            ch.posted -= 1
-            for oid in spec.return_ids:
-                self.tasks[oid] = spec
-            ch.queue.append(spec)
-            if not ch.subscribed:
-                ch.subscribed = True
-                self.spawn(self._subscribe_actor(ch))
-            self._flush_actor(ch)
+        return self.actor_submitter.channel(actor_id, max_task_retries)
 
     def subscribe_actor_nowait(self, actor_id: str, max_task_retries: int) -> None:
-        def go() -> None:
-            ch = self.actor_channel(actor_id, max_task_retries)
-            if not ch.subscribed:
-                ch.subscribed = True
-                self.spawn(self._subscribe_actor(ch))
-        self.on_loop(go)
-
-    async def _subscribe_actor(self, ch: ActorChannel) -> None:
-        try:
-            try:
-                reply, _ = await self.gcs_request({"op": "subscribe_actor", "actor_id": ch.actor_id})
-            except ConnectionError:  # the control store went away mid-request: once more, reconnecting
-                reply, _ = await self.gcs_request({"op": "subscribe_actor", "actor_id": ch.actor_id})
-        except Exception as e:
-            ch.state, ch.reason = "DEAD", f"the control store could not be reached: {e}"
-            self._flush_actor(ch)
-            return
-        self._apply_actor_state(ch, reply)
+        self.actor_submitter.subscribe_nowait(actor_id, max_task_retries)
 
     def on_actor_update(self, conn: Connection, msg: dict, bufs: list) -> None:
-        ch = self.actors.get(msg["actor_id"])
-        if ch is not None:
-            self._apply_actor_state(ch, msg)
-
-    def _apply_actor_state(self, ch: ActorChannel, msg: dict) -> None:
-        # A subscribe reply resumes its coroutine a loop turn after it arrives, so it can be
-        # older than an actor_update already applied: only ever move forward.
-        with ch.lock:
-            if ch.state == "DEAD" or msg["version"] < ch.version:
-                return
-            ch.version = msg["version"]
-            ch.num_restarts = msg["num_restarts"]
-            ch.state, ch.reason = msg["state"], msg.get("reason", "")
-            if msg.get("address") and msg["address"] != ch.address:
-                ch.address, ch.conn = msg["address"], None
-            ch.node_id = msg.get("node_id", "")
-            self._flush_actor(ch)
-
-    def _flush_actor(self, ch: ActorChannel) -> None:
-        with ch.lock:
-            self._flush_actor_locked(ch)
-
-    def _flush_actor_locked(self, ch: ActorChannel) -> None:
-        if ch.state == "DEAD":
-            err = ActorDiedError(ch.actor_id, ch.reason)
-            while ch.queue:
-                self._finish_task(ch.queue.popleft(), error=err)
-            return
-        if ch.state != "ALIVE" or not ch.address:
-            return
-        if ch.conn is None or ch.conn.closed:
-            if not ch.connecting:
-                ch.connecting = True
-                self.spawn(self._connect_actor(ch))
-            return
-        while ch.queue:
-            spec = ch.queue[0]
-            if spec.cancelled:
-                ch.queue.popleft()
-                continue
-            if any(r._owner == self.address and not self.store.ready(r._id) for r in spec.deps):
-                self._when_deps_ready(spec, lambda s: self._flush_actor(ch))
-                return
-            ch.queue.popleft()
-            err = self._dep_error(spec)
-            if err is not None:
-                self._finish_task(spec, error=err)
-                continue
-            ch.inflight[spec.task_id] = spec
-            self._send_actor_call(ch, spec, ch.conn, threadsafe=False)
-
-    async def _connect_actor(self, ch: ActorChannel) -> None:
-        address = ch.address
-        try:
-            conn = await self.get_conn(address)
-        except Exception:
-            conn = None
-        with ch.lock:
-            ch.connecting = False
-            if ch.address != address:
-                self._flush_actor(ch)
-                return
-            if conn is None:
-                ch.state = "UNKNOWN"  # wait for the control store to say what happened
-                return
-            ch.conn = conn
-            self._flush_actor(ch)
-
-    def _on_actor_reply(self, ch: ActorChannel, spec: TaskSpec, reply: dict, bufs: list,
-                        err: BaseException | None) -> None:
-        if err is not None:
-            return  # connection lost: handled by _actor_conn_lost
-        if reply.get("actor_dead"):
-            ch.inflight.pop(spec.task_id, None)
-            self._finish_task(spec, error=ActorDiedError(ch.actor_id, reply["actor_dead"]))
-            return
-        self._apply_results(spec, reply, bufs, ch.address)
-
-    def _actor_conn_lost(self, ch: ActorChannel) -> None:
-        with ch.lock:
-            self._actor_conn_lost_locked(ch)
-
-    def _actor_conn_lost_locked(self, ch: ActorChannel) -> None:
-        ch.conn = None
-        ch.address = ""
-        if ch.state == "ALIVE":
-            ch.state = "UNKNOWN"
-        retry = []
-        for spec in list(ch.inflight.values()):
-            ch.inflight.pop(spec.task_id, None)
-            if spec.max_retries != 0 and not spec.cancelled:
-                spec.max_retries -= 1
-                retry.append(spec)
-            else:
-                reason = ch.reason or "the actor's process died while running this call (max_task_retries=0)"
-                self._finish_task(spec, error=ActorDiedError(ch.actor_id, reason))
-        ch.queue.extendleft(reversed(retry))
-        self._flush_actor(ch)
+        self.actor_submitter.on_update(msg)
 
     def handle_out_of_scope(self, actor_id: str) -> None:
         """Called from ActorHandle.__del__: only schedules (see defer_remove_local)."""
         if not self.closed:
-            self.loop.call_soon_threadsafe(self._handle_out_of_scope, actor_id)
+            self.loop.call_soon_threadsafe(self.actor_submitter.handle_out_of_scope, actor_id)
 
-    def _handle_out_of_scope(self, actor_id: str) -> None:
-        def go() -> None:
-            ch = self.actors.get(actor_id)
-            if ch is None:
-                ch = self.actor_channel(actor_id)
-            ch.handle_gone = True
-            self._maybe_kill_out_of_scope(ch)
-        go()
-
-    def _maybe_kill_out_of_scope(self, ch: ActorChannel) -> None:
-        if ch.handle_gone and not ch.queue and not ch.inflight and ch.state != "DEAD":
-            ch.state = "DEAD"
-            ch.reason = "all handles to it went out of scope"
-
-            async def kill() -> None:
-                try:
-                    await self.gcs_request({"op": "kill_actor", "actor_id": ch.actor_id, "no_restart": True})
-                except Exception:
-                    pass
-
-            self.spawn(kill())
-
+    # -- shutdown ------------------------------------------------------------------------------
     # -- shutdown ------------------------------------------------------------------------------
     async def close_async(self) -> None:
         self.closed = True
@@ -1476,3 +983,14 @@ def _pickle_error(err: BaseException | None) -> bytes:
         return pickle.dumps(err)
     except Exception:
         return pickle.dumps(ObjectLostError("", f"{type(err).__name__}: {err}"))
+
+
+def _reply_error(reply: dict) -> BaseException | None:
+    """The error a task's reply carries, for its task event."""
+    for kind, meta, *_ in reply["res"]:
+        if kind == "e":
+            try:
+                return pickle.loads(meta)
+            except Exception as e:  # the owner already reported it; the event only summarises
+                return e
+    return None
