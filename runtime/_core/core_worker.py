@@ -15,35 +15,28 @@ import contextvars
 import logging
 import os
 import pickle
-import sys
 import threading
 import time
 from concurrent.futures import Future as ConcurrentFuture
 from typing import Any, Callable
 
 from ..config import SystemConfig
-from ..exceptions import (
-    GetTimeoutError,
-    ObjectLostError,
-    OwnerDiedError,
-    PlacementGroupError,
-    TaskCancelledError,
-    TaskError,
-)
-from ..node import shm
+from ..exceptions import PlacementGroupError, TaskCancelledError
 from ..rpc.connection import Connection, bind_socket, connect, serve, socket_address
-from ..serialization.core import SerializedObject, deserialize, serialize
+from ..serialization.core import SerializedObject, serialize
 from ..worker import output
 from ..worker.output import LinePrefixer
 from .ids import ObjectID
-from .memory_store import ERROR, INLINE, PENDING, SHM, MemoryStore
+from .memory_store import MemoryStore
 from .metrics_registry import registry as metrics_registry
 from .object_ref import ObjectRef
 from .private_files import make_private_dir
-from .reference_table import RefEntry, ReferenceTable
 from . import task_events as te
 from .actor_task_submitter import ActorChannel, ActorTaskSubmitter
+from .dependency_resolver import DependencyResolver
 from .normal_task_submitter import Lease, NormalTaskSubmitter, SchedulingQueue  # noqa: F401 - were defined here
+from .object_reader import ObjectReader
+from .ownership import Ownership, call_site
 from .object_recovery import ObjectRecovery
 from .task_manager import TaskManager
 from .task_spec import TaskSpec, return_ids
@@ -83,13 +76,15 @@ class CoreWorker:
             os.chmod(sock_path, 0o600)  # bound with this process's umask (a driver's is the user's)
         self.address = socket_address(self._listen_sock)
         self.store = MemoryStore()
-        self.refs = ReferenceTable(self.address, self._on_release, self._on_new_borrow)
+        self.ownership = Ownership(self)  # what we own and borrow: creating, releasing, answering for it
+        self.refs = self.ownership.refs
         self.loop = asyncio.new_event_loop()
         self.thread: threading.Thread | None = None
         self.handlers: dict[str, Callable] = {
-            "get_object": self.on_get_object, "add_borrower": self.on_add_borrower,
-            "remove_borrower": self.on_remove_borrower, "release_contained": self.on_release_contained,
-            "list_refs": self.on_list_refs, "actor_update": self.on_actor_update, "infeasible": self.on_infeasible,
+            "get_object": self.ownership.on_get_object, "add_borrower": self.ownership.on_add_borrower,
+            "remove_borrower": self.ownership.on_remove_borrower,
+            "release_contained": self.ownership.on_release_contained,
+            "list_refs": self.ownership.on_list_refs, "actor_update": self.on_actor_update, "infeasible": self.on_infeasible,
             "task_output": self.on_task_output, "cancel_task": self.on_cancel_task,
             "recover_object": self.on_recover_object, "node_dead": self.on_node_dead,
         }
@@ -104,8 +99,10 @@ class CoreWorker:
         self._gcs_connecting: asyncio.Future | None = None
         # The parts this object wires together, each owning one kind of state:
         self.task_manager = TaskManager(self.store)  # pending tasks, retries, lineage
+        self.resolver = DependencyResolver(self.store, self.address, self.on_loop)  # arguments that are objects
         self.normal_submitter = NormalTaskSubmitter(self)  # leases, and tasks pushed to leased workers
         self.actor_submitter = ActorTaskSubmitter(self)  # actor calls, per actor
+        self.reader = ObjectReader(self)  # get, wait, and fetching what others own
         self.recovery = ObjectRecovery(self)  # rebuilding objects lost with their node
         # The same tables under their old names (api.py's get_task reads `tasks`).
         self.tasks = self.task_manager.tasks  # return object id -> pending spec
@@ -119,7 +116,6 @@ class CoreWorker:
         self._dead_refs_scheduled = False
         self._post_lock = threading.Lock()
         self._post_scheduled = False
-        self._fetching: set[bytes] = set()
         self.current_task_name = ""
         self.current_task_id = b""
         self.current_actor_id = ""
@@ -128,14 +124,13 @@ class CoreWorker:
         self.assigned_resources: dict = {}
         self.blocked_hook: Callable[[bool], None] | None = None  # set by the worker executor
         self.closed = False
-        self._prune_handle: asyncio.TimerHandle | None = None
         # The notebook cell (dict: notebook, cell_id, execution_count) that what this process
         # submits now belongs to: set by the notebook extension in a driver, and from the
         # task being run in a worker, so child tasks carry their parent's cell.
         self.current_cell: dict | None = None
         self.current_pg: list | None = None  # placement group the running task captures children into
-        self.object_cells: dict[bytes, dict] = {}  # owned object -> the cell that created it
-        self.object_sites: dict[bytes, str] = {}  # owned object -> where it was created, when recorded
+        self.object_cells = self.ownership.object_cells  # owned object -> the cell that created it
+        self.object_sites = self.ownership.object_sites  # owned object -> where it was created, when recorded
         self.task_events = te.TaskEventBuffer(self.address)
         self._events_armed = False
 
@@ -298,321 +293,34 @@ class CoreWorker:
         self.normal_submitter.conn_closed(conn)
         self.actor_submitter.conn_closed(conn)
 
-    # -- references ----------------------------------------------------------------------
-    def _on_new_borrow(self, oid: bytes, owner: str) -> None:
-        if owner:
-            self.on_loop(self._send_owner, owner, {"op": "add_borrower", "o": oid, "a": self.address})
-
-    def _send_owner(self, owner: str, msg: dict) -> None:
-        conn = self.conns.get(owner)
-        if conn is not None and not conn.closed:
-            conn.send(msg)
-            return
-
-        async def _later() -> None:
-            try:
-                (await self.get_conn(owner)).send(msg)
-            except Exception:
-                pass  # the owner is gone; nothing to tell it
-
-        self.spawn(_later())
-
-    def _on_release(self, oid: bytes, e: RefEntry) -> None:
-        if self.closed:
-            return
-        self.on_loop(self._release_on_loop, oid, e)
-
-    def _release_on_loop(self, oid: bytes, e: RefEntry) -> None:
-        entry = self.store.pop(oid)
-        if e.owned:
-            if entry is not None:
-                if entry.state == SHM:
-                    self.free_shm(oid, entry.node_id)
-                self._release_nested(oid, entry.nested)
-            self.object_cells.pop(oid, None)
-            self.object_sites.pop(oid, None)
-            freed = self.task_manager.forget(oid)
-            if freed is not None:
-                self._release_task_args(freed)
-        else:
-            self._send_owner(e.owner, {"op": "remove_borrower", "o": oid, "a": self.address})
-
-    def free_shm(self, oid: bytes, node_id: str) -> None:
-        """Free an object's shared-memory copy on the node that holds it (through our own node
-        manager, which forwards; the holder frees the copies other nodes pulled)."""
-        if self.nm is not None and not self.nm.closed:
-            self.nm.send({"op": "free_objects", "object_ids": [oid], "node_id": node_id})
-
-    def _release_nested(self, outer: bytes, nested: list) -> None:
-        for oid, owner, holder in nested:
-            if holder == self.address:
-                self.refs.remove_contained(oid, outer)
-            else:
-                self._send_owner(holder, {"op": "release_contained", "o": oid, "x": outer})
-
-    def _pin_nested(self, outer: bytes, so: SerializedObject) -> list:
-        nested = []
-        for r in so.nested_refs:
-            self.refs.add_contained(r._id, r._owner, outer)
-            nested.append((r._id, r._owner, self.address))
-        return nested
-
-    # owner-side handlers
-    def on_add_borrower(self, conn: Connection, msg: dict, bufs: list) -> None:
-        self.refs.add_borrower(msg["o"], msg["a"])
-
-    def on_remove_borrower(self, conn: Connection, msg: dict, bufs: list) -> None:
-        self.refs.remove_borrower(msg["o"], msg["a"])
-
-    def on_release_contained(self, conn: Connection, msg: dict, bufs: list) -> None:
-        self.refs.remove_contained(msg["o"], msg["x"])
-
-    def on_list_refs(self, conn: Connection, msg: dict, bufs: list) -> dict:
-        out = []
-        for oid, e in self.refs.snapshot():
-            if not e.owned:
-                continue
-            entry = self.store.entries.get(oid)
-            state = {PENDING: "PENDING", INLINE: "INLINE", SHM: "SHARED_MEMORY", ERROR: "ERROR"}[
-                entry.state if entry else PENDING]
-            out.append({"object_id": oid.hex(), "size_bytes": entry.size if entry else 0, "owner": self.address,
-                        "owner_worker_id": self.worker_id, "owner_pid": self.pid, "reference_kinds": e.kinds(),
-                        "local_refs": e.local, "pending_task_refs": e.submitted, "captured_in": len(e.contained_in),
-                        "borrowers": len(e.borrowers), "state": state, "spilled": False,
-                        "cell": self.object_cells.get(oid), "call_site": self.object_sites.get(oid),
-                        "owner_is_driver": self.mode == "driver"})
-        return {"objects": out}
-
-    # -- objects: put ------------------------------------------------------------------------
+    # -- objects: put (Ownership does the work) -----------------------------------------------
     def put(self, value: Any, *, _owner: str | None = None) -> ObjectRef:
-        if isinstance(value, ObjectRef):
-            raise TypeError("Calling put() on an ObjectRef is not allowed: the value is already stored. "
-                            "Pass the ref itself, or put a list containing it.")
-        so = serialize(value)
-        oid = ObjectID.new()
-        ref = ObjectRef(oid, self.address)
-        nested = self._pin_nested(oid, so)
-        self.store_serialized(oid, so, nested, owner_wid=self.worker_id)
-        if self.current_cell is not None:
-            self.object_cells[oid] = self.current_cell
-        if self.config.record_ref_creation_sites:
-            self.object_sites[oid] = call_site()
-        return ref
+        return self.ownership.put(value)
+
+    def put_args(self, so: SerializedObject) -> ObjectRef:
+        return self.ownership.put_args(so)
 
     def store_serialized(self, oid: bytes, so: SerializedObject, nested: list, owner_wid: str) -> tuple[str, Any]:
-        """Store locally: inline if small, else in the node's shared memory. Returns how."""
-        total = so.total_bytes
-        if total < self.config.max_inline_bytes:
-            bufs = [bytes(b) for b in so.buffers]  # copy: the caller may mutate its buffers later
-            self.store.set_inline(oid, so.meta, bufs, nested)
-            return "i", None
-        size = self.write_shm(oid, so, owner_wid)
-        self.store.set_shm(oid, size, self.node_id, nested)
-        return "s", size
+        return self.ownership.store_serialized(oid, so, nested, owner_wid)
 
     def write_shm(self, oid: bytes, so: SerializedObject, owner_wid: str) -> int:
-        size = shm.shm_size(so)
-        reply, _ = self.run_sync(self.nm.request(
-            {"op": "create_object", "object_id": oid, "size": size, "owner": owner_wid},
-            timeout=self.config.rpc_timeout_s))
-        shm.write_object(self.shm_dir, oid, so, size, reuse=reply.get("reuse", False))
-        self.on_loop(self._after_write, oid)
-        return size
+        return self.ownership.write_shm(oid, so, owner_wid)
 
-    def _after_write(self, oid: bytes) -> None:
-        self.nm.send({"op": "seal_object", "object_id": oid})
-        if shm.has_write_maps() and self._prune_handle is None:
-            self._prune_handle = self.loop.call_later(2.0, self._prune_write_maps)
-
-    def _prune_write_maps(self) -> None:
-        # Mappings kept for reuse (shm.py) must not outlive their file by long.
-        shm.prune_write_maps()
-        self._prune_handle = self.loop.call_later(2.0, self._prune_write_maps) if shm.has_write_maps() else None
-
-    # -- objects: get / wait ---------------------------------------------------------------
-    def _ensure_fetch(self, ref: ObjectRef) -> None:
-        """Make sure a value we don't own is being fetched from its owner (loop thread)."""
-        oid = ref._id
-        if self.store.ready(oid) or oid in self._fetching:
-            return
-        self._fetching.add(oid)
-        self.store.create_pending(oid)
-        self.spawn(self._fetch(oid, ref._owner))
-
-    async def _fetch(self, oid: bytes, owner: str) -> None:
-        try:
-            conn = await self.get_conn(owner)
-            reply, bufs = await conn.request({"op": "get_object", "o": oid}, timeout=None)
-            self.apply_object_reply(oid, reply, bufs)
-        except (ConnectionError, OSError, asyncio.TimeoutError) as e:
-            self.store.set_error(oid, OwnerDiedError(oid.hex(), f"its owner {owner} is unreachable ({e}); "
-                                                      "the process that created it has exited."))
-        except Exception as e:  # noqa: BLE001 - the owner answered with an error
-            self.store.set_error(oid, e if isinstance(e, ObjectLostError) else ObjectLostError(oid.hex(), str(e)))
-        finally:
-            self._fetching.discard(oid)
-
-    def apply_object_reply(self, oid: bytes, reply: dict, bufs: list) -> None:
-        kind = reply["k"]
-        if kind == "i":
-            self.store.set_inline(oid, reply["m"], [bytes(b) for b in bufs])
-        elif kind == "s":
-            self.store.set_shm(oid, reply["size"], reply["node"])
-        elif kind == "e":
-            self.store.set_error(oid, pickle.loads(reply["m"]))
-        else:
-            self.store.set_error(oid, ObjectLostError(oid.hex(), reply.get("why", "the owner no longer has it")))
-
-    def on_get_object(self, conn: Connection, msg: dict, bufs: list) -> Any:
-        oid = msg["o"]
-        e = self.store.entries.get(oid)
-        if e is None:
-            return {"k": "x", "why": "the owner has already freed it (no references were left)"}
-        if e.state == PENDING:
-            fut = self.loop.create_future()
-
-            def done() -> None:
-                if not fut.done():
-                    fut.set_result(None)
-
-            if self.store.add_waiter(oid, lambda: self.on_loop(done)):
-                async def wait_then_reply() -> Any:
-                    await fut
-                    return self._object_reply(oid)
-
-                return wait_then_reply()
-        return self._object_reply(oid)
-
-    def _object_reply(self, oid: bytes) -> Any:
-        e = self.store.entries.get(oid)
-        if e is None:
-            return {"k": "x", "why": "it was freed"}
-        if e.state == INLINE:
-            return {"k": "i", "m": e.meta}, e.bufs
-        if e.state == SHM:
-            return {"k": "s", "size": e.size, "node": e.node_id}
-        return {"k": "e", "m": _pickle_error(e.error)}
-
-    def _wait_ready(self, refs: list[ObjectRef], num_returns: int, timeout: float | None) -> None:
-        """Block until at least `num_returns` of `refs` are ready (or timeout)."""
-        store = self.store
-        pending = [r for r in refs if not store.ready(r._id)]
-        need = num_returns - (len(refs) - len(pending))
-        if need <= 0:
-            return
-        # A plain lock, released by whoever makes the last needed object ready: cheaper to
-        # wake than an Event (no Python-level Condition on either side).
-        done = threading.Lock()
-        done.acquire()
-        if need == 1:
-            def one_ready() -> None:
-                try:
-                    done.release()
-                except RuntimeError:  # another of the refs got there first
-                    pass
-        else:
-            remaining = [need]
-            count_lock = threading.Lock()
-
-            def one_ready() -> None:
-                with count_lock:
-                    remaining[0] -= 1
-                    if remaining[0] != 0:
-                        return
-                done.release()
-
-        to_fetch = []
-        for r in pending:
-            if not store.add_waiter(r._id, one_ready):
-                one_ready()
-            if r._owner != self.address:
-                to_fetch.append(r)
-        if to_fetch:
-            self.on_loop(lambda: [self._ensure_fetch(r) for r in to_fetch])
-        if not done.locked():
-            return
-        blocked = self.blocked_hook is not None
-        if blocked:
-            self.blocked_hook(True)
-        try:
-            if not done.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
-                left = sum(1 for r in refs if not store.ready(r._id)) - (len(refs) - num_returns)
-                raise GetTimeoutError(f"Get timed out: {left} of {len(refs)} objects were not ready "
-                                      f"after {timeout} s. Raise the timeout, or check `runtime list tasks`.")
-        finally:
-            if blocked:
-                self.blocked_hook(False)
-
+    # -- objects: get / wait (ObjectReader does the work) ----------------------------------
     def get(self, refs: list[ObjectRef], timeout: float | None = None) -> list[Any]:
-        self._wait_ready(refs, len(refs), timeout)
-        return [self.materialize(r) for r in refs]
-
-    def materialize(self, ref: ObjectRef) -> Any:
-        e = self.store.entries.get(ref._id)
-        if e is None or e.state == PENDING:
-            raise ObjectLostError(ref.hex(), "it was freed while being read")
-        if e.state == INLINE:
-            return deserialize(e.meta, e.bufs)
-        if e.state == SHM:
-            if e.mapped is None:
-                try:
-                    e.mapped = self._map_shm(ref._id, e.node_id)
-                except ObjectLostError as lost:
-                    if e.node_id == self.node_id:
-                        raise
-                    # Its node is gone: rebuild it from lineage (owner) or have the owner do so.
-                    self.run_sync(self._recover(ref, e.node_id, lost.detail))
-                    return self.materialize(ref)
-            meta, bufs = e.mapped
-            return deserialize(meta, bufs)
-        err = e.error
-        if isinstance(err, TaskError):
-            raise err.as_instanceof_cause()
-        raise err
-
-    def _map_shm(self, oid: bytes, node_id: str) -> tuple:
-        mapped = shm.map_object(self.shm_dir, oid)
-        if mapped is None:
-            if node_id and node_id != self.node_id:  # on another node: our node manager pulls a copy
-                reply, _ = self.run_sync(self.nm.request({"op": "pull_object", "object_id": oid, "node_id": node_id},
-                                                         timeout=None))
-            else:  # spilled: ask the node manager to bring it back
-                reply, _ = self.run_sync(self.nm.request({"op": "restore_object", "object_id": oid}))
-            mapped = shm.map_object(self.shm_dir, oid) if reply.get("found") else None
-            if mapped is None:
-                where = reply.get("why") or "the node freed or lost it"
-                raise ObjectLostError(oid.hex(), f"its shared-memory copy is gone ({where})")
-        return mapped
+        return self.reader.get(refs, timeout)
 
     def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None) -> tuple[list, list]:
-        try:
-            self._wait_ready(refs, num_returns, timeout)
-        except GetTimeoutError:
-            pass
-        ready, not_ready = [], []
-        for r in refs:
-            (ready if self.store.ready(r._id) and len(ready) < num_returns else not_ready).append(r)
-        return ready, not_ready
+        return self.reader.wait(refs, num_returns, timeout)
 
     def get_future(self, ref: ObjectRef) -> ConcurrentFuture:
-        fut: ConcurrentFuture = ConcurrentFuture()
+        return self.reader.get_future(ref)
 
-        def resolve() -> None:
-            try:
-                fut.set_result(self.materialize(ref))
-            except BaseException as e:  # noqa: BLE001 - handed to the awaiting code
-                fut.set_exception(e)
+    def materialize(self, ref: ObjectRef) -> Any:
+        return self.reader.materialize(ref)
 
-        def on_ready() -> None:
-            # Deserialize off the io loop: values can be large, and get may need the loop.
-            threading.Thread(target=resolve, daemon=True).start() if self.store.entries.get(
-                ref._id) and self.store.entries[ref._id].state == SHM else resolve()
-
-        if not self.store.add_waiter(ref._id, on_ready):
-            on_ready()
-        elif ref._owner != self.address:
-            self.on_loop(self._ensure_fetch, ref)
-        return fut
+    def apply_object_reply(self, oid: bytes, reply: dict, bufs: list) -> None:
+        self.reader.apply_object_reply(oid, reply, bufs)
 
     # -- task submission -------------------------------------------------------------------
     def prepare_args(self, args: tuple, kwargs: dict, what: str) -> tuple[SerializedObject, list[ObjectRef]]:
@@ -675,59 +383,24 @@ class CoreWorker:
             self.store.create_pending(oid)
         return refs
 
-    def put_args(self, so: SerializedObject) -> ObjectRef:
-        oid = ObjectID.new()
-        ref = ObjectRef(oid, self.address)
-        nested = self._pin_nested(oid, so)
-        self.store_serialized(oid, so, nested, owner_wid=self.worker_id)
-        return ref
-
     def submit_on_loop(self, spec: TaskSpec) -> None:
         self.task_manager.add_pending(spec)
         self.when_deps_ready(spec, self.normal_submitter.enqueue)
 
-    # Dependencies this process owns are waited for here, before a task is queued or an actor
-    # call sent; those owned elsewhere the executing worker fetches itself.
+    # Dependencies (DependencyResolver; the submitters reach it through these)
     def deps_pending(self, spec: TaskSpec) -> bool:
-        return any(r._owner == self.address and not self.store.ready(r._id) for r in spec.deps)
+        return self.resolver.pending(spec)
 
     def when_deps_ready(self, spec: TaskSpec, then: Callable[[TaskSpec], None]) -> None:
-        waiting = [r for r in spec.deps if r._owner == self.address and not self.store.ready(r._id)]
-        if not waiting:
-            then(spec)
-            return
-        left = [len(waiting)]
-
-        def one() -> None:
-            left[0] -= 1
-            if left[0] == 0:
-                then(spec)
-
-        for r in waiting:
-            if not self.store.add_waiter(r._id, lambda: self.on_loop(one)):
-                one()
+        self.resolver.when_ready(spec, then)
 
     def dep_error(self, spec: TaskSpec) -> BaseException | None:
-        for r in spec.deps:
-            e = self.store.entries.get(r._id)
-            if e is not None and e.state == ERROR and r._owner == self.address:
-                return e.error
-        return None
+        return self.resolver.error(spec)
 
     def task_message(self, spec: TaskSpec, conn: Connection, node_id: str) -> tuple[dict, list]:
         """The push message; a dependency in shared memory on the worker's own node (`node_id`)
         is mapped there directly, others the worker fetches (and pulls) itself."""
-        bufs = list(spec.args_bufs)
-        deps = []
-        for r in spec.deps:
-            e = self.store.entries.get(r._id)
-            if r._owner == self.address and e is not None and e.state == INLINE:
-                deps.append(["i", r._id, r._owner, e.meta, len(e.bufs)])
-                bufs.extend(e.bufs)
-            elif e is not None and e.state == SHM and e.node_id == node_id:
-                deps.append(["s", r._id, r._owner, None, 0])
-            else:
-                deps.append(["r", r._id, r._owner, None, 0])
+        deps, bufs = self.resolver.message_deps(spec, node_id)
         msg = {"op": "push" if not spec.actor_id else "actor_call", "t": spec.task_id, "n": spec.name,
                "a": spec.args_meta, "nb": len(spec.args_bufs), "d": deps, "r": spec.return_ids,
                "job": self.job_id, "ns": self.namespace, "ow": self.worker_id, "oa": self.address}
@@ -753,10 +426,10 @@ class CoreWorker:
         for oid, (kind, meta, nbufs, nested) in zip(spec.return_ids, reply["res"]):
             if not self.refs.holds(oid):  # nobody wants this result any more
                 if kind == "s":
-                    self.free_shm(oid, reply.get("node", self.node_id))
+                    self.ownership.free_shm(oid, reply.get("node", self.node_id))
                 pos += nbufs
                 for noid, _owner, holder in nested or ():
-                    self._send_owner(holder, {"op": "release_contained", "o": noid, "x": oid})
+                    self.ownership.send_owner(holder, {"op": "release_contained", "o": noid, "x": oid})
                 continue
             nested = [tuple(n) for n in nested or ()]
             if kind == "i":
@@ -782,11 +455,11 @@ class CoreWorker:
             te.CANCELLED if isinstance(error, TaskCancelledError) else te.FAILED)
         self.task_event(spec, state, error)
         if self.task_manager.finish(spec, error):
-            self._release_task_args(spec)
+            self.release_task_args(spec)
         if spec.actor_id:
             self.actor_submitter.task_finished(spec)
 
-    def _release_task_args(self, spec: TaskSpec) -> None:
+    def release_task_args(self, spec: TaskSpec) -> None:
         for r in spec.deps:
             self.refs.remove_submitted(r._id)
         for r in spec.nested:
@@ -802,7 +475,7 @@ class CoreWorker:
 
     async def on_recover_object(self, conn: Connection, msg: dict, bufs: list) -> Any:
         await self.recovery.reconstruct(msg["o"], msg["node"], msg.get("why", ""))
-        return self._object_reply(msg["o"])
+        return self.ownership.object_reply(msg["o"])
 
     def on_node_dead(self, conn: Connection, msg: dict, bufs: list) -> None:
         """A node was declared dead (its node manager stopped answering, perhaps cut off by a
@@ -936,7 +609,6 @@ class CoreWorker:
             self.loop.call_soon_threadsafe(self.actor_submitter.handle_out_of_scope, actor_id)
 
     # -- shutdown ------------------------------------------------------------------------------
-    # -- shutdown ------------------------------------------------------------------------------
     async def close_async(self) -> None:
         self.closed = True
         rows = self.task_events.drain(self.node_id, self.job_id)
@@ -964,27 +636,6 @@ class CoreWorker:
 
 
 _BACKGROUND: set = set()
-_RUNTIME_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def call_site() -> str:
-    """Where user code called into the runtime: the innermost frame outside this package
-    ("path:line in function"), as `runtime memory --group-by STACK_TRACE` shows it."""
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_RUNTIME_DIR):
-        frame = frame.f_back
-    if frame is None:
-        return "(unknown)"
-    return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
-
-
-def _pickle_error(err: BaseException | None) -> bytes:
-    try:
-        return pickle.dumps(err)
-    except Exception:
-        return pickle.dumps(ObjectLostError("", f"{type(err).__name__}: {err}"))
-
-
 def _reply_error(reply: dict) -> BaseException | None:
     """The error a task's reply carries, for its task event."""
     for kind, meta, *_ in reply["res"]:
