@@ -2,6 +2,23 @@
 counts references, stores small values, submits tasks and actor calls, and serves
 other processes' requests for the objects it owns.
 
+CoreWorker wires together the parts that own each kind of state, and keeps the process's
+connections, its io loop and the handlers of its server:
+
+  ownership.py              objects we own (put, release) and our side of those we borrow
+  reference_table.py        who refers to each object (counting only)
+  memory_store.py           the values themselves, and who waits for them
+  object_reader.py          get / wait: fetching from owners, mapping shared memory
+  task_manager.py           pending tasks, their retries, and lineage kept to rebuild results
+  dependency_resolver.py    a task's object arguments: waiting for them, inlining small ones
+  normal_task_submitter.py  leasing workers and pushing tasks to them
+  actor_task_submitter.py   calls to actors, in order, across restarts
+  object_recovery.py        rebuilding an object lost with its node
+  task_events.py            task state changes, batched for the state API
+
+The parts reach the network and each other through this object (their `host`); none of them
+imports this module except for type checking, so the package's imports stay acyclic.
+
 Threads: user code calls in from any thread; all I/O happens on one event loop running
 in the daemon thread `runtime-io`. Calls cross over with `call_soon_threadsafe` (for
 submissions, batched) or `run_coroutine_threadsafe` (for calls that need an answer).

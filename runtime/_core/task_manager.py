@@ -35,7 +35,7 @@ class TaskManager:
         return None if spec is None or spec.finished else spec
 
     def children_of(self, parent_task_id: bytes) -> list[bytes]:
-        """A return id of each pending task submitted while `parent_task_id` ran."""
+        """The return ids of the pending tasks submitted while `parent_task_id` ran."""
         return [oid for oid, spec in list(self.tasks.items()) if getattr(spec, "parent", None) == parent_task_id]
 
     def finish(self, spec: TaskSpec, error: BaseException | None) -> bool | None:
