@@ -64,9 +64,9 @@ def _current_gcs() -> str | None:
 
 def _auto_gcs() -> str | None:
     """The control store that address "auto" means now (None: no cluster runs here)."""
-    from runtime._core.api import _find_cluster
+    from runtime._core.session import find_cluster
     try:
-        return _find_cluster("auto")["gcs_address"]
+        return find_cluster("auto")["gcs_address"]
     except ConnectionError:
         return None
 

@@ -10,6 +10,7 @@ import cloudpickle
 from . import api_state, worker_state
 from .ids import ActorID, TaskID
 from ..runtime_env.spec import require_uploaded
+from .session import ensure_initialized
 from .options import ACTOR_OPTIONS, METHOD_OPTIONS, demand_of, env_of, resolve_placement, strategy_of, validate
 from .task_spec import TaskSpec, return_ids, unpack_refs
 
@@ -63,7 +64,7 @@ class ActorClass:
         return self._create(args, kwargs, self._options)
 
     def _create(self, args: tuple, kwargs: dict, options: dict) -> ActorHandle:
-        cw = api_state.ensure_initialized()
+        cw = ensure_initialized()
         if self._blob is None:
             self._blob = cloudpickle.dumps(self._cls, protocol=5)
         if cw.is_client:  # a thin client: the head's proxy creates it (runtime/client)
@@ -171,7 +172,7 @@ class ActorMethod:
         return self._submit(args, kwargs, self._num_returns)
 
     def _submit(self, args: tuple, kwargs: dict, num_returns: int, task_id: bytes | None = None) -> Any:
-        cw = api_state.ensure_initialized()
+        cw = ensure_initialized()
         h = self._handle
         if cw.is_client:  # a thin client: the head's proxy submits it (runtime/client)
             return unpack_refs(cw.call_actor(h, self._name, args, kwargs, num_returns), num_returns)

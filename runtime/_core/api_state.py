@@ -1,10 +1,9 @@
-"""Module state of the public API in this process: the job's settings and cluster handle."""
+"""Module state of the public API in this process: the job's settings and cluster handle.
+Plain data, set by session.py (init/shutdown) and by the processes that embed a driver."""
 
 from __future__ import annotations
 
 from typing import Any
-
-from . import worker_state
 
 job_runtime_env: dict | None = None
 cluster: Any = None  # launcher.ClusterProcesses when this driver started an embedded cluster
@@ -18,17 +17,5 @@ current_cell: dict | None = None
 # raises ConnectionError instead of starting an embedded cluster.
 auto_init = True
 # "jupyter-server", "cli": set by such processes before they join, shown in job lists
-# (api._driver_kind tells notebooks and scripts apart by itself).
+# (session._driver_kind tells notebooks and scripts apart by itself).
 driver_kind: str | None = None
-
-
-def ensure_initialized() -> Any:
-    """The current core worker; like Ray, the first remote call starts a local cluster."""
-    cw = worker_state.current_or_none()
-    if cw is None:
-        if not auto_init:
-            raise ConnectionError("Not connected to a cluster (this process does not start one of its own).")
-        from .api import init
-        init()
-        cw = worker_state.current()
-    return cw

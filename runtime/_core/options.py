@@ -125,19 +125,21 @@ def resolve_placement(options: dict, demand: dict[str, float], cw: Any) -> tuple
         pg, index, capture = ss.placement_group, ss.placement_group_bundle_index, ss.placement_group_capture_child_tasks
     elif pg == "default":
         pg = None
-    if pg is None and ss is None and cw.mode == "worker" and getattr(cw, "current_pg", None):
-        from ..util.placement_group import PlacementGroup
-        pg_id, bundles, strategy, name = cw.current_pg
-        pg, index, capture = PlacementGroup(pg_id, bundles, strategy, name), -1, True
-    if pg is None:
+    if pg is not None:
+        group = [pg.id, pg.bundle_specs, pg.strategy, pg.name]
+    elif ss is None and cw.mode == "worker" and getattr(cw, "current_pg", None):
+        # The group this task runs in, captured for its children: [id, bundles, strategy, name],
+        # read as it is (a PlacementGroup object is runtime.util's, above this module).
+        group, index, capture = list(cw.current_pg), -1, True
+    else:
         return demand, None
-    bundles = pg.bundle_specs
+    pg_id, bundles = group[0], group[1]
     if not isinstance(index, int) or not -1 <= index < len(bundles):
         raise ValueError(f"placement_group_bundle_index must be -1 (any bundle) or 0..{len(bundles) - 1}, got {index!r}.")
     candidates = bundles if index < 0 else [bundles[index]]
     if not any(all(b.get(k, 0.0) + 1e-9 >= v for k, v in demand.items()) for b in candidates):
         where = "any bundle" if index < 0 else f"bundle {index} ({bundles[index]})"
         raise ValueError(f"This task or actor asks for {demand}, more than {where} of placement group "
-                         f"{pg.id[:12]} holds (bundles: {bundles}); ask for less or make the bundles bigger.")
-    inherit = [pg.id, bundles, pg.strategy, pg.name] if capture else None
-    return demand_in_group(demand, pg.id, index), inherit
+                         f"{pg_id[:12]} holds (bundles: {bundles}); ask for less or make the bundles bigger.")
+    inherit = group if capture else None
+    return demand_in_group(demand, pg_id, index), inherit

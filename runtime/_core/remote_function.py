@@ -10,6 +10,7 @@ import cloudpickle
 from . import api_state
 from .ids import TaskID
 from ..runtime_env.spec import require_uploaded
+from .session import ensure_initialized
 from .options import TASK_OPTIONS, demand_of, env_of, resolve_placement, sched_key, strategy_of, validate
 from .task_spec import TaskSpec, return_ids, unpack_refs
 
@@ -48,7 +49,7 @@ class RemoteFunction:
         return self._fid, self._blob  # type: ignore[return-value]
 
     def _submit(self, args: tuple, kwargs: dict, options: dict, task_id: bytes | None = None) -> Any:
-        cw = api_state.ensure_initialized()
+        cw = ensure_initialized()
         fid, blob = self._function_blob()
         num_returns = options.get("num_returns", 1)
         if cw.is_client:  # a thin client: the head's proxy submits it (runtime/client)

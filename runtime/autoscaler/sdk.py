@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from .._core import api_state
+from .._core.session import ensure_initialized
 
 
 def request_resources(num_cpus: int | None = None, bundles: list[dict] | None = None) -> None:
@@ -15,6 +15,6 @@ def request_resources(num_cpus: int | None = None, bundles: list[dict] | None = 
     if bundles is not None and not (isinstance(bundles, list) and all(isinstance(b, dict) for b in bundles)):
         raise ValueError(f"bundles must be a list of resource dicts like [{{'CPU': 1}}], got {bundles!r}.")
     wanted = [{"CPU": 1.0}] * (num_cpus or 0) + [dict(b) for b in bundles or ()]
-    cw = api_state.ensure_initialized()
+    cw = ensure_initialized()
     from .monitor import REQUEST_KEY
     cw.run_sync(cw.gcs_request({"op": "kv_put", "key": REQUEST_KEY}, [json.dumps(wanted).encode()]))

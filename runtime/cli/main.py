@@ -247,7 +247,7 @@ def _parse_resources(text: str | None, flag: str = "--resources") -> dict | None
 def _join(args: argparse.Namespace) -> int:
     """`runtime start --address HOST:PORT`: one more node manager for a running head."""
     from ..config import SystemConfig
-    from .._core.api import _find_cluster
+    from .._core.session import find_cluster
     if not args.address:
         print("Give --head to start a head node, or --address HOST:PORT to join a running one.", file=sys.stderr)
         return 2
@@ -259,7 +259,7 @@ def _join(args: argparse.Namespace) -> int:
             node_ip = launcher.route_ip(args.address)
     else:
         try:
-            info = _find_cluster(args.address)
+            info = find_cluster(args.address)
         except ConnectionError as e:
             print(f"{e} To join a head on another machine, pass its token: --token TOKEN (or RUNTIME_CLUSTER_TOKEN; "
                   "`runtime start --head` prints where it is kept).", file=sys.stderr)

@@ -36,9 +36,9 @@ class StateError(Exception):
 # -- where the state comes from ------------------------------------------------------------------
 class _ControlStoreSource:
     def __init__(self, address: str) -> None:
-        from .._core.api import _find_cluster
+        from .._core.session import find_cluster
         try:
-            info = _find_cluster(address)
+            info = find_cluster(address)
         except ConnectionError as e:
             raise StateError(str(e)) from None
         self.store = ray_state.ControlStoreClient(info["gcs_address"], info["token"], kind="cli")

@@ -49,7 +49,7 @@ class JobSubmissionClient:
         head's; an https dashboard is checked with the RUNTIME_TLS_* settings). `metadata` is
         added to every job's; `headers` and `cookies` go with every HTTP request, and
         RUNTIME_CLUSTER_TOKEN, when set, as the bearer token the dashboard may require."""
-        from .._core.api import _find_cluster
+        from .._core.session import find_cluster
         from ..config import cluster_address_from_env
         address = address or cluster_address_from_env() or "auto"
         self._metadata = dict(metadata or {})
@@ -63,7 +63,7 @@ class JobSubmissionClient:
             self._http = HttpJobs(address, headers, cookies or {})
             self.address = address
             return
-        info = _find_cluster(address)
+        info = find_cluster(address)
         self.address, self._token = info["gcs_address"], info["token"]
 
     def _call(self, msg: dict, bufs: list | tuple = (), timeout: float = 60.0) -> tuple[dict, list]:

@@ -25,8 +25,8 @@ def list_named_actors(all_namespaces: bool = False) -> list:
     with `all_namespaces` a {"name": ..., "namespace": ...} per actor of every namespace. On a
     cluster that isolates namespaces (`runtime start --head --isolate-namespaces`) every namespace
     but this job's is left out either way."""
-    from .._core import api_state
-    cw = api_state.ensure_initialized()
+    from .._core.session import ensure_initialized
+    cw = ensure_initialized()
     reply, _ = cw.run_sync(cw.gcs_request({"op": "list_named_actors"}))
     if all_namespaces:
         return [{"name": a["name"], "namespace": a["namespace"]} for a in reply["actors"]]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._core import api_state
+from .._core.session import ensure_initialized
 from .._core.ids import ActorID
 from .._core.object_ref import ObjectRef
 
@@ -23,7 +23,7 @@ STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 def _gcs(msg: dict, timeout: float | None = None) -> dict:
-    cw = api_state.ensure_initialized()
+    cw = ensure_initialized()
     reply, _ = cw.run_sync(cw.gcs_request(msg, timeout=timeout))
     return {k: v for k, v in reply.items() if k not in ("op", "id", "ok")}  # the RPC envelope
 
@@ -41,7 +41,7 @@ class PlacementGroup:
 
     def ready(self) -> ObjectRef:
         """An ObjectRef that resolves (to this group) once every bundle is reserved."""
-        return api_state.ensure_initialized().placement_group_ready(self)
+        return ensure_initialized().placement_group_ready(self)
 
     def wait(self, timeout_seconds: float = 30) -> bool:
         """True once the group is created; False if `timeout_seconds` passed first."""
@@ -93,7 +93,7 @@ def placement_group(bundles: list[dict[str, float]], strategy: str = "PACK", nam
                        for s in bundle_label_selector)):
         raise ValueError(f"bundle_label_selector must be a list of {len(bundles)} dicts of label to str, one per "
                          f"bundle, like [{{'zone': 'a'}}]; got {bundle_label_selector!r}.")
-    cw = api_state.ensure_initialized()
+    cw = ensure_initialized()
     pg_id = ActorID.new().hex()
     clean = [{k: float(v) for k, v in b.items() if v > 0} for b in bundles]
     _gcs({"op": "create_pg", "pg_id": pg_id, "bundles": clean, "strategy": strategy, "name": name,
@@ -110,7 +110,7 @@ def remove_placement_group(placement_group: PlacementGroup) -> None:
 
 
 def get_placement_group(placement_group_name: str) -> PlacementGroup:
-    cw = api_state.ensure_initialized()
+    cw = ensure_initialized()
     row = _gcs({"op": "get_pg", "name": placement_group_name, "namespace": cw.namespace})
     return PlacementGroup(row["placement_group_id"], row["bundles"], row["strategy"], row["name"])
 
@@ -135,7 +135,7 @@ def _table_row(row: dict) -> dict:
 
 def get_current_placement_group() -> PlacementGroup | None:
     """In a task or actor that captures child tasks into its group: that group."""
-    cw = api_state.ensure_initialized()
+    cw = ensure_initialized()
     current = getattr(cw, "current_pg", None)  # [id, bundles, strategy, name], set per task
     return PlacementGroup(*current) if current else None
 

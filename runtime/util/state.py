@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .._core import api_state
+from .._core.session import ensure_initialized
 
 __all__ = ["cancel_task", "get_task", "list_actors", "list_jobs", "list_nodes", "list_objects",
            "list_placement_groups", "list_tasks", "node_stats", "object_store_stats", "summarize_tasks"]
 
 
 def _gcs(msg: dict, timeout: float | None = None) -> dict:
-    cw = api_state.ensure_initialized()
+    cw = ensure_initialized()
     reply, _ = cw.run_sync(cw.gcs_request(msg, timeout=timeout))
     return reply
 
@@ -40,7 +40,7 @@ def _join(address: str | None) -> None:
     """Ray's state calls take the cluster's address; a process that has not joined one joins it."""
     from .._core import worker_state
     if address is not None and worker_state.current_or_none() is None:
-        from .._core.api import init
+        from .._core.session import init
         init(address=address)
 
 
@@ -115,7 +115,7 @@ def _tasks(timeout: float | None = None) -> list[dict]:
     error_type, error_message, creation_time, start_time, end_time. Each process reports its
     tasks' changes every `task_events_interval_s`; this process's own are sent first.
     """
-    cw = api_state.ensure_initialized()
+    cw = ensure_initialized()
     cw.run_sync(cw.flush_task_events())
     return _gcs({"op": "list_tasks"}, timeout)["tasks"]
 
