@@ -32,6 +32,10 @@ class SystemConfig:
     # A connection to any of the cluster's ports that has not authenticated within this long (no
     # hello with the token, a request sent byte by byte, an HTTP connection idle) is closed.
     hello_timeout_s: float = 10.0
+    # Workers a node starts at once (0: its CPU count, at least 2; Ray's
+    # maximum_startup_concurrency). More wait their turn: hundreds started together on a few
+    # cores each take so long that some miss hello_timeout_s.
+    worker_startup_concurrency: int = 0
     # Node heartbeat period towards the control store.
     heartbeat_interval_s: float = 1.0
     # A node whose heartbeats stop for this long is declared dead (its connection is dropped, its

@@ -18,7 +18,6 @@ import socket
 import sys
 import time
 from collections import defaultdict, deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
@@ -26,7 +25,6 @@ import psutil
 from .. import config as config_mod
 from .. import owner_pipe
 from .._core.private_files import make_private_dir
-from ..exceptions import RuntimeEnvSetupError
 from ..rpc.connection import Connection, bind_socket, connect, serve, socket_address
 from ..runtime_env.spec import env_hash
 from . import logs
@@ -36,30 +34,10 @@ from .transfer import ObjectTransfer
 from .resources import (LeaseQueue, LeaseRequest, ResourcePool, bundle_resources, is_group_resource,
                         normalize)
 from .runtime_env_agent import RuntimeEnvAgent
-from .zygote import become_subreaper, request_worker, start_zygote
+from .worker_pool import WorkerRecord, WorkerStarter
+from .zygote import become_subreaper, start_zygote
 
 logger = logging.getLogger("runtime.node")
-
-
-@dataclass
-class WorkerRecord:
-    worker_id: str
-    env_key: str
-    env: dict  # its resolved runtime_env (runtime/runtime_env/spec.py)
-    job_id: str = ""
-    env_keys: list = field(default_factory=list)  # the runtime_env cache entries it uses
-    state: str = "starting"  # starting -> idle <-> leased | actor -> dead
-    pid: int = 0
-    conn: Connection | None = None
-    address: str = ""
-    lease_id: int = 0
-    demand: dict = field(default_factory=dict)
-    gpus: list = field(default_factory=list)
-    blocked: bool = False
-    actor_id: str = ""
-    lease_owner: Connection | None = None
-    idle_since: float = 0.0
-    started_at: float = field(default_factory=time.time)
 
 
 def infeasible_text(demand: dict, nodes: list[dict]) -> str:
@@ -98,6 +76,7 @@ class NodeDaemon:
         self.workers: dict[str, WorkerRecord] = {}
         self.idle: dict[str, deque[str]] = defaultdict(deque)
         self.waiting_for_worker: dict[str, deque] = defaultdict(deque)  # env_key -> (req, gpus) waiting
+        self.starter = WorkerStarter(self, args["num_cpus"])  # worker_pool.py: forks, caps and replaces workers
         self.core_workers: dict[str, Connection] = {}  # drivers and workers, for state queries
         self.lease_ids = itertools.count(1)
         self.request_ids = itertools.count(1)
@@ -144,6 +123,7 @@ class NodeDaemon:
         loop = asyncio.get_running_loop()
         self.done = asyncio.Event()
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
+        loop.add_reader(zygote_sock.fileno(), self.starter.zygote_readable)
         loop.add_signal_handler(signal.SIGTERM, self.done.set)
         loop.add_signal_handler(signal.SIGINT, self.done.set)
         owner_pipe.watch(loop, self.args.get("owner_fd"), self._owner_gone)
@@ -319,7 +299,7 @@ class NodeDaemon:
             idle = [w for w in self.workers.values() if w.state == "idle"]
             for w in sorted(idle, key=lambda w: w.idle_since)[:max(0, len(idle) - keep)]:
                 if now - w.idle_since > self.config.idle_worker_timeout_s:
-                    self._kill(w)
+                    self.kill(w)
             for key in self.runtime_envs.sweep():
                 logger.info("removed the unused runtime_env cache entry %s", key)
 
@@ -332,6 +312,7 @@ class NodeDaemon:
             if pid == 0:
                 return
             self.exit_codes[pid] = os.waitstatus_to_exitcode(status)
+            self.starter.exited(pid)
 
     def shutdown_workers(self) -> None:
         self.stopping = True
@@ -363,6 +344,10 @@ class NodeDaemon:
             rec.conn, rec.pid, rec.address = conn, info["pid"], info["address"]
             self.core_workers[rec.worker_id] = conn
             self._worker_ready(rec)
+            self.starter.registered(rec)
+        elif kind == "worker" and info.get("worker_id") in self.starter.expired:
+            self.starter.expired.discard(info["worker_id"])
+            conn.abort("this worker registered after its start had timed out (startup_timeout_s)")
         elif kind in ("driver", "worker"):  # a driver, or another node's worker leasing here
             self.core_workers[info["worker_id"]] = conn
 
@@ -376,22 +361,22 @@ class NodeDaemon:
             if freed:
                 logger.info("freed %d objects owned by departed worker %s", freed, wid[:8])
         if info.get("kind") == "worker" and wid in self.workers:
-            self._worker_died(self.workers[wid])
+            self.worker_died(self.workers[wid])
         ended = info.get("leased_for_job") if info.get("kind") == "driver" else None
         if ended:  # no task of that job can come from here again: its idle workers are not kept
             for rec in list(self.workers.values()):
                 if rec.job_id == ended and rec.state == "idle":
-                    self._kill(rec)
+                    self.kill(rec)
         # Leases held by this connection (an owner) go back to the pool, and their workers go:
         # what they run is the departed owner's (left "released", they would never be used again).
         for rec in list(self.workers.values()):
             if rec.lease_owner is conn and rec.state == "leased":
                 self._release_lease(rec)
-                self._kill(rec)
+                self.kill(rec)
         for req in list(self.leases.waiting.values()):
             if req.payload and req.payload[1] is conn:
                 self.leases.cancel(req.request_id)
-        self._schedule()
+        self.schedule()
 
     # -- leases ------------------------------------------------------------------------
     def on_lease(self, conn: Connection, msg: dict, bufs: list) -> Any:
@@ -457,7 +442,7 @@ class NodeDaemon:
                            pinned=pinned)
         if not self.leases.add(req):
             self._warn_infeasible(conn, demand)
-        self._schedule()
+        self.schedule()
         return fut
 
     def on_lease_actor(self, conn: Connection, msg: dict, bufs: list) -> asyncio.Future:
@@ -493,7 +478,7 @@ class NodeDaemon:
                     extra[k] = extra.get(k, 0.0) + v
             rec["extra"] = extra
             self.pool.add_resources(extra)
-            self._schedule()
+            self.schedule()
         return {"ok": True}
 
     def on_cancel_bundles(self, conn: Connection, msg: dict, bufs: list) -> dict:
@@ -504,10 +489,10 @@ class NodeDaemon:
             return {"ok": True}
         for worker in list(self.workers.values()):
             if any(pg_id in k for k in worker.demand):
-                self._kill(worker)
+                self.kill(worker)
         self.pool.remove_resources(rec["extra"])
         self.pool.release(rec["base"], rec["gpus"])
-        self._schedule()
+        self.schedule()
         return {"ok": True}
 
     def _warn_infeasible(self, conn: Connection, demand: dict) -> None:
@@ -522,7 +507,7 @@ class NodeDaemon:
         if not conn.closed:  # the owner shows it where the task was submitted (a notebook cell)
             conn.send({"op": "infeasible", "text": text, "demand": demand})
 
-    def _schedule(self) -> None:
+    def schedule(self) -> None:
         self._report_resources()
         for req, gpus in self.leases.grantable():
             fut = req.payload[0]
@@ -539,39 +524,7 @@ class NodeDaemon:
                 self._grant(rec, req, gpus)
                 return
         self.waiting_for_worker[req.env_key].append((req, gpus))
-        self._start_worker(req.payload[2], req.env_key)
-
-    def _start_worker(self, env: dict, env_key: str) -> None:
-        wid = os.urandom(16).hex()
-        rec = self.workers[wid] = WorkerRecord(wid, env_key, env, job_id=env_key.partition("|")[0])
-        if not self.runtime_envs.needs_setup(env):
-            request_worker(self.zygote_sock, wid, {"env_vars": env.get("env_vars") or {}, "runtime_env": env})
-            return
-        _spawn(self._start_in_env(rec))
-
-    async def _start_in_env(self, rec: WorkerRecord) -> None:
-        """A worker whose runtime_env needs files or packages: made ready in the node's cache
-        first (runtime_env_agent.py). If that fails, the tasks and actors waiting for such a
-        worker fail with RuntimeEnvSetupError; the node carries on."""
-        try:
-            ctx = await self.runtime_envs.setup(rec.env)
-        except Exception as e:  # noqa: BLE001 - every setup failure goes to the waiting requests
-            err = e if isinstance(e, RuntimeEnvSetupError) else RuntimeEnvSetupError(f"{type(e).__name__}: {e}")
-            logger.warning("runtime_env setup failed: %s", err)
-            self.workers.pop(rec.worker_id, None)
-            waiting = self.waiting_for_worker.get(rec.env_key) or deque()
-            while waiting:
-                req, gpus = waiting.popleft()
-                self.pool.release(req.demand, gpus)
-                if not req.payload[0].done():
-                    req.payload[0].set_exception(err)
-            self._schedule()
-            return
-        if rec.worker_id not in self.workers or self.stopping:
-            return
-        rec.env_keys = ctx.pop("keys")
-        self.runtime_envs.acquire(rec.env_keys)
-        request_worker(self.zygote_sock, rec.worker_id, ctx)
+        self.starter.start(req.payload[2], req.env_key)
 
     async def _fetch_package(self, name: str) -> bytes:
         if self.gcs is None or self.gcs.closed:
@@ -613,10 +566,10 @@ class NodeDaemon:
         if rec is not None and rec.state == "leased" and rec.lease_id == msg["lease_id"]:
             self._release_lease(rec)
             if msg.get("kill"):
-                self._kill(rec)
+                self.kill(rec)
             else:
                 self._make_idle(rec)
-            self._schedule()
+            self.schedule()
 
     def _release_lease(self, rec: WorkerRecord) -> None:
         demand = dict(rec.demand)
@@ -626,7 +579,7 @@ class NodeDaemon:
         rec.demand, rec.gpus, rec.lease_owner, rec.blocked = {}, [], None, False
         rec.state = "released"
 
-    def _worker_died(self, rec: WorkerRecord) -> None:
+    def worker_died(self, rec: WorkerRecord) -> None:
         was_actor = rec.state == "actor"
         if rec.state in ("leased", "actor"):
             self._release_lease(rec)
@@ -639,12 +592,9 @@ class NodeDaemon:
             code = self.exit_codes.get(rec.pid)
             self.gcs.send({"op": "actor_worker_died", "actor_id": rec.actor_id, "worker_id": rec.worker_id,
                            "exit_code": code})
-        # Workers that died while starting leave their waiting requests: start another.
-        waiting = self.waiting_for_worker.get(rec.env_key)
-        if waiting and not any(w.state == "starting" and w.env_key == rec.env_key for w in self.workers.values()):
-            self._start_worker(rec.env, rec.env_key)
+        self.starter.replace(rec.env_key, rec.env)  # a worker that died while starting
 
-    def _kill(self, rec: WorkerRecord) -> None:
+    def kill(self, rec: WorkerRecord) -> None:
         if rec.pid:
             try:
                 os.kill(rec.pid, signal.SIGKILL)
@@ -656,7 +606,7 @@ class NodeDaemon:
         if rec is None and msg.get("actor_id"):
             rec = next((w for w in self.workers.values() if w.actor_id == msg["actor_id"]), None)
         if rec is not None:
-            self._kill(rec)
+            self.kill(rec)
             return {"killed": True}
         return {"killed": False}
 
@@ -665,7 +615,7 @@ class NodeDaemon:
         if rec is not None and rec.state in ("leased", "actor") and not rec.blocked and rec.demand.get("CPU"):
             rec.blocked = True
             self.pool.lend_cpu(rec.demand["CPU"])
-            self._schedule()
+            self.schedule()
 
     def on_unblocked(self, conn: Connection, msg: dict, bufs: list) -> None:
         rec = self.workers.get(conn.peer_info.get("worker_id", ""))

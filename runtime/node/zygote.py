@@ -60,12 +60,18 @@ def _zygote_main(sock: socket.socket, worker_args: dict) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from ..worker import main as worker_main  # warm imports shared by every worker
+    import gc
+    gc.freeze()  # the collector never walks (so never writes to) the inherited objects: their pages stay shared
     f = sock.makefile("rb")
     for line in f:
         req = json.loads(line)
         pid = os.fork()
         if pid == 0:
-            if os.fork() != 0:
+            worker_pid = os.fork()
+            if worker_pid != 0:
+                # The node manager learns the pid now, so a worker that dies before it registers
+                # is noticed. Middle processes run one at a time (waitpid below): lines never mix.
+                sock.sendall(json.dumps({"worker_id": req["worker_id"], "pid": worker_pid}).encode() + b"\n")
                 os._exit(0)  # the middle process exits; the worker is re-parented to the node manager
             try:
                 f.close()

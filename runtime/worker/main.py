@@ -17,6 +17,8 @@ from .executor import Executor
 def run_worker(args: dict, runtime_env: dict | None = None) -> None:
     """`runtime_env`: the resolved environment this worker was started in; the tasks and actors
     it submits inherit it, as in Ray."""
+    if os.environ.get("RUNTIME_TESTING_WORKER_EXIT_AT_START"):  # fault injection for the tests (runtime_env env_vars)
+        _exit_at_start(os.environ["RUNTIME_TESTING_WORKER_EXIT_AT_START"])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s worker: %(message)s")
     log_dir = make_private_dir(os.path.join(args["session_dir"], "logs"))
     config = SystemConfig.from_json(args["system_config"])
@@ -37,3 +39,13 @@ def run_worker(args: dict, runtime_env: dict | None = None) -> None:
         # tasks write follows the user's umask, as in the driver.
         os.umask(args["user_umask"])
     executor.run_forever()
+
+
+def _exit_at_start(how: str) -> None:
+    """"always": exit before registering; a path: exit once (the first worker creates the file)."""
+    if how != "always":
+        try:
+            os.close(os.open(how, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    os._exit(3)
