@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from . import aggregate  # ray.data.aggregate: Count, Sum, Min, Max, Mean, Std
 from .actor_pool import ActorPoolStrategy
-from .dask_api import from_dask
-from .dataset import DataContext, Dataset
-from .read_api import from_arrow, from_items, from_numpy, from_pandas, range, read_csv, read_json, read_parquet
+from .context import DataContext
+from .dataset import Dataset
+from .read_api import (from_arrow, from_dask, from_items, from_numpy, from_pandas, range, read_csv, read_json,
+                       read_parquet)
 
 __all__ = ["ActorPoolStrategy", "DataContext", "Dataset", "aggregate", "from_arrow", "from_dask", "from_items",
            "from_numpy", "from_pandas", "range", "read_csv", "read_json", "read_parquet"]

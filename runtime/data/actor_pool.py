@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from .._core.object_ref import ObjectRef
 from . import block as B
-from .dataset import Stage, _count_blocks, _execute, _expand, _has_stages, _Made
+from .plan import Stage, _count_blocks, _execute, _expand, _has_stages, _Made
 
 if TYPE_CHECKING:
     from .dataset import Dataset

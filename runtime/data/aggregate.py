@@ -297,8 +297,7 @@ def _states(aggs: list[AggregateFn]) -> list[State]:
 
 
 def check_columns(block: pa.Table, keys: list[str], aggs: list[AggregateFn], what: str) -> None:
-    from .all_to_all import require_columns
-    require_columns(block, keys + [a.on for a in aggs if a.on is not None], what)
+    B.require_columns(block, keys + [a.on for a in aggs if a.on is not None], what)
 
 
 def _custom(aggs: list[AggregateFn]) -> list[AggregateFn]:

@@ -32,7 +32,7 @@ import itertools
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -40,7 +40,12 @@ import pyarrow.compute as pc
 
 from .._core.object_ref import ObjectRef
 from . import block as B
-from .dataset import Dataset, Stage, _count_blocks, _remote
+# key_list and require_columns were defined here; kept importable from here by their old names.
+from .block import key_list, require_columns  # noqa: F401
+from .plan import Stage, _count_blocks, _remote
+
+if TYPE_CHECKING:  # the operators take and make datasets but never import the class (dataset.py imports them)
+    from .dataset import Dataset
 
 SAMPLE_ROWS_PER_BLOCK = 100  # keys sampled from each block to choose the sort's range boundaries
 _MARK = "__orrery_boundary__"  # helper column: tells boundary rows from data rows while sorting both
@@ -82,8 +87,9 @@ def _reduce(fn: Callable, arg: Any, *inputs: pa.Table) -> tuple[pa.Table, int]:
 
 def staged(parent: Dataset, name: str, plan: Callable[[], Iterator[ReduceTask]],
            num_blocks: int | None = None) -> Dataset:
-    """A dataset whose only source is the all-to-all stage `plan` on `parent`."""
-    return Dataset([AllToAll(name, plan, num_blocks)], (), parent._names + (name,))
+    """A dataset whose only source is the all-to-all stage `plan` on `parent` (made by the
+    parent, so this module need not import the Dataset class)."""
+    return parent._staged(AllToAll(name, plan, num_blocks), name)
 
 
 def _empty_task() -> ReduceTask:
@@ -112,23 +118,7 @@ def _copy_rows(block: pa.Table, start: int, length: int) -> pa.Table:
     return block.take(pa.array(np.arange(start, start + length, dtype=np.int64)))
 
 
-def require_columns(block: pa.Table, cols: list[str], what: str) -> None:
-    """KeyError naming the first missing column and listing the block's columns."""
-    missing = [c for c in cols if c not in block.column_names]
-    if missing:
-        raise KeyError(f"{what}: no column {missing[0]!r}; the columns are {block.column_names}. "
-                       f"{what} takes names of existing columns.")
-
-
-# -- argument checks -------------------------------------------------------------------------
-
-def key_list(key: Any, what: str) -> list[str]:
-    """A key given as a column name or a list of names, as a non-empty list."""
-    keys = [key] if isinstance(key, str) else key
-    if not isinstance(keys, (list, tuple)) or not keys or not all(isinstance(k, str) for k in keys):
-        raise ValueError(f"{what}: the key must be a column name or a non-empty list of column names, got {key!r}.")
-    return list(keys)
-
+# -- argument checks (key_list and require_columns are block.py's, shared with grouped.py) ----
 
 def _orders(keys: list[str], descending: Any) -> list[tuple[str, str]]:
     flags = [descending] * len(keys) if isinstance(descending, bool) else descending
@@ -353,8 +343,7 @@ def _piece_plan(shared: _Once, lo: int, hi: int | None) -> Iterator[ReduceTask]:
 
 
 def zip_datasets(left: Dataset, right: Dataset) -> Dataset:
-    if not isinstance(right, Dataset):
-        raise TypeError(f"zip: other must be a Dataset, got {type(right).__name__}.")
+    """Row i of left beside row i of right (Dataset.zip checks that right is a Dataset)."""
     return staged(left, "Zip", functools.partial(_zip_plan, left, right))
 
 

@@ -217,3 +217,21 @@ def batches(block: pa.Table, batch_size: int | None) -> list[pa.Table]:
     if batch_size is None or block.num_rows <= batch_size:
         return [block]
     return [block.slice(i, batch_size) for i in range(0, block.num_rows, batch_size)]
+
+
+# -- checks shared by the operators (all_to_all.py, aggregate.py, grouped.py, dataset.py) --------
+
+def require_columns(block: pa.Table, cols: list[str], what: str) -> None:
+    """KeyError naming the first missing column and listing the block's columns."""
+    missing = [c for c in cols if c not in block.column_names]
+    if missing:
+        raise KeyError(f"{what}: no column {missing[0]!r}; the columns are {block.column_names}. "
+                       f"{what} takes names of existing columns.")
+
+
+def key_list(key: Any, what: str) -> list[str]:
+    """A key given as a column name or a list of names, as a non-empty list."""
+    keys = [key] if isinstance(key, str) else key
+    if not isinstance(keys, (list, tuple)) or not keys or not all(isinstance(k, str) for k in keys):
+        raise ValueError(f"{what}: the key must be a column name or a non-empty list of column names, got {key!r}.")
+    return list(keys)

@@ -5,7 +5,7 @@
   (to_pandas, block key)}`. On the runtime's Dask scheduler (`enable_dask_on_runtime()`) the
   ObjectRef is a dependency like any other, so the conversion to pandas runs in a task next to
   the block; on another scheduler the partition task fetches the block itself.
-- `from_dask(ddf)`: the DataFrame is persisted on the runtime (`runtime_dask_get` with
+- `from_dask(ddf)` (read_api.py, on `partition_refs` here): the DataFrame is persisted on the runtime (`runtime_dask_get` with
   `runtime_persist=True`), which leaves one pandas partition per ObjectRef in the object store;
   those refs are the dataset's sources, converted to Arrow by the per-block tasks.
 """
@@ -18,10 +18,12 @@ import pyarrow as pa
 
 from .._core.object_ref import ObjectRef
 from . import block as B
-from .dataset import Dataset, _remote
+from .plan import _remote
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from .dataset import Dataset
 
 
 def to_dask(ds: Dataset, meta: Any = None, verify_meta: bool = True) -> Any:
@@ -64,9 +66,10 @@ def _partition(block: Any, meta: pd.DataFrame) -> pd.DataFrame:
     return B.to_pandas(block)
 
 
-def from_dask(df: Any) -> Dataset:
-    """A dataset of a dask DataFrame (or Series), one block per partition (Ray's
-    `ray.data.from_dask`). The partitions are computed on the runtime and stay there."""
+def partition_refs(df: Any) -> list[ObjectRef]:
+    """The ObjectRefs of a dask DataFrame's (or Series') partitions, persisted on the runtime:
+    the sources of `from_dask`'s dataset (read_api.py, which makes the Dataset: this module
+    sits below dataset.py)."""
     import dask
     import dask.dataframe as dd
 
@@ -77,8 +80,7 @@ def from_dask(df: Any) -> Dataset:
         raise TypeError(f"from_dask takes a dask.dataframe DataFrame or Series, got {type(df).__name__}.")
     (kept,) = dask.persist(df, scheduler=runtime_dask_get, runtime_persist=True)
     graph = kept.__dask_graph__()
-    refs = [_ref_in(graph, key) for key in kept.__dask_keys__()]
-    return Dataset(refs)
+    return [_ref_in(graph, key) for key in kept.__dask_keys__()]
 
 
 def _ref_in(graph: Any, key: Any) -> ObjectRef:

@@ -8,7 +8,10 @@ store), and at most `max_blocks_in_flight` blocks are being made or waiting to b
 any time, so a dataset larger than the object store streams through it.
 
 A source may also be a `Stage`: a boundary the fusion stops at (a map_batches class on an
-actor pool, an all-to-all exchange), which `_stream` expands into the blocks it makes.
+actor pool, an all-to-all exchange), which `_stream` expands into the blocks it makes. The
+plan's pieces (sources, stages, the block task) are in plan.py; the operators that need a
+stage of their own are in actor_pool.py, all_to_all.py and grouped.py, which this module
+imports: none of them imports it back, they build new datasets through `Dataset._staged`.
 """
 
 from __future__ import annotations
@@ -18,32 +21,24 @@ import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import pyarrow as pa
 
 from .._core.object_ref import ObjectRef
+from . import aggregate as A
+from . import all_to_all, dask_api, progress
 from . import block as B
-from .remote_args import merged, takes_remote_args
-from . import progress
+from .actor_pool import ActorStage, resolve_compute
+from .context import DataContext
+from .grouped import GroupedData
+# The plan's pieces live in plan.py (below the operator modules, which build stages from them);
+# they are imported here by their old names, so `from runtime.data.dataset import Stage` still works.
+from .plan import (Stage, _Bound, _count_blocks, _execute, _expand, _has_stages, _Made, _remote,  # noqa: F401
+                   _submit, _unwrap)
+from .remote_args import takes_remote_args
 
-
-@dataclass
-class DataContext:
-    """Execution settings (Ray's `DataContext.get_current()`)."""
-
-    max_blocks_in_flight: int = 0  # 0: twice the cluster's CPUs
-    target_max_block_rows: int = 200_000  # from_items / range split into blocks of about this size
-    enable_progress_bars: bool = True  # progress of long consumptions (progress.py); Ray's name
-    progress_bar_min_seconds: float = 1.0  # shown only once the work has taken this long
-
-    _current: ClassVar[DataContext | None] = None
-
-    @classmethod
-    def get_current(cls) -> DataContext:
-        if cls._current is None:
-            cls._current = cls()
-        return cls._current
+__all__ = ["DataContext", "Dataset", "from_blocks"]
 
 
 @dataclass
@@ -67,6 +62,12 @@ class Dataset:
         return f"Dataset(num_blocks={_count_blocks(self)}, plan={chain})"
 
     # -- transforms (lazy) -----------------------------------------------------------------
+    def _staged(self, stage: Stage, name: str) -> Dataset:
+        """A dataset whose only source is `stage` (which reads this one): how the operator
+        modules (actor_pool.py, all_to_all.py, grouped.py) make their result without importing
+        this class."""
+        return Dataset([stage], (), self._names + (name,))
+
     def _with(self, op: Callable[[pa.Table], pa.Table], name: str, remote_args: dict | None = None) -> Dataset:
         if remote_args:
             op.remote_args = remote_args  # type: ignore[attr-defined]  # read by _submit (remote_args.merged)
@@ -83,7 +84,6 @@ class Dataset:
         `compute=ActorPoolStrategy(...)` or `concurrency=` runs on a pool of actors, a stage of
         its own (actor_pool.py). Task options (num_cpus=, num_gpus=, resources=, ...) are
         Ray's (remote_args.py); udf_modifying_row_count is accepted and unused."""
-        from .actor_pool import ActorStage, resolve_compute
         if batch_format not in B.BATCH_FORMATS:
             raise ValueError(f"map_batches: batch_format must be one of {', '.join(B.BATCH_FORMATS)}, "
                              f"got {batch_format!r}.")
@@ -97,8 +97,8 @@ class Dataset:
         pool = resolve_compute(fn, compute, concurrency, name)
         if pool is not None:  # a stage boundary: the blocks so far go through the actors
             loop = (size, batch_format, tuple(fn_args), fn_kwargs, name)
-            stage = ActorStage(self, fn, tuple(fn_constructor_args), ctor_kwargs, loop, pool, _remote_args)
-            return Dataset([stage], (), self._names + (name,))
+            return self._staged(ActorStage(self, fn, tuple(fn_constructor_args), ctor_kwargs, loop, pool,
+                                           _remote_args), name)
 
         def op(block: pa.Table, _state: dict = {}) -> pa.Table:  # noqa: B006 - per-process instance cache
             call = fn
@@ -221,7 +221,6 @@ class Dataset:
         rows into them instead), or blocks of target_num_rows_per_block rows (the last one may
         have fewer; strict is accepted: ours are always exact). keys= (hash partitioning) is
         not built: a clear error says so."""
-        from . import all_to_all
         if keys is not None:
             raise ValueError("repartition(keys=...) is not supported; groupby(keys) or sort(keys) bring rows with "
                              "equal keys together.")
@@ -239,20 +238,17 @@ class Dataset:
     def random_shuffle(self, *, seed: int | None = None, num_blocks: int | None = None,
                        **_remote_args: Any) -> Dataset:
         """The rows in a random order (the same order every time for a given seed)."""
-        from . import all_to_all
         return all_to_all.random_shuffle(self, seed, num_blocks)
 
     def sort(self, key: str | list[str], descending: bool | list[bool] = False,
              boundaries: list | None = None) -> Dataset:
         """Rows sorted by the key column(s), across blocks; nulls last. boundaries (Ray's
         range-partition bounds) is accepted and unused: ours are sampled from the data."""
-        from . import all_to_all
         return all_to_all.sort(self, key, descending)
 
     def groupby(self, key: str | list[str] | None, num_partitions: int | None = None) -> Any:
         """A GroupedData (grouped.py); key None makes one group of every row. num_partitions
         is accepted and unused: the number of key ranges follows the data."""
-        from .grouped import GroupedData
         return GroupedData(self, key)
 
     def aggregate(self, *aggs: Any) -> dict:
@@ -264,17 +260,17 @@ class Dataset:
 
     def zip(self, *other: Dataset) -> Dataset:
         """Row i: the columns of row i of this and each other dataset (taken names get _1, _2...)."""
-        from . import all_to_all
         if not other:
             raise TypeError("zip needs at least one other dataset: ds.zip(other).")
         out = self
         for o in other:
+            if not isinstance(o, Dataset):
+                raise TypeError(f"zip: other must be a Dataset, got {type(o).__name__}.")
             out = all_to_all.zip_datasets(out, o)
         return out
 
     def split_at_indices(self, indices: list[int]) -> list[Dataset]:
         """Rows [0, i0), [i0, i1), ..., [ik, end) as len(indices)+1 datasets (as numpy.split)."""
-        from . import all_to_all
         return all_to_all.split_at_indices(self, indices)
 
     # -- consumption -----------------------------------------------------------------------
@@ -352,10 +348,8 @@ class Dataset:
         """Ray's `Dataset.sum/min/max/mean/std`: one column gives a value, a list of columns (or
         None: every column) a dict {"sum(col)": value}; values are None over no rows. Computed
         by tasks (partial aggregates per block), not in the driver."""
-        from . import aggregate as A
-        from .all_to_all import key_list
         cls = {"sum": A.Sum, "min": A.Min, "max": A.Max, "mean": A.Mean, "std": A.Std}[how]
-        columns = self.columns() if on is None else key_list(on, how)
+        columns = self.columns() if on is None else B.key_list(on, how)
         if not columns:
             return None
         out = self.aggregate(*(cls(c, ignore_nulls=ignore_nulls, **kwargs) for c in columns))
@@ -382,8 +376,7 @@ class Dataset:
 
     def to_dask(self, meta: Any = None, verify_meta: bool = True) -> Any:
         """A dask DataFrame whose partitions are this dataset's blocks (dask_api.py)."""
-        from .dask_api import to_dask
-        return to_dask(self, meta=meta, verify_meta=verify_meta)
+        return dask_api.to_dask(self, meta=meta, verify_meta=verify_meta)
 
     def to_arrow_refs(self) -> list[ObjectRef]:
         return [ref for ref, _ in self._stream()]
@@ -539,63 +532,6 @@ class Dataset:
         self._last_stats = stats
 
 
-@dataclass
-class _Bound:
-    """A source with operators of its own (the part of a union that came from one dataset)."""
-
-    source: Any
-    ops: tuple
-
-
-class Stage:
-    """A source standing for the blocks a stage boundary makes when the dataset is executed
-    (an actor pool, an all-to-all exchange): `_stream` expands it and applies the operators
-    after it to each of its blocks, as for any other source."""
-
-    def num_blocks(self) -> int | None:
-        """How many blocks it makes, if known without running anything (for progress)."""
-        return None
-
-    def blocks(self, *, tasks_after: bool) -> Iterator[tuple[ObjectRef, ObjectRef]]:
-        """(block ref, row-count ref) per block, in order. A generator: it is closed when the
-        consumer stops early, so it releases what it holds in `finally`. `tasks_after`: tasks
-        will run on these blocks meanwhile (a stage holding CPUs must leave them room)."""
-        raise NotImplementedError
-
-
-@dataclass
-class _Made:
-    """A block a stage has made (or is making): its ref and its row-count ref."""
-
-    block: ObjectRef
-    rows: ObjectRef
-
-
-def _expand(sources: list, ops: tuple) -> Iterator[tuple[Any, tuple]]:
-    """(source, operators) per block: unions unwrapped, stages expanded into `_Made` blocks."""
-    for src in sources:
-        src_ops = ops
-        while isinstance(src, _Bound):
-            src, src_ops = src.source, src.ops + src_ops
-        if not isinstance(src, Stage):
-            yield src, src_ops
-            continue
-        with contextlib.closing(src.blocks(tasks_after=bool(src_ops))) as made:
-            for block, rows in made:
-                yield _Made(block, rows), src_ops
-
-
-def _submit(run: Any, src: Any, ops: tuple) -> tuple[ObjectRef, ObjectRef]:
-    """The task making one block; a stage's block with no operators after it needs none. It
-    asks for the largest demand of its source and operators (remote_args.py)."""
-    if isinstance(src, _Made):
-        if not ops:
-            return src.block, src.rows
-        src = src.block
-    options = merged([getattr(x, "remote_args", None) or {} for x in (src, *ops)])
-    return tuple(run.options(num_returns=2, **options).remote(src, ops))
-
-
 def _shuffled(blocks: Iterator[pa.Table], buffer_rows: int, seed: int | None) -> Iterator[pa.Table]:
     """Ray's local shuffle: rows are shuffled within a buffer of at least buffer_rows."""
     import numpy as np
@@ -644,27 +580,6 @@ def _row_function(fn: Any, compute: Any, fn_args: tuple, fn_kwargs: dict | None,
     return get
 
 
-def _unwrap(src: Any) -> Any:
-    while isinstance(src, _Bound):
-        src = src.source
-    return src
-
-
-def _count_blocks(ds: Dataset) -> int | None:
-    """The number of blocks the dataset makes, None where a stage cannot tell in advance."""
-    total = 0
-    for src in map(_unwrap, ds._sources):
-        n = src.num_blocks() if isinstance(src, Stage) else 1
-        if n is None:
-            return None
-        total += n
-    return total
-
-
-def _has_stages(ds: Dataset) -> bool:
-    return any(isinstance(_unwrap(s), Stage) for s in ds._sources)
-
-
 def _union_error(first: pa.Schema, other: pa.Schema) -> TypeError:
     return TypeError(f"union: the datasets' schemas do not match, so their rows cannot form one dataset. "
                      f"One has\n{first}\nand another has\n{other}\nMake the columns agree first (same names; "
@@ -699,17 +614,6 @@ class _UnionSchemas:
         pair = B.mismatched_schemas([self.first, schema], same_names=True)
         if pair is not None:
             raise _union_error(*pair)
-
-
-def _execute(source: Any, ops: tuple) -> tuple[pa.Table, int]:
-    """In a worker: make (or receive) one block and apply every operator to it."""
-    blk = source() if callable(source) else source
-    if not isinstance(blk, pa.Table):
-        blk = B.from_batch(blk, "a read task")
-    for op in ops:
-        blk = op(blk)
-    blk = B.compact(blk)  # stored next: not with the buffers of blocks it was sliced from
-    return blk, blk.num_rows
 
 
 @dataclass
@@ -768,16 +672,6 @@ def _check_row(row: Any, name: str) -> dict:
     if not isinstance(row, dict):
         raise TypeError(f"{name} returned {type(row).__name__} for a row; expected a dict (column -> value).")
     return row
-
-
-_REMOTES: dict = {}
-
-
-def _remote(fn: Callable) -> Any:
-    if fn not in _REMOTES:
-        import runtime
-        _REMOTES[fn] = runtime.remote(fn)
-    return _REMOTES[fn]
 
 
 def from_blocks(blocks: list[pa.Table]) -> Dataset:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +24,11 @@ from . import aggregate as A
 from . import all_to_all
 from . import block as B
 from .all_to_all import ReduceTask, boundaries
-from .dataset import DataContext, Dataset, _remote
+from .context import DataContext
+from .plan import _remote
+
+if TYPE_CHECKING:  # grouped datasets are made by the parent (Dataset._staged, _with): no import of the class
+    from .dataset import Dataset
 from .remote_args import takes_remote_args
 
 
@@ -34,7 +38,7 @@ class GroupedData:
 
     def __init__(self, dataset: Dataset, key: str | list[str] | None) -> None:
         self._dataset = dataset
-        self._keys = [] if key is None else all_to_all.key_list(key, "groupby")
+        self._keys = [] if key is None else B.key_list(key, "groupby")
 
     def __repr__(self) -> str:
         return f"GroupedData(dataset={self._dataset!r}, key={self._keys!r})"
@@ -69,7 +73,7 @@ class GroupedData:
     def _on_list(self, on: Any, what: str) -> list[str]:
         """The columns to aggregate: those named, or (None) every column but the keys, as Ray."""
         if on is not None:
-            return all_to_all.key_list(on, what)
+            return B.key_list(on, what)
         columns = [c for c in self._dataset.columns() if c not in self._keys]
         if not columns:
             raise ValueError(f"{what}: there is no column to aggregate besides the keys {self._keys}; "

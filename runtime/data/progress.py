@@ -18,6 +18,8 @@ import os
 import sys
 import time
 
+from .context import DataContext
+
 TEXT_INTERVAL_S = 1.0  # at most one text line a second
 WIDGET_INTERVAL_S = 0.1  # widget updates are cheap but not free
 
@@ -117,6 +119,5 @@ class _Widget:
 
 def start(name: str, total_blocks: int | None) -> Progress:
     """A progress view for one stream, with the current DataContext's settings."""
-    from .dataset import DataContext
     ctx = DataContext.get_current()
     return Progress(name, total_blocks, enabled=ctx.enable_progress_bars, min_seconds=ctx.progress_bar_min_seconds)

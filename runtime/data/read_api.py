@@ -12,7 +12,9 @@ import numpy as np
 import pyarrow as pa
 
 from . import block as B
-from .dataset import DataContext, Dataset, from_blocks
+from . import dask_api
+from .context import DataContext
+from .dataset import Dataset, from_blocks
 from .remote_args import READ_KEYWORDS, takes_remote_args
 
 
@@ -79,6 +81,13 @@ def _reblocked(blocks: list[pa.Table], n: int | None) -> list[pa.Table]:
     whole = B.concat(blocks)
     bounds = [whole.num_rows * i // n for i in builtins.range(n + 1)]
     return [whole.slice(lo, hi - lo) for lo, hi in zip(bounds, bounds[1:])]
+
+
+def from_dask(df: Any) -> Dataset:
+    """A dataset of a dask DataFrame (or Series), one block per partition (Ray's
+    `ray.data.from_dask`). The partitions are computed on the runtime and stay there
+    (dask_api.py); they are the dataset's sources, converted to Arrow by the block tasks."""
+    return Dataset(dask_api.partition_refs(df))
 
 
 def from_numpy(ndarrays: Any) -> Dataset:
