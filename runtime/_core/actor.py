@@ -72,7 +72,7 @@ class ActorClass:
             actor_id, meta, owned = cw.create_actor(self._blob, args, kwargs, options)
             return ActorHandle(actor_id, meta, owned=owned)
         so, deps = cw.prepare_args(args, kwargs, f"`{self.__name__}.__init__`")
-        for r in deps + list(so.nested_refs):  # pinned for the actor's life (restarts re-read them)
+        for r in [*deps, *so.nested_refs]:  # pinned for the actor's life (restarts re-read them)
             cw.refs.add_submitted(r._id, r._owner)
         spec = {"nb": len(so.buffers), "a": so.meta, "d": [["r", r._id, r._owner, None, 0] for r in deps],
                 "is_async": self._meta["is_async"], "max_concurrency": options.get("max_concurrency"),

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import functools
 import logging
 import os
 import pickle
@@ -342,6 +343,8 @@ class CoreWorker:
     # -- task submission -------------------------------------------------------------------
     def prepare_args(self, args: tuple, kwargs: dict, what: str) -> tuple[SerializedObject, list[ObjectRef]]:
         from .task_spec import ArgRef
+        if not args and not kwargs:  # most calls of a no-argument function: one shared encoding, no lists
+            return _no_args(), ()
         deps: list[ObjectRef] = []
 
         def conv(a: Any) -> Any:
@@ -389,7 +392,7 @@ class CoreWorker:
             spec.nested = [self.put_args(so)]
             spec.args_meta, spec.args_bufs = b"", []
         else:
-            spec.nested = list(so.nested_refs)
+            spec.nested = list(so.nested_refs) if so.nested_refs else ()
         spec.deps = deps
         for r in deps:
             self.refs.add_submitted(r._id, r._owner)
@@ -481,7 +484,7 @@ class CoreWorker:
             self.refs.remove_submitted(r._id)
         for r in spec.nested:
             self.refs.remove_submitted(r._id)
-        spec.deps, spec.nested = [], []
+        spec.deps, spec.nested = (), ()
 
     # -- lost objects and nodes ----------------------------------------------------------------
     async def reconstruct(self, oid: bytes, lost_node: str, why_lost: str = "") -> None:
@@ -662,3 +665,10 @@ def _reply_error(reply: dict) -> BaseException | None:
             except Exception as e:  # the owner already reported it; the event only summarises
                 return e
     return None
+
+
+@functools.cache
+def _no_args() -> SerializedObject:
+    """The arguments of a call without any, serialized once: a pending task without arguments
+    then holds no bytes of its own for them (about 280 bytes each otherwise)."""
+    return serialize(([], {}))

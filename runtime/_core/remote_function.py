@@ -11,7 +11,7 @@ from . import api_state
 from .ids import TaskID
 from ..runtime_env.spec import require_uploaded
 from .session import ensure_initialized
-from .options import TASK_OPTIONS, demand_of, env_of, resolve_placement, sched_key, strategy_of, validate
+from .options import TASK_OPTIONS, demand_of, env_of, resolve_placement, sched_key, shared_demand, strategy_of, validate
 from .task_spec import TaskSpec, return_ids, unpack_refs
 
 
@@ -58,6 +58,7 @@ class RemoteFunction:
         so, deps = cw.prepare_args(args, kwargs, f"`{self.__name__}`")
         task_id = TaskID(task_id) if task_id else TaskID.new()  # a thin client's proxy passes the client's
         demand, pg_inherit = resolve_placement(options, demand_of(options, 1), cw)
+        demand = shared_demand(demand)
         env = env_of(options, api_state.job_runtime_env, cw)
         max_retries = options.get("max_retries")
         spec = TaskSpec(task_id=task_id, name=self.__qualname__, fid=fid, fn_blob=blob,

@@ -27,8 +27,8 @@ class TaskSpec:
     def __init__(self, **kw: Any) -> None:
         self.fn_blob = b""
         self.fid = b""
-        self.nested: list = []
-        self.deps: list = []
+        self.nested: list | tuple = ()  # the refs inside its arguments (empty: the shared ())
+        self.deps: list | tuple = ()  # its top-level ObjectRef arguments
         self.demand: dict = {}
         self.env: dict = {}
         self.max_retries = 0
@@ -52,9 +52,14 @@ class TaskSpec:
             setattr(self, k, v)
 
 
-def return_ids(task_id: bytes, num_returns: int) -> list[bytes]:
+def return_ids(task_id: bytes, num_returns: int) -> tuple[bytes, ...]:
     """The object ids of a task's results: its id plus the result's index."""
-    return [task_id + i.to_bytes(4, "little") for i in range(max(num_returns, 1))]
+    if num_returns <= 1:
+        return (task_id + _FIRST,)
+    return tuple(task_id + i.to_bytes(4, "little") for i in range(num_returns))
+
+
+_FIRST = (0).to_bytes(4, "little")
 
 
 def unpack_refs(refs: list, num_returns: int) -> Any:
