@@ -1,6 +1,6 @@
 """All-to-all operators: every output block may need rows from every input block.
 
-Such an operator is an `AllToAll` stage (dataset.py's `Stage`): a lazy source that sits in the
+Such an operator is an `AllToAll` stage (plan.py's `Stage`): a lazy source that sits in the
 new dataset's `_sources`. Nothing runs when it is made. When execution reaches it, `_stream`
 asks it for its blocks, and its `plan`
 

@@ -35,8 +35,9 @@ class _Bound:
 
 class Stage:
     """A source standing for the blocks a stage boundary makes when the dataset is executed
-    (an actor pool, an all-to-all exchange): `_stream` expands it and applies the operators
-    after it to each of its blocks, as for any other source."""
+    (an actor pool, an all-to-all exchange): `_expand` (run by `Dataset._stream`, and by an
+    actor pool for its parent's blocks) turns it into its blocks, and the operators after it
+    apply to each of them, as for any other source."""
 
     def num_blocks(self) -> int | None:
         """How many blocks it makes, if known without running anything (for progress)."""
@@ -83,6 +84,7 @@ def _submit(run: Any, src: Any, ops: tuple) -> tuple[ObjectRef, ObjectRef]:
 
 
 def _unwrap(src: Any) -> Any:
+    """The source under a union's `_Bound` wrappers (what kind of source it really is)."""
     while isinstance(src, _Bound):
         src = src.source
     return src
@@ -100,6 +102,7 @@ def _count_blocks(ds: Dataset) -> int | None:
 
 
 def _has_stages(ds: Dataset) -> bool:
+    """Whether a stage boundary (which may hold CPUs, as an actor pool does) is among the sources."""
     return any(isinstance(_unwrap(s), Stage) for s in ds._sources)
 
 
@@ -114,6 +117,8 @@ def _execute(source: Any, ops: tuple) -> tuple[pa.Table, int]:
     return blk, blk.num_rows
 
 
+# One remote function per plain function, made on first use: runtime.remote pickles and
+# registers the function, which is worth doing once, not once per block.
 _REMOTES: dict = {}
 
 
