@@ -1,11 +1,11 @@
-"""The control store: the cluster's tables (nodes, jobs, actors, named actors, KV) and the
-actor manager that schedules, restarts and buries actors. The only centralised part.
+"""The control store: the cluster's tables (nodes, jobs, KV) and the RPC server that routes
+every op to them. The only centralised part. The server holds the nodes and jobs itself and
+delegates to what owns the rest, each with its own tables:
 
-Actor lifecycle (one record per actor):
-
-    PENDING_CREATION --created--> ALIVE --worker died, restarts left--> RESTARTING --> ALIVE
-           |                        |
-           +--__init__ raised-------+--killed / no restarts left / owner gone--> DEAD
+    actors.py     the actor directory: actors, named actors, scheduling, restarts, deaths
+    placement.py  placement groups and their reservations on the nodes
+    tasks.py      the task table of the state API
+    checks.py     what requests must hold before a table keeps their fields
 
 Run as `python -m runtime.gcs ARGS_JSON`.
 """
@@ -17,14 +17,12 @@ import collections
 import itertools
 import json
 import logging
-import math
 import os
 import secrets
 import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from .. import owner_pipe
@@ -33,51 +31,15 @@ from ..config import SystemConfig
 from ..jobs.manager import JobManager
 from ..node.resources import normalize
 from ..node.runtime_env_agent import RuntimeEnvAgent
+from .actors import ALIVE, DEAD, PENDING, RESTARTING, ActorDirectory, ActorRecord  # noqa: F401 - re-exported
+from .checks import amounts, typed
 from .packages import PackageStore, check_name, name_of_uri
 from .persistence import NoPersistence, Persistence
 from .placement import PlacementGroupManager
-from ..rpc.connection import Connection, connect, serve
+from .tasks import TaskTable
+from ..rpc.connection import Connection, serve
 
 logger = logging.getLogger("runtime.gcs")
-
-PENDING, ALIVE, RESTARTING, DEAD = "PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"
-
-
-@dataclass
-class ActorRecord:
-    actor_id: str
-    job_id: str
-    name: str
-    namespace: str
-    class_name: str
-    meta: dict
-    spec: dict
-    spec_bufs: list
-    demand: dict
-    env: dict
-    max_restarts: int
-    detached: bool
-    cell: dict | None = None  # the notebook cell that created it
-    strategy: Any = None  # None, "SPREAD" or ["node", node_id, soft]
-    waiting_for_node: bool = False  # queued where it cannot fit: placed again when a node joins
-    state: str = PENDING
-    address: str = ""
-    worker_id: str = ""
-    node_id: str = ""
-    pid: int = 0
-    num_restarts: int = 0
-    death_reason: str = ""
-    no_restart: bool = False
-    version: int = 0  # bumped on every state change; subscribers apply updates monotonically
-    subscribers: set = field(default_factory=set)
-    created_at: float = field(default_factory=time.time)
-
-    def public(self) -> dict:
-        return {"actor_id": self.actor_id, "class_name": self.class_name, "state": self.state, "name": self.name,
-                "namespace": self.namespace, "job_id": self.job_id, "node_id": self.node_id, "pid": self.pid,
-                "address": self.address, "num_restarts": self.num_restarts, "death_cause": self.death_reason,
-                "is_detached": self.detached, "max_restarts": self.max_restarts,
-                "cell": self.cell, "cell_id": (self.cell or {}).get("cell_id")}
 
 
 class ControlStore:
@@ -87,8 +49,10 @@ class ControlStore:
         self.nodes: dict[str, dict] = {}
         self.node_conns: dict[str, Connection] = {}
         self.jobs: dict[str, dict] = {}
-        self.actors: dict[str, ActorRecord] = {}
-        self.named: dict[tuple[str, str], str] = {}
+        self.actor_dir = ActorDirectory(self)
+        # The directory's tables under the names they had when the server held them, for
+        # whoever inspects a ControlStore (tools, debugging); the server itself goes through actor_dir.
+        self.actors, self.named = self.actor_dir.actors, self.actor_dir.named
         self.kv: dict[str, bytes] = {}
         self.config = SystemConfig.from_json(args["system_config"]) if args.get("system_config") else SystemConfig()
         self.packages = PackageStore(args["session_dir"])
@@ -100,13 +64,7 @@ class ControlStore:
         # Submitted jobs' runtime_envs, made ready on the head for their entrypoints.
         self.job_envs = RuntimeEnvAgent(os.path.join(args["session_dir"], "runtime_resources", "jobs"), fetch,
                                         self.config)
-        # Task table for the state API, fed by the submitters' task events (insertion ordered,
-        # so the oldest finished tasks are dropped first when it is full).
-        self.tasks: collections.OrderedDict[str, dict] = collections.OrderedDict()
-        # Tasks that ended, by (state, name), never trimmed: the `ray_tasks` metric of ended
-        # states only grows, as Prometheus expects of a count.
-        self.tasks_ended: collections.Counter = collections.Counter()
-        self.task_owner_conns: dict[str, Connection] = {}
+        self.task_table = TaskTable(self)  # for the state API, fed by the submitters' task events
         self.placement_groups = PlacementGroupManager(self)
         self.job_counter = itertools.count(1)
         self.driver_conns: dict[str, Connection] = {}  # job id -> its driver's connection
@@ -118,16 +76,16 @@ class ControlStore:
                              if self.config.gcs_storage != "none" else NoPersistence())
         self.handlers = {
             "register_node": self.on_register_node, "heartbeat": self.on_heartbeat,
-            "register_job": self.on_register_job, "create_actor": self.on_create_actor,
-            "get_actor": self.on_get_actor, "subscribe_actor": self.on_subscribe_actor,
-            "kill_actor": self.on_kill_actor, "actor_worker_died": self.on_actor_worker_died,
-            "list_nodes": self.on_list_nodes, "list_actors": self.on_list_actors, "list_jobs": self.on_list_jobs,
-            "list_named_actors": self.on_list_named_actors,
+            "register_job": self.on_register_job, "create_actor": self.actor_dir.on_create_actor,
+            "get_actor": self.actor_dir.on_get_actor, "subscribe_actor": self.actor_dir.on_subscribe_actor,
+            "kill_actor": self.actor_dir.on_kill_actor, "actor_worker_died": self.actor_dir.on_actor_worker_died,
+            "list_nodes": self.on_list_nodes, "list_actors": self.actor_dir.on_list_actors,
+            "list_jobs": self.on_list_jobs, "list_named_actors": self.actor_dir.on_list_named_actors,
             "cluster_resources": self.on_cluster_resources, "list_objects": self.on_list_objects,
-            "task_events": self.on_task_events, "list_tasks": self.on_list_tasks,
+            "task_events": self.task_table.on_task_events, "list_tasks": self.task_table.on_list_tasks,
             "cluster_metrics": self.on_cluster_metrics, "list_workers": self.on_list_workers,
             "list_logs": self.on_list_logs, "read_log": self.on_read_log,
-            "cancel_task": self.on_cancel_task, "kv_put": self.on_kv_put,
+            "cancel_task": self.task_table.on_cancel_task, "kv_put": self.on_kv_put,
             "submit_job": self.on_submit_job, "job_status": self.on_job_status, "job_logs": self.on_job_logs,
             "job_artifact": self.on_job_artifact, "stop_job": self.on_stop_job, "delete_job": self.on_delete_job,
             "create_pg": self.on_create_pg, "wait_pg": self.on_wait_pg, "remove_pg": self.on_remove_pg,
@@ -167,16 +125,12 @@ class ControlStore:
             node.update(last_heartbeat=now, available=dict(node["resources"]))
             self.nodes[node_id] = node
         self.jobs.update(tables["jobs"])
-        for actor_id, row in tables["actors"].items():
-            rec = ActorRecord(**row)
-            self.actors[actor_id] = rec
-            if rec.name and rec.state != DEAD:
-                self.named[(rec.namespace, rec.name)] = actor_id
+        self.actor_dir.recover(tables["actors"])
         self.kv.update(tables["kv"])
         self.job_counter = itertools.count(int(tables["meta"].get("job_counter", 0)) + 1)
         self.placement_groups.recover(tables["pgs"])
         logger.info("recovered after a restart: %d nodes, %d jobs, %d actors, %d placement groups, %d keys",
-                    len(self.nodes), len(self.jobs), len(self.actors), len(tables["pgs"]), len(self.kv))
+                    len(self.nodes), len(self.jobs), len(self.actor_dir.actors), len(tables["pgs"]), len(self.kv))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -208,9 +162,7 @@ class ControlStore:
                                                  hello_timeout_s=self.config.hello_timeout_s)
             self.dashboard.start(loop)
         watchdog = loop.create_task(self._watch_heartbeats())
-        for rec in self.actors.values():  # recovered ones that were being placed when the old one died
-            if rec.state in (PENDING, RESTARTING):
-                self._spawn(self._schedule(rec))
+        self.actor_dir.resume()
         self.placement_groups.kick()
         await self.done.wait()
         watchdog.cancel()
@@ -254,15 +206,14 @@ class ControlStore:
 
     def on_conn_closed(self, conn: Connection) -> None:
         info = conn.peer_info
-        self._owner_gone(conn)
+        self.task_table.owner_gone(conn)
         node_id = info.get("node_id", "")
         if info.get("kind") == "node" and self.node_conns.get(node_id) is conn:
             self._node_dead(node_id, "its node manager's connection closed (it exited or crashed)")
         job_id = info.get("job_id")
         if info.get("kind") == "driver" and job_id in self.jobs and self.driver_conns.get(job_id) is conn:
             self._driver_gone(job_id)
-        for rec in self.actors.values():
-            rec.subscribers.discard(conn)
+        self.actor_dir.conn_closed(conn)
 
     def _node_dead(self, node_id: str, reason: str) -> None:
         node = self.nodes[node_id]
@@ -273,9 +224,7 @@ class ControlStore:
         self.persist.node(node)
         self._broadcast_nodes()
         self._write_service_discovery()
-        for rec in self.actors.values():
-            if rec.node_id == node_id and rec.state in (ALIVE, PENDING, RESTARTING):
-                self._actor_failed(rec, "its node died")
+        self.actor_dir.node_died(node_id)
         self.placement_groups.node_died(node_id)
 
     def _driver_gone(self, job_id: str) -> None:
@@ -284,10 +233,7 @@ class ControlStore:
         job["status"], job["end_time"] = "FINISHED", time.time()
         self.persist.job(job)
         self.placement_groups.owner_gone(job_id)
-        for rec in list(self.actors.values()):
-            if rec.job_id == job_id and not rec.detached and rec.state != DEAD:
-                self._kill(rec, no_restart=True, reason="its owner (the driver of job "
-                           f"{job_id}) exited; use lifetime='detached' to keep an actor alive")
+        self.actor_dir.owner_gone(job_id)
 
     def on_hello(self, conn: Connection, msg: dict, bufs: list) -> None:
         """A driver that comes back after the control store restarted names its job: it still owns it."""
@@ -298,7 +244,7 @@ class ControlStore:
 
     # -- nodes and jobs ----------------------------------------------------------------
     def on_register_node(self, conn: Connection, msg: dict, bufs: list) -> dict:
-        _typed(msg, node_id=str, address=str, transfer_address=str)
+        typed(msg, node_id=str, address=str, transfer_address=str)
         normalize(msg["resources"])
         if not isinstance(msg.get("labels") or {}, dict):
             raise ValueError("a node's labels are a map")
@@ -325,10 +271,7 @@ class ControlStore:
         self._broadcast_nodes(but=conn)
         self._write_service_discovery()
         self.placement_groups.kick()  # groups waiting for room may fit now
-        for rec in self.actors.values():  # actors that waited for a node with room may fit here
-            if rec.state in (PENDING, RESTARTING) and rec.waiting_for_node:
-                rec.waiting_for_node = False
-                self._spawn(self._schedule(rec))
+        self.actor_dir.node_joined()  # actors that waited for a node with room may fit here
         return {"nodes": self._peer_list(), "epoch": self._next_epoch()}
 
     def _write_service_discovery(self) -> None:
@@ -359,17 +302,7 @@ class ControlStore:
         same state); those missing fail over; what the node holds that is not ours goes."""
         node_id = msg["node_id"]
         held = {a["actor_id"]: a["worker_id"] for a in msg.get("actors", ())}
-        for rec in self.actors.values():
-            if rec.node_id != node_id or rec.state != ALIVE:
-                continue
-            if held.get(rec.actor_id) == rec.worker_id:
-                self._publish(rec)
-            else:
-                self._actor_failed(rec, "its worker was gone when its node reconnected")
-        for actor_id, worker_id in held.items():
-            rec = self.actors.get(actor_id)
-            if rec is None or rec.state != ALIVE or rec.worker_id != worker_id:
-                conn.send({"op": "kill_worker", "worker_id": worker_id})
+        self.actor_dir.node_reconnected(conn, node_id, held)
         self.placement_groups.node_reconnected(node_id, set(msg.get("bundles", ())))
 
     def _peer_list(self) -> list[dict]:
@@ -387,8 +320,8 @@ class ControlStore:
     def on_resource_report(self, conn: Connection, msg: dict, bufs: list) -> None:
         node = self.nodes.get(msg["node_id"])
         if node is not None and self.node_conns.get(msg["node_id"]) is conn:  # a node reports for itself
-            _amounts(msg["total"])
-            _amounts(msg["available"])
+            amounts(msg["total"])
+            amounts(msg["available"])
             node["resources"], node["available"], node["pending"] = msg["total"], msg["available"], msg["pending"]
 
     def pick_node(self, demand: dict, *, strategy: str = "", fits_now: bool = True, exclude: str = "",
@@ -575,210 +508,21 @@ class ControlStore:
         reply, _ = await self.node_conns[node].request({"op": "read_log", **ask}, timeout=30)
         return reply
 
-    # -- tasks (state API) ---------------------------------------------------------------
-    def on_task_events(self, conn: Connection, msg: dict, bufs: list) -> None:
-        for row in msg["tasks"]:
-            if not _task_row(row):  # kept, it would break the state API and the metrics on every read
-                logger.warning("dropped a malformed task event: %.200r", row)
-                continue
-            tid = row["task_id"]
-            old = self.tasks.get(tid)
-            if old is None or old["state"] in ("PENDING", "RUNNING"):
-                self._count_end(row)
-            if old is None:
-                self.tasks[tid] = row
-            else:
-                old.update((k, v) for k, v in row.items() if v is not None or k not in old)
-            if row["state"] in ("PENDING", "RUNNING"):
-                self.task_owner_conns[tid] = conn
-            else:
-                self.task_owner_conns.pop(tid, None)
-        self._trim_tasks()
-
-    def _trim_tasks(self) -> None:
-        over = len(self.tasks) - self.config.task_events_max_tasks
-        if over <= 0:
-            return
-        for tid in [t for t, r in self.tasks.items() if r["state"] not in ("PENDING", "RUNNING")][:over]:
-            del self.tasks[tid]
-
-    def _owner_gone(self, conn: Connection) -> None:
-        """The tasks a process submitted cannot finish once it is gone: say so in the table."""
-        for tid, c in list(self.task_owner_conns.items()):
-            if c is conn:
-                del self.task_owner_conns[tid]
-                row = self.tasks.get(tid)
-                if row is not None and row["state"] in ("PENDING", "RUNNING"):
-                    row.update(state="FAILED", end_time=time.time(), error_type="OwnerDiedError",
-                               error_message="the process that submitted it exited")
-                    self._count_end(row)
-
-    def _count_end(self, row: dict) -> None:
-        if row["state"] not in ("PENDING", "RUNNING"):
-            self.tasks_ended[(row["state"], row.get("name") or "")] += 1
-
     def on_cluster_metrics(self, conn: Connection, msg: dict, bufs: list) -> dict:
         """Counts for the head's Prometheus endpoint (runtime/node/metrics_export.py)."""
-        tasks = collections.Counter(self.tasks_ended)
-        for row in self.tasks.values():
-            if row["state"] in ("PENDING", "RUNNING"):
-                tasks[(row["state"], row.get("name") or "")] += 1
-        actors = collections.Counter((r.state, r.class_name) for r in self.actors.values())
+        tasks = self.task_table.counts()
+        actors = self.actor_dir.counts()
         pgs = collections.Counter(pg["state"] for pg in self.placement_groups.list())
         jobs = collections.Counter(j["status"] for j in self.on_list_jobs(conn, {}, [])["jobs"])
         nodes = collections.Counter("ALIVE" if n["alive"] else "DEAD" for n in self.nodes.values())
         return {"tasks": [[*k, v] for k, v in tasks.items()], "actors": [[*k, v] for k, v in actors.items()],
                 "placement_groups": list(pgs.items()), "jobs": list(jobs.items()), "nodes": list(nodes.items())}
 
-    def on_list_tasks(self, conn: Connection, msg: dict, bufs: list) -> dict:
-        return {"tasks": list(self.tasks.values()), "total": len(self.tasks)}
-
-    async def on_cancel_task(self, conn: Connection, msg: dict, bufs: list) -> dict:
-        tid = msg["task_id"]
-        row = self.tasks.get(tid)
-        if row is None:
-            raise ValueError(f"No task with id {tid} is known to the cluster (finished tasks are kept only "
-                             "until the task table is full). List tasks with runtime.util.state.list_tasks().")
-        owner = self.task_owner_conns.get(tid)
-        if owner is None or owner.closed:
-            return {"cancelled": False, "state": row["state"]}
-        reply, _ = await owner.request({"op": "cancel_task", "t": bytes.fromhex(tid), "force": msg.get("force")},
-                                       timeout=10)
-        return {"cancelled": reply["cancelled"], "state": row["state"]}
-
-    # -- actors ------------------------------------------------------------------------
-    def on_create_actor(self, conn: Connection, msg: dict, bufs: list) -> dict:
-        name, ns = msg.get("name") or "", msg["namespace"]
-        self._check_namespace(conn, ns, f"the actor named {name!r}" if name else "an actor")
-        if name:
-            existing = self.actors.get(self.named.get((ns, name), ""))
-            if existing is not None and existing.state != DEAD:
-                if msg.get("get_if_exists"):
-                    existing.subscribers.add(conn)
-                    return {"actor_id": existing.actor_id, "existing": True, "meta": existing.meta}
-                raise ValueError(f"An actor named {name!r} already exists in namespace {ns!r}. Use "
-                                 "runtime.get_actor(name) to get it, or pass get_if_exists=True.")
-        # Kept in the record: a wrong type would break its scheduling and restarts later, not this request.
-        _typed(msg, actor_id=str, namespace=str, class_name=str, max_restarts=int, detached=bool)
-        normalize(msg["demand"])
-        rec = ActorRecord(actor_id=msg["actor_id"], job_id=conn.peer_info.get("job_id") or msg.get("job_id", ""),
-                          name=name, namespace=ns, class_name=msg["class_name"], meta=msg["meta"], spec=msg["spec"],
-                          spec_bufs=[bytes(b) for b in bufs], demand=msg["demand"], env=msg.get("env") or {},
-                          max_restarts=msg["max_restarts"], detached=msg["detached"], cell=msg.get("cell"),
-                          strategy=msg.get("strategy"))
-        rec.subscribers.add(conn)
-        self.actors[rec.actor_id] = rec
-        if name:
-            self.named[(ns, name)] = rec.actor_id
-        self.persist.actor(rec)
-        self._spawn(self._schedule(rec))
-        return {"actor_id": rec.actor_id, "existing": False}
-
+    # -- shared with the actor directory and placement groups ----------------------------
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         _TASKS.add(task)
         task.add_done_callback(_TASKS.discard)
-
-    def _pick_node(self, rec: ActorRecord) -> tuple[str, Connection] | None:
-        """Where the actor goes: as its scheduling strategy says (see pick_node), else the least
-        used node where it fits now, else one where it fits at all, else (infeasible) the head,
-        which tells the owner why it waits."""
-        strategy, only = rec.strategy, ""
-        if isinstance(strategy, list) and strategy[0] == "node":
-            _, node_id, soft = strategy
-            if node_id in self.node_conns:
-                only = node_id
-            elif not soft:
-                return None
-            strategy = None
-        node_id = self.pick_node(rec.demand, strategy=strategy or "", only=only) or \
-            self.pick_node(rec.demand, strategy=strategy or "", fits_now=False, only=only)
-        if node_id is None:
-            rec.waiting_for_node = True
-            node_id = only or next(iter(self.node_conns), None)
-        return (node_id, self.node_conns[node_id]) if node_id else None
-
-    async def _schedule(self, rec: ActorRecord) -> None:
-        picked = self._pick_node(rec)
-        if picked is None:
-            self._bury(rec, "no node is alive to run it" if not rec.strategy else
-                       f"its scheduling strategy {rec.strategy} names a node that is not alive")
-            return
-        node_id, node_conn = picked
-        try:
-            lease, _ = await node_conn.request({"op": "lease_actor", "actor_id": rec.actor_id, "demand": rec.demand,
-                                                "env": rec.env, "job": rec.job_id}, timeout=None)
-        except Exception as e:
-            self._actor_failed(rec, f"could not get a worker: {e}")
-            return
-        if rec.state == DEAD:  # killed while waiting for a worker
-            node_conn.send({"op": "kill_worker", "worker_id": lease["worker_id"]})
-            return
-        rec.address, rec.worker_id, rec.node_id, rec.pid = lease["address"], lease["worker_id"], node_id, lease["pid"]
-        try:
-            wconn = await connect(rec.address, {}, self.token, info={"kind": "gcs"}, name="gcs->actor")
-            reply, rbufs = await wconn.request({"op": "create_actor", "actor_id": rec.actor_id, "spec": rec.spec,
-                                                "restarted": rec.num_restarts > 0, "gpus": lease["gpus"],
-                                                "job_id": rec.job_id, "namespace": rec.namespace},
-                                               rec.spec_bufs, timeout=None)
-            wconn.close()
-        except Exception as e:  # the worker died while constructing: counts as a failure
-            logger.info("actor %s creation interrupted: %s", rec.actor_id[:8], e)
-            return  # actor_worker_died from the node decides restart or death
-        if rec.state == DEAD:
-            return
-        if reply.get("init_error"):
-            rec.no_restart = True
-            self._bury(rec, "the actor's constructor raised an exception:\n" + reply["init_error"])
-            node_conn.send({"op": "kill_worker", "worker_id": rec.worker_id})
-            return
-        rec.state = ALIVE
-        self._publish(rec)
-
-    def _actor_failed(self, rec: ActorRecord, why: str) -> None:
-        if rec.state == DEAD:
-            return
-        if rec.no_restart or (rec.max_restarts != -1 and rec.num_restarts >= rec.max_restarts):
-            extra = "" if rec.no_restart else f" (max_restarts={rec.max_restarts} exhausted)"
-            self._bury(rec, f"the actor's process died: {why}{extra}")
-            return
-        rec.num_restarts += 1
-        rec.state, rec.address = RESTARTING, ""
-        self._publish(rec)
-        self._spawn(self._schedule(rec))
-
-    def on_actor_worker_died(self, conn: Connection, msg: dict, bufs: list) -> None:
-        rec = self.actors.get(msg["actor_id"])
-        if rec is not None and rec.worker_id == msg["worker_id"]:
-            code = msg.get("exit_code")
-            self._actor_failed(rec, f"worker {msg['worker_id'][:8]} exited" + (f" with code {code}" if code is not None else ""))
-
-    def _bury(self, rec: ActorRecord, reason: str) -> None:
-        rec.state, rec.death_reason, rec.address = DEAD, reason, ""
-        self._publish(rec)
-        if rec.name and self.named.get((rec.namespace, rec.name)) == rec.actor_id:
-            del self.named[(rec.namespace, rec.name)]
-
-    def _publish(self, rec: ActorRecord) -> None:
-        rec.version += 1
-        self.persist.actor(rec)
-        msg = {"op": "actor_update", "actor_id": rec.actor_id, "state": rec.state, "address": rec.address,
-               "num_restarts": rec.num_restarts, "reason": rec.death_reason, "version": rec.version,
-               "node_id": rec.node_id}
-        for c in list(rec.subscribers):
-            if c.closed:
-                rec.subscribers.discard(c)
-            else:
-                c.send(dict(msg))
-
-    def on_subscribe_actor(self, conn: Connection, msg: dict, bufs: list) -> dict:
-        rec = self.actors.get(msg["actor_id"])
-        if rec is None:
-            return {"state": DEAD, "reason": "no such actor is known to the cluster", "address": "",
-                    "num_restarts": 0, "version": 1 << 30}
-        rec.subscribers.add(conn)
-        return {"state": rec.state, "address": rec.address, "num_restarts": rec.num_restarts,
-                "reason": rec.death_reason, "version": rec.version, "node_id": rec.node_id}
 
     def _job_namespace(self, conn: Connection) -> str | None:
         """The namespace of the job this connection works for: a driver's is the job it registered
@@ -803,46 +547,6 @@ class ControlStore:
                              f"{namespace!r} cannot be reached from a job in namespace {mine!r}. Run the driver in "
                              f"that namespace (runtime.init(namespace={namespace!r})), or hand this job the actor "
                              "handle itself.")
-
-    def on_get_actor(self, conn: Connection, msg: dict, bufs: list) -> dict:
-        self._check_namespace(conn, msg["namespace"], f"the actor named {msg['name']!r}")
-        aid = self.named.get((msg["namespace"], msg["name"]))
-        rec = self.actors.get(aid or "")
-        if rec is None or rec.state == DEAD:
-            raise ValueError(f"Failed to look up actor with name {msg['name']!r} in namespace {msg['namespace']!r}. "
-                             "It does not exist or is dead; check the name and the namespace (init(namespace=...)).")
-        return {"actor_id": rec.actor_id, "meta": rec.meta}
-
-    def on_kill_actor(self, conn: Connection, msg: dict, bufs: list) -> dict:
-        rec = self.actors.get(msg["actor_id"])
-        if rec is None:
-            raise ValueError(f"Unknown actor {msg['actor_id'][:8]}.")
-        self._kill(rec, no_restart=msg.get("no_restart", True), reason="it was killed by runtime.kill()")
-        return {}
-
-    def _kill(self, rec: ActorRecord, *, no_restart: bool, reason: str) -> None:
-        if no_restart:
-            rec.no_restart = True
-            worker_id = rec.worker_id
-            self._bury(rec, reason)
-            node_conn = self.node_conns.get(rec.node_id)
-        else:
-            worker_id, node_conn = rec.worker_id, self.node_conns.get(rec.node_id)
-        if node_conn is not None and not node_conn.closed and worker_id:
-            node_conn.send({"op": "kill_worker", "worker_id": worker_id})
-
-    def on_list_actors(self, conn: Connection, msg: dict, bufs: list) -> dict:
-        return {"actors": [r.public() for r in self.actors.values()]}
-
-    def on_list_named_actors(self, conn: Connection, msg: dict, bufs: list) -> dict:
-        """Live named actors as {"name", "namespace"}: of every namespace, or, when the cluster
-        isolates namespaces, of the caller's job's only."""
-        only = self._job_namespace(conn) if self.config.isolate_namespaces else None
-        if self.config.isolate_namespaces and only is None:
-            return {"actors": []}
-        return {"actors": [{"name": name, "namespace": ns} for (ns, name), aid in sorted(self.named.items())
-                           if (only is None or ns == only) and aid in self.actors
-                           and self.actors[aid].state != DEAD]}
 
     # -- KV ----------------------------------------------------------------------------
     def on_kv_put(self, conn: Connection, msg: dict, bufs: list) -> dict:
@@ -910,36 +614,6 @@ class ControlStore:
 
 
 _TASKS: set = set()
-
-
-def _task_row(row: Any) -> bool:
-    """A task event as core workers send them (runtime/_core/task_events.py): strings (or None),
-    numbers for the times, a map for the notebook cell."""
-    def ok(key: str, value: Any) -> bool:
-        if key in ("creation_time", "start_time", "end_time"):
-            return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
-        if key == "cell":
-            return value is None or (isinstance(value, dict) and all(
-                isinstance(v, (str, int, float, type(None))) for v in value.values()))
-        return value is None or isinstance(value, str)
-    return (isinstance(row, dict) and isinstance(row.get("task_id"), str) and isinstance(row.get("state"), str)
-            and all(isinstance(k, str) and ok(k, v) for k, v in row.items()))
-
-
-def _amounts(resources: Any) -> None:
-    """A node's resource view: names to numbers (CPU may be below zero while it is lent)."""
-    if not isinstance(resources, dict) or not all(
-            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for k, v in resources.items()):
-        raise ValueError(f"resources are a map of names to numbers, not {resources!r}")
-
-
-def _typed(msg: dict, **types: type) -> None:
-    """Fields of a request that a table keeps, checked as they come in."""
-    for name, kind in types.items():
-        value = msg[name]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ValueError(f"{name!r} must be {kind.__name__}, not {type(value).__name__}")
 
 
 def _utilisation(node: dict, demand: dict | None = None) -> float:
