@@ -179,7 +179,7 @@ report(tasks_per_s=throughput, latency_p50_ms=1e3 * latencies[len(latencies) // 
 """
 
 CURVES = {"tasks": _TASKS, "actors": _ACTORS, "objects": _OBJECTS, "nodes": _NODES}
-DEFAULTS = {"tasks": "10000,100000,1000000", "actors": "100,1000", "objects": "1000,10000", "nodes": "2,4,8"}
+DEFAULTS = {"tasks": "10000,100000,1000000", "actors": "50,200,1000", "objects": "1000,10000", "nodes": "2,4,8"}
 
 
 def run_point(curve: str, backend: str, n: int, extra: dict, timeout: float) -> dict:

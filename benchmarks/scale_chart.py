@@ -21,6 +21,7 @@ PANELS = [
     ("actors", "pss_bytes_per_actor", "MB (PSS) per actor", "lower"),
     ("objects", "meta_bytes_per_object", "process bytes per 1 MiB object", "lower"),
     ("nodes", "tasks_per_s", "tasks/s on N node managers", "higher"),
+    ("nodes", "latency_p50_ms", "scheduling latency p50 (ms)", "lower"),
     ("nodes", "latency_p99_ms", "scheduling latency p99 (ms)", "lower"),
 ]
 X_LABEL = {"tasks": "tasks submitted", "actors": "actors alive", "objects": "objects held", "nodes": "node managers"}
@@ -48,7 +49,6 @@ def chart(ours: dict, ray: dict, png: Path) -> None:
         ax.set_title(f"{label} ({better} is better)", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    axes.flat[-1].axis("off")
     fig.suptitle("How cost grows with work: ours and Ray's, one run each (benchmarks/scale.py)")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
