@@ -3,7 +3,6 @@ returns is session.py's ClusterContext)."""
 
 from __future__ import annotations
 
-from typing import Any
 
 from . import worker_state
 

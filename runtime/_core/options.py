@@ -99,7 +99,7 @@ def shared_demand(demand: dict[str, float]) -> dict[str, float]:
     found = _SHARED_DEMANDS.get(key)
     if found is None and len(_SHARED_DEMANDS) < 4096:
         found = _SHARED_DEMANDS[key] = demand
-    return found or demand
+    return demand if found is None else found
 
 
 def env_of(options: dict, job_env: dict | None, cw: Any = None) -> dict:
