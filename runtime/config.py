@@ -21,7 +21,8 @@ class SystemConfig:
     object_spilling_directory: str = ""
     # How long an idle leased worker is kept by its owner before it is returned.
     lease_idle_timeout_s: float = 0.05
-    # Pipelined tasks pushed to one leased worker before waiting for replies.
+    # Short tasks pushed to one leased worker before it answers (pipelining; 1: one at a time, as
+    # Ray's max_tasks_in_flight_per_worker). Fewer when tasks take longer: runtime/_core/normal_task_submitter.py.
     max_tasks_in_flight_per_worker: int = 16
     # Idle workers above num_cpus are stopped after this long.
     idle_worker_timeout_s: float = 60.0

@@ -451,9 +451,9 @@ class CoreWorker:
                 for noid, _owner, holder in nested or ():
                     self.ownership.send_owner(holder, {"op": "release_contained", "o": noid, "x": oid})
                 continue
-            nested = [tuple(n) for n in nested or ()]
+            nested = [tuple(n) for n in nested] if nested else ()
             if kind == "i":
-                self.store.set_inline(oid, meta, [bytes(b) for b in bufs[pos:pos + nbufs]], nested)
+                self.store.set_inline(oid, meta, [bytes(b) for b in bufs[pos:pos + nbufs]] if nbufs else (), nested)
             elif kind == "s":
                 self.store.set_shm(oid, meta, reply.get("node", self.node_id), nested)
             else:

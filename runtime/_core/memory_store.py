@@ -11,6 +11,9 @@ import threading
 from typing import Any, Callable
 
 PENDING, INLINE, SHM, ERROR = 0, 1, 2, 3
+# Tiny serialized values (a task returning None: 4 bytes) are kept once, not once per result.
+_SHARED_META_MAX = 16
+_shared_meta: dict[bytes, bytes] = {}
 
 
 class StoreEntry:
@@ -47,16 +50,18 @@ class MemoryStore:
             w()
 
     def set_inline(self, oid: bytes, meta: bytes, bufs: list, nested: list = ()) -> None:
+        if len(meta) <= _SHARED_META_MAX:  # None, True, small ints: one bytes object for all results alike
+            meta = _shared_meta.setdefault(meta, meta) if len(_shared_meta) < 1024 else meta
         with self.lock:
             e = self.entries.get(oid) or self.create_pending(oid)
-            e.state, e.meta, e.bufs, e.nested = INLINE, meta, bufs, list(nested)
+            e.state, e.meta, e.bufs, e.nested = INLINE, meta, bufs or (), list(nested) if nested else ()
             e.size = len(meta) + sum(len(b) for b in bufs)
         self._fire(e)
 
     def set_shm(self, oid: bytes, size: int, node_id: str, nested: list = ()) -> None:
         with self.lock:
             e = self.entries.get(oid) or self.create_pending(oid)
-            e.state, e.size, e.node_id, e.nested = SHM, size, node_id, list(nested)
+            e.state, e.size, e.node_id, e.nested = SHM, size, node_id, list(nested) if nested else ()
         self._fire(e)
 
     def set_error(self, oid: bytes, error: BaseException) -> None:

@@ -158,10 +158,16 @@ def mismatched_schemas(schemas: list[pa.Schema], same_names: bool = False) -> tu
     return None
 
 
-def map_batches(call: Any, block: pa.Table, batch_size: int | None, batch_format: str, fn_args: tuple,
+AUTO_BATCH_BYTES = 16 * 1024 * 1024  # batch_size="auto": about this much of a block per batch (Ray's 16 MiB)
+
+
+def map_batches(call: Any, block: pa.Table, batch_size: int | None | str, batch_format: str, fn_args: tuple,
                 fn_kwargs: dict, name: str) -> pa.Table:
     """`call` on each batch of the block, the outputs as one block: map_batches' loop, the same
-    in a task and in a pool actor."""
+    in a task and in a pool actor. batch_size None: the whole block; "auto": rows of about
+    AUTO_BATCH_BYTES."""
+    if batch_size == "auto":
+        batch_size = max(1, AUTO_BATCH_BYTES * block.num_rows // block.nbytes) if block.nbytes else None
     if batch_format in ("default", "pandas") and batch_size is not None and _pandas_once(block, batch_size):
         return _map_pandas_batches(call, block, batch_size, fn_args, fn_kwargs, name)
     outs = []

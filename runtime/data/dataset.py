@@ -74,7 +74,7 @@ class Dataset:
         return Dataset(self._sources, self._ops + (op,), self._names + (name,))
 
     @takes_remote_args()
-    def map_batches(self, fn: Any, *, batch_size: int | None | str = "default", compute: Any = None,
+    def map_batches(self, fn: Any, *, batch_size: int | None | str = None, compute: Any = None,
                     batch_format: str = "default", zero_copy_batch: bool = False, fn_args: tuple = (),
                     fn_kwargs: dict | None = None, fn_constructor_args: tuple = (),
                     fn_constructor_kwargs: dict | None = None, concurrency: int | tuple | None = None,
@@ -87,9 +87,12 @@ class Dataset:
         if batch_format not in B.BATCH_FORMATS:
             raise ValueError(f"map_batches: batch_format must be one of {', '.join(B.BATCH_FORMATS)}, "
                              f"got {batch_format!r}.")
+        # Ray 2.60's default, None, hands fn each block whole; "auto" sizes batches at about
+        # AUTO_BATCH_BYTES, as Ray does; "default" is this project's older default, 4096 rows.
         size = 4096 if batch_size == "default" else batch_size
-        if size is not None and (not isinstance(size, int) or size <= 0):
-            raise ValueError(f"map_batches: batch_size must be a positive int or None, got {batch_size!r}.")
+        if size != "auto" and size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+            raise ValueError(f"map_batches: batch_size must be a positive int, None (whole blocks) or \"auto\", "
+                             f"got {batch_size!r}.")
         name = f"MapBatches({getattr(fn, '__name__', type(fn).__name__)})"
         is_class = isinstance(fn, type)
         fn_kwargs = fn_kwargs or {}

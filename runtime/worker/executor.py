@@ -65,6 +65,8 @@ def _task_scope() -> Iterator[None]:
             os.chdir(cwd)
 
 
+_STOLEN = {"stolen": True}  # the answer to a push given back unstarted: the owner queues it again
+
 # A worker keeps the large shared-memory arguments of its last task mapped for the next task
 # (Executor.load_args) while it is this busy, and only for objects at least this large.
 KEEP_MAPPINGS_S = 0.05
@@ -79,6 +81,12 @@ class Executor:
         self.lock = threading.Lock()
         self.running: bytes | None = None  # task id running on the main thread
         self.cancelled: set[bytes] = set()
+        # Normal tasks pushed and not started, task id -> (connection, push): the owner may
+        # send several at once (pipelining, runtime/_core/normal_task_submitter.py) and take back
+        # those not started (`steal`); a task that blocks in get/wait gives them all back, and
+        # `holding` sends back those that arrive while it waits.
+        self.queued: dict[bytes, tuple[Connection, dict]] = {}
+        self.holding = False
         self.main_ident = threading.get_ident()
         self.instance: Any = None
         self.actor_mode = ""
@@ -94,16 +102,36 @@ class Executor:
         if self.running is not None and threading.get_ident() == self.main_ident:
             nm = self.cw.nm
             self.cw.on_loop(nm.send, {"op": "blocked" if blocked else "unblocked"})
+            with self.lock:
+                self.holding = blocked
+                given_back, self.queued = (self.queued, {}) if blocked else ({}, self.queued)
+            for conn, push in given_back.values():  # they must not wait behind a task that waits
+                conn.reply_threadsafe(push["id"], _STOLEN)
 
     # -- handlers (io loop thread) -------------------------------------------------------
     def handlers(self) -> dict:
         """The ops a worker serves on top of its core worker's (installed by worker/main.py)."""
         return {"push": self.on_push, "actor_call": self.on_actor_call, "cancel": self.on_cancel,
-                "create_actor": self.on_create_actor}
+                "create_actor": self.on_create_actor, "steal": self.on_steal}
 
     def on_push(self, conn: Connection, msg: dict, bufs: list) -> Any:
+        tid = msg.get("t")
+        if not isinstance(tid, bytes):
+            _malformed(conn, msg, ValueError("a push needs its task id `t` (bytes)"))
+            return DEFERRED
+        with self.lock:
+            if self.holding:
+                return _STOLEN
+            self.queued[tid] = (conn, msg)
         self.q.put((self._run_task, conn, msg, bufs))
         return DEFERRED
+
+    def on_steal(self, conn: Connection, msg: dict, bufs: list) -> None:
+        """The owner takes back tasks it pushed that have not started (one-way)."""
+        with self.lock:
+            taken = [self.queued.pop(t) for t in msg["t"] if t in self.queued]
+        for c, push in taken:
+            c._reply(push["id"], _STOLEN)
 
     def on_create_actor(self, conn: Connection, msg: dict, bufs: list) -> Any:
         self.q.put((self._create_actor, conn, msg, bufs))
@@ -121,7 +149,11 @@ class Executor:
     def on_cancel(self, conn: Connection, msg: dict, bufs: list) -> None:
         tid = msg["t"]
         with self.lock:
-            if self.running == tid:
+            waiting = self.queued.pop(tid, None)
+            if waiting is not None:  # pushed, not started: answered now, never run
+                c, push = waiting
+                c._reply(push["id"], self._error_results(push, TaskCancelledError(tid.hex())))
+            elif self.running == tid:
                 self.cancelled.add(tid)
                 signal.pthread_kill(self.main_ident, signal.SIGINT)
             else:
@@ -151,6 +183,9 @@ class Executor:
         conn.reply_threadsafe(msg["id"], (body, bufs))
 
     def _run_task(self, conn: Connection, msg: dict, bufs: list) -> None:
+        with self.lock:
+            if self.queued.pop(msg["t"], None) is None:
+                return  # taken back or cancelled before it started: already answered
         fid = msg["f"]
         fn = self.functions.get(fid)
         if fn is None:

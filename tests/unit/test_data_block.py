@@ -89,3 +89,19 @@ def test_frames_of_differing_columns_are_converted_one_by_one():
 
     result = run(fn, blk)
     assert result.equals(one_by_one(fn, blk, SIZE)) and set(result.column_names) == {"a", "b"}
+
+
+def test_batch_size_none_is_the_whole_block_and_auto_is_about_16_mib():
+    blk = pa.table({"id": np.arange(ROWS)})  # 8 bytes a row
+    sizes = []
+
+    def fn(df):
+        sizes.append(len(df))
+        return df
+
+    B.map_batches(fn, blk, None, "pandas", (), {}, "test")
+    assert sizes == [ROWS]
+    sizes.clear()
+    big = pa.table({"id": np.arange(3 * B.AUTO_BATCH_BYTES // 8)})  # 48 MiB: three batches of 2 Mi rows
+    B.map_batches(lambda batch: (sizes.append(len(batch["id"])), batch)[1], big, "auto", "numpy", (), {}, "test")
+    assert sizes == [B.AUTO_BATCH_BYTES // 8] * 3

@@ -8,7 +8,7 @@ import threading
 from runtime._core.actor_task_submitter import ActorChannel
 from runtime._core.dependency_resolver import DependencyResolver
 from runtime._core.memory_store import MemoryStore
-from runtime._core.normal_task_submitter import MAX_LEASE_REQUESTS, Lease, SchedulingQueue
+from runtime._core.normal_task_submitter import MAX_LEASE_REQUESTS, PIPELINE_BUDGET_S, Lease, SchedulingQueue
 from runtime._core.object_reader import Countdown
 from runtime._core.object_ref import ObjectRef
 from runtime._core.task_manager import TaskManager
@@ -54,9 +54,28 @@ def test_dropped_lease_is_dead_and_gone_once():
 def test_idle_leases_on_a_node():
     sq = SchedulingQueue("k", {}, {})
     idle, busy, other = _lease(sq, "n1", 1), _lease(sq, "n1", 2), _lease(sq, "n2", 3)
-    busy.busy = _spec(b"b" * 24)
+    busy.inflight.append((_spec(b"b" * 24), 0.0))
     assert sq.idle_leases_on("n1") == [idle]
     assert sq.idle_leases_on("n2") == [other]
+    assert not sq.stealable()
+    busy.inflight.append((_spec(b"c" * 24), 0.0))  # a second task waits behind the first
+    assert sq.stealable() and busy.running().task_id == b"b" * 24
+
+
+def test_pipeline_depth_follows_the_time_tasks_take():
+    sq = SchedulingQueue("k", {"CPU": 1.0}, {})
+    assert sq.depth(16) == 1  # nothing timed yet: one at a time
+    sq.timed(0.0001)  # 0.1 ms a task: as many as allowed
+    assert sq.depth(16) == 16 and sq.depth(4) == 4 and sq.depth(1) == 1
+    for _ in range(30):  # tasks became 1 ms: about PIPELINE_BUDGET_S of them
+        sq.timed(0.001)
+    assert sq.depth(16) == int(PIPELINE_BUDGET_S / 0.001)
+    for _ in range(30):  # long tasks: none queued behind another
+        sq.timed(0.5)
+    assert sq.depth(16) == 1
+    spread = SchedulingQueue("s", {"CPU": 1.0}, {}, "SPREAD")
+    spread.timed(0.0001)
+    assert spread.depth(16) == 1  # each SPREAD task is placed on its own
 
 
 # -- ActorChannel -------------------------------------------------------------------------------
