@@ -18,11 +18,18 @@ class ArgRef:
 
 
 class TaskSpec:
+    """A normal task as its owner keeps it while it is pending (the most numerous object of a
+    driver that queues many tasks: each slot is 8 bytes per queued task, so fields that only
+    actor calls have live on ActorTaskSpec)."""
+
     __slots__ = (
         "task_id", "parent", "name", "fid", "fn_blob", "args_meta", "args_bufs", "deps", "nested", "return_ids",
-        "demand", "env", "max_retries", "retry_exceptions", "sched_key", "actor_id", "method",
-        "cancelled", "lease", "finished", "is_actor_creation", "owner_gone", "cell", "pg", "strategy", "context",
+        "demand", "env", "max_retries", "retry_exceptions", "sched_key", "cancelled", "lease", "finished", "cell",
+        "pg", "strategy", "context",
     )
+    actor_id = ""  # an ActorTaskSpec's are its own
+    method = ""
+    is_actor_creation = False  # actors are created by the control store, not from a spec
 
     def __init__(self, **kw: Any) -> None:
         self.fn_blob = b""
@@ -34,12 +41,9 @@ class TaskSpec:
         self.max_retries = 0
         self.retry_exceptions: Any = False
         self.sched_key = ""
-        self.actor_id = ""
-        self.method = ""
         self.cancelled = False
         self.lease = None
         self.finished = False
-        self.is_actor_creation = False
         self.parent = None
         self.cell = None  # the notebook cell that submitted it (dict), if any
         # The submitter's contextvars when a notebook cell submitted it: the task's output and
@@ -50,6 +54,12 @@ class TaskSpec:
         self.strategy = None  # None (DEFAULT), "SPREAD" or ["node", node id, soft]
         for k, v in kw.items():
             setattr(self, k, v)
+
+
+class ActorTaskSpec(TaskSpec):
+    """A call of an actor's method."""
+
+    __slots__ = ("actor_id", "method")
 
 
 def return_ids(task_id: bytes, num_returns: int) -> tuple[bytes, ...]:

@@ -7,12 +7,13 @@ import pickle
 from runtime._core import object_recovery as rec
 from runtime._core.memory_store import MemoryStore
 from runtime._core.task_manager import CANCELLED, FAILED, RETRY, TaskManager
-from runtime._core.task_spec import TaskSpec, return_ids
+from runtime._core.task_spec import ActorTaskSpec, TaskSpec, return_ids
 from runtime.exceptions import TaskError
 
 
 def _spec(tid: bytes = b"t" * 24, n: int = 1, **kw) -> TaskSpec:
-    return TaskSpec(task_id=tid, name="f", return_ids=return_ids(tid, n), **kw)
+    cls = ActorTaskSpec if "actor_id" in kw else TaskSpec
+    return cls(task_id=tid, name="f", return_ids=return_ids(tid, n), **kw)
 
 
 def _manager():
