@@ -5,13 +5,14 @@ workers, as in Ray's normal task submitter: a worker that finishes a task takes 
 queued, and goes back to its node manager after lease_idle_timeout_s without work.
 
 Short tasks are pipelined: while tasks wait and the queue's recent tasks took little time, a
-leased worker is sent up to `depth()` of them at once (config max_tasks_in_flight_per_worker), so it starts the next without waiting
-a round trip for it (on this 2-core VM one process-to-process wake-up costs ~35 µs, more than
-a no-op task). What a worker holds is bounded by PIPELINE_BUDGET_S of expected work. Tasks
-queued on a worker behind a task that runs long are taken back (work stealing) when another
-lease is idle, and a worker whose running task blocks in get/wait hands its queue back at once,
-so a task never waits behind one that waits for it. Only the first task in a worker's queue
-ever runs: if the worker dies, the others are queued again without using a retry.
+leased worker is sent up to `SchedulingQueue.depth()` of them at once (at most the config's
+max_tasks_in_flight_per_worker), so it starts the next without waiting a round trip for it (on
+this 2-core VM one process-to-process wake-up costs ~35 µs, more than a no-op task). What a
+worker holds is bounded by PIPELINE_BUDGET_S of expected work. Tasks queued on a worker behind
+a task that runs long are taken back (work stealing) when another lease is idle, and a worker
+whose running task blocks in get/wait hands its queue back at once, so a task never waits
+behind one that waits for it. A worker runs its queue in order, so only the first task in it
+can have started: if the worker dies, the others are queued again without spending a retry.
 
 The submitter runs on the io loop. It reaches the network and the rest of the core worker
 through `host` (the CoreWorker).

@@ -59,11 +59,12 @@ def _warm_up():
 def test_tasks_behind_a_long_task_are_taken_back_by_an_idle_worker(ray_start, tmp_path):
     submitter = _warm_up()
     release = tmp_path / "release"
+    given_back = submitter.given_back
     long = wait_for_file.remote(str(release))
     shorts = [noop.remote(i) for i in range(60)]
     # The long task never ends by itself: every short one must finish on the other worker.
     assert runtime.get(shorts, timeout=DEADLINE_S) == list(range(60))
-    assert submitter.given_back > 0, "no task waited behind the long one: nothing was taken back"
+    assert submitter.given_back > given_back, "no task waited behind the long one: nothing was taken back"
     ready, _ = runtime.wait([long], timeout=0)
     assert not ready
     release.touch()
@@ -115,9 +116,10 @@ def test_a_task_blocked_in_get_gives_back_the_tasks_queued_behind_it(ray_start, 
 def test_a_cancel_reaches_a_task_queued_behind_a_running_one(ray_start, tmp_path):
     submitter = _warm_up()
     release = tmp_path / "release"
+    before = submitter.pipelined
     long = wait_for_file.remote(str(release))
     queued = [noop.remote(i) for i in range(5)]
-    _until(lambda: submitter.pipelined >= 5, "the five are queued behind the long task")
+    _until(lambda: submitter.pipelined - before >= 5, "the five are queued behind the long task")
     runtime.cancel(queued[2])
     with pytest.raises(TaskCancelledError):
         runtime.get(queued[2], timeout=DEADLINE_S)  # while the long task still runs
@@ -140,9 +142,10 @@ def exit_worker(path):
 def test_tasks_queued_behind_one_that_kills_its_worker_run_without_using_a_retry(ray_start, tmp_path):
     submitter = _warm_up()
     go = tmp_path / "go"
+    before = submitter.pipelined
     crash = exit_worker.remote(str(go))
     behind = [noop.options(max_retries=0).remote(i) for i in range(10)]
-    _until(lambda: submitter.pipelined >= 10, "the ten are queued behind the crashing task")
+    _until(lambda: submitter.pipelined - before >= 10, "the ten are queued behind the crashing task")
     go.touch()
     with pytest.raises(WorkerCrashedError):
         runtime.get(crash, timeout=DEADLINE_S)
