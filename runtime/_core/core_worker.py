@@ -169,6 +169,16 @@ class CoreWorker:
     def post(self, fn: Callable, *args: Any) -> None:
         """Run fn(*args) on the loop, in order, batching wake-ups."""
         self._posts.append((fn, args))
+        self._wake_loop()
+
+    def _post_submission(self, spec: TaskSpec) -> None:
+        """post(submit_on_loop, spec), as the spec alone: a burst of submissions waits here while
+        the io thread catches up, and a (method, args) pair per task was ~150 bytes of the
+        driver's peak per queued task."""
+        self._posts.append(spec)
+        self._wake_loop()
+
+    def _wake_loop(self) -> None:
         if not self._post_scheduled:
             with self._post_lock:
                 if not self._post_scheduled:
@@ -180,9 +190,11 @@ class CoreWorker:
             self._post_scheduled = False
         posts = self._posts
         while posts:
-            fn, args = posts.popleft()
+            item = posts.popleft()
+            spec = type(item) is TaskSpec
+            fn = self.submit_on_loop if spec else item[0]
             try:
-                fn(*args)
+                fn(item) if spec else fn(*item[1])
             except Exception:
                 logger.exception("internal error in %s", getattr(fn, "__name__", fn))
 
@@ -367,7 +379,7 @@ class CoreWorker:
 
     def submit_task(self, spec: TaskSpec, so: SerializedObject, deps: list[ObjectRef]) -> list[ObjectRef]:
         refs = self._attach_args(spec, so, deps)
-        self.post(self.submit_on_loop, spec)
+        self._post_submission(spec)
         return refs
 
     def submit_actor_task(self, spec: TaskSpec, so: SerializedObject, deps: list[ObjectRef],
