@@ -12,7 +12,7 @@ from .ids import ActorID, TaskID
 from ..runtime_env.spec import require_uploaded
 from .session import ensure_initialized
 from .options import ACTOR_OPTIONS, METHOD_OPTIONS, demand_of, env_of, resolve_placement, strategy_of, validate
-from .task_spec import ActorTaskSpec, return_ids, unpack_refs
+from .task_spec import ActorTaskSpec, kind_of, return_ids, unpack_refs
 
 
 def method(*, num_returns: int = 1, **other: Any) -> Any:
@@ -177,8 +177,8 @@ class ActorMethod:
         if cw.is_client:  # a thin client: the head's proxy submits it (runtime/client)
             return unpack_refs(cw.call_actor(h, self._name, args, kwargs, num_returns), num_returns)
         so, deps = cw.prepare_args(args, kwargs, f"`{h._meta['class_name']}.{self._name}`")
-        task_id = TaskID(task_id) if task_id else TaskID.new()  # a thin client's proxy passes the client's
-        spec = ActorTaskSpec(task_id=task_id, name=f"{h._meta['class_name']}.{self._name}",
+        task_id = bytes(task_id) if task_id else TaskID.new_bytes()  # a thin client's proxy passes the client's
+        spec = ActorTaskSpec(task_id=task_id, kind=kind_of(name=f"{h._meta['class_name']}.{self._name}"),
                         return_ids=return_ids(task_id, num_returns),
                         actor_id=h._actor_id, method=self._name,
                         parent=cw.current_task_id if cw.mode == "worker" else None)

@@ -37,8 +37,14 @@ class BaseID(bytes):
 
     @classmethod
     def new(cls):  # noqa: ANN206
+        return cls(cls.new_bytes())
+
+    @classmethod
+    def new_bytes(cls) -> bytes:
+        """A new id as plain bytes: 49 bytes of memory where an instance of this class takes 73
+        (a queued task's id lives as long as the task)."""
         # A put's ObjectID ends in ff ff ff ff, which no task return index (0, 1, ...) can.
-        return cls((((next(_counter) * _MULT) & _MASK).to_bytes(8, "little") + _prefix).ljust(cls.SIZE, b"\xff"))
+        return (((next(_counter) * _MULT) & _MASK).to_bytes(8, "little") + _prefix).ljust(cls.SIZE, b"\xff")
 
     @classmethod
     def from_hex(cls, text: str):  # noqa: ANN206

@@ -17,7 +17,7 @@ class ObjectRef:
     (and no pending task or stored object holds it), the object is freed.
     """
 
-    __slots__ = ("_id", "_owner", "__weakref__")
+    __slots__ = ("_id", "_owner")  # no __weakref__: Ray's ObjectRef takes none either, and 8 bytes a ref
 
     def __init__(self, object_id: bytes, owner: str) -> None:
         cw = worker_state.current()

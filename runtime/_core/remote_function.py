@@ -12,7 +12,7 @@ from .ids import TaskID
 from ..runtime_env.spec import require_uploaded
 from .session import ensure_initialized
 from .options import TASK_OPTIONS, demand_of, env_of, resolve_placement, sched_key, shared_demand, strategy_of, validate
-from .task_spec import TaskSpec, return_ids, unpack_refs
+from .task_spec import TaskSpec, kind_of, return_ids, unpack_refs
 
 
 class RemoteFunction:
@@ -56,16 +56,17 @@ class RemoteFunction:
             require_uploaded(options.get("runtime_env"))
             return unpack_refs(cw.submit_function(fid, blob, args, kwargs, options), num_returns)
         so, deps = cw.prepare_args(args, kwargs, f"`{self.__name__}`")
-        task_id = TaskID(task_id) if task_id else TaskID.new()  # a thin client's proxy passes the client's
+        task_id = bytes(task_id) if task_id else TaskID.new_bytes()  # a thin client's proxy passes the client's
         demand, pg_inherit = resolve_placement(options, demand_of(options, 1), cw)
         demand = shared_demand(demand)
         env = env_of(options, api_state.job_runtime_env, cw)
         max_retries = options.get("max_retries")
-        spec = TaskSpec(task_id=task_id, name=self.__qualname__, fid=fid, fn_blob=blob,
-                        return_ids=return_ids(task_id, num_returns),
-                        demand=demand, env=env, max_retries=3 if max_retries is None else max_retries,
-                        retry_exceptions=options.get("retry_exceptions") or False,
-                        strategy=strategy_of(options), sched_key=sched_key(demand, env, strategy_of(options)))
+        strategy = strategy_of(options)
+        kind = kind_of(name=self.__qualname__, fid=fid, fn_blob=blob, demand=demand, env=env, strategy=strategy,
+                       sched_key=sched_key(demand, env, strategy),
+                       retry_exceptions=options.get("retry_exceptions") or False)
+        spec = TaskSpec(task_id=task_id, kind=kind, return_ids=return_ids(task_id, num_returns),
+                        max_retries=3 if max_retries is None else max_retries)
         spec.parent = cw.current_task_id if cw.mode == "worker" else None
         spec.pg = pg_inherit
         refs = cw.submit_task(spec, so, deps)
