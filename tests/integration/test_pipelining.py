@@ -48,6 +48,14 @@ def _until(condition, what):
         time.sleep(0.005)
 
 
+def _release(long, release) -> None:
+    """`long` (wait_for_file) is still running: let it end."""
+    ready, _ = runtime.wait([long], timeout=0)
+    assert not ready
+    release.touch()
+    assert runtime.get(long, timeout=DEADLINE_S) == "released"
+
+
 def _warm_up():
     assert runtime.get([noop.remote(i) for i in range(300)]) == list(range(300))
     submitter = ensure_initialized().normal_submitter
@@ -65,10 +73,7 @@ def test_tasks_behind_a_long_task_are_taken_back_by_an_idle_worker(ray_start, tm
     # The long task never ends by itself: every short one must finish on the other worker.
     assert runtime.get(shorts, timeout=DEADLINE_S) == list(range(60))
     assert submitter.given_back > given_back, "no task waited behind the long one: nothing was taken back"
-    ready, _ = runtime.wait([long], timeout=0)
-    assert not ready
-    release.touch()
-    assert runtime.get(long, timeout=DEADLINE_S) == "released"
+    _release(long, release)
 
 
 @runtime.remote(num_cpus=0)
@@ -123,10 +128,7 @@ def test_a_cancel_reaches_a_task_queued_behind_a_running_one(ray_start, tmp_path
     runtime.cancel(queued[2])
     with pytest.raises(TaskCancelledError):
         runtime.get(queued[2], timeout=DEADLINE_S)  # while the long task still runs
-    ready, _ = runtime.wait([long], timeout=0)
-    assert not ready
-    release.touch()
-    assert runtime.get(long, timeout=DEADLINE_S) == "released"
+    _release(long, release)
     assert runtime.get([queued[i] for i in (0, 1, 3, 4)], timeout=DEADLINE_S) == [0, 1, 3, 4]
 
 
