@@ -62,7 +62,7 @@ class RemoteFunction:
         env = env_of(options, api_state.job_runtime_env, cw)
         max_retries = options.get("max_retries")
         strategy = strategy_of(options)
-        kind = kind_of(name=self.__qualname__, fid=fid, fn_blob=blob, demand=demand, env=env, strategy=strategy,
+        kind = kind_of(name=options.get("name") or self.__qualname__, fid=fid, fn_blob=blob, demand=demand, env=env, strategy=strategy,
                        sched_key=sched_key(demand, env, strategy),
                        retry_exceptions=options.get("retry_exceptions") or False)
         spec = TaskSpec(task_id=task_id, kind=kind, return_ids=return_ids(task_id, num_returns),

@@ -71,11 +71,10 @@ def _data(value: Any) -> Any:
     if isinstance(value, ObjectRef):
         return value
     nbytes = getattr(value, "nbytes", None)
-    if nbytes is None and hasattr(value, "memory_usage"):  # pandas
-        try:
-            nbytes = int(value.memory_usage(deep=False).sum()) if hasattr(value, "columns") else \
-                int(value.memory_usage(deep=False))
-        except (TypeError, ValueError):
+    if nbytes is None and hasattr(value, "memory_usage"):  # pandas: 8 bytes a cell is close enough to choose
+        try:  # (DataFrame.memory_usage took ~0.25 ms a partition, more than the rest of the choice)
+            nbytes = 8 * int(value.size)
+        except (TypeError, ValueError, AttributeError):
             nbytes = None
     if nbytes is None:
         nbytes = sys.getsizeof(value)

@@ -58,6 +58,15 @@ def test_list_tasks_reports_finished_and_failed_with_error(shared_runtime):
     assert summary["maybe_fail"]["FAILED"] >= 1
 
 
+def test_a_task_is_listed_under_the_name_its_options_give(shared_runtime):
+    """`f.options(name=...)` names the task in the state API, as in Ray (it was the function's name)."""
+    ref = maybe_fail.options(name="renamed-by-options").remote(1)
+    assert runtime.get(ref) == 1
+    wait_for(lambda: any(t["task_id"] == ref.task_id() for t in state.list_tasks()), timeout=30)
+    [row] = [t for t in state.list_tasks() if t["task_id"] == ref.task_id()]
+    assert row["name"] == "renamed-by-options" and row["func_or_class_name"] == "renamed-by-options"
+
+
 def test_child_tasks_are_reported_by_their_worker_with_the_parent_id(shared_runtime):
     ref = parent_of_child.remote()
     assert runtime.get(ref) == 1
