@@ -166,29 +166,30 @@ class ActorMethod:
 
     def options(self, **options: Any) -> _BoundMethodOptions:
         validate(dict(options), METHOD_OPTIONS, f"{self._name}.options()")
-        return _BoundMethodOptions(self, options.get("num_returns", self._num_returns))
+        return _BoundMethodOptions(self, options.get("num_returns", self._num_returns), options.get("name"))
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._submit(args, kwargs, self._num_returns)
 
-    def _submit(self, args: tuple, kwargs: dict, num_returns: int, task_id: bytes | None = None) -> Any:
+    def _submit(self, args: tuple, kwargs: dict, num_returns: int, task_id: bytes | None = None,
+                name: str | None = None) -> Any:
         cw = ensure_initialized()
         h = self._handle
         if cw.is_client:  # a thin client: the head's proxy submits it (runtime/client)
             return unpack_refs(cw.call_actor(h, self._name, args, kwargs, num_returns), num_returns)
         so, deps = cw.prepare_args(args, kwargs, f"`{h._meta['class_name']}.{self._name}`")
         task_id = bytes(task_id) if task_id else TaskID.new_bytes()  # a thin client's proxy passes the client's
-        spec = ActorTaskSpec(task_id=task_id, kind=kind_of(name=f"{h._meta['class_name']}.{self._name}"),
-                        return_ids=return_ids(task_id, num_returns),
-                        actor_id=h._actor_id, method=self._name,
-                        parent=cw.current_task_id if cw.mode == "worker" else None)
+        spec = ActorTaskSpec(task_id=task_id, kind=kind_of(name=name or f"{h._meta['class_name']}.{self._name}"),
+                             return_ids=return_ids(task_id, num_returns),
+                             actor_id=h._actor_id, method=self._name,
+                             parent=cw.current_task_id if cw.mode == "worker" else None)
         refs = cw.submit_actor_task(spec, so, deps, h._meta.get("max_task_retries", 0))
         return unpack_refs(refs, num_returns)
 
 
 class _BoundMethodOptions:
-    def __init__(self, m: ActorMethod, num_returns: int) -> None:
-        self._m, self._num_returns = m, num_returns
+    def __init__(self, m: ActorMethod, num_returns: int, name: str | None = None) -> None:
+        self._m, self._num_returns, self._name = m, num_returns, name
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self._m._submit(args, kwargs, self._num_returns)
+        return self._m._submit(args, kwargs, self._num_returns, name=self._name)

@@ -67,6 +67,15 @@ def test_a_task_is_listed_under_the_name_its_options_give(shared_runtime):
     assert row["name"] == "renamed-by-options" and row["func_or_class_name"] == "renamed-by-options"
 
 
+def test_an_actor_call_is_listed_under_the_name_its_options_give(shared_runtime):
+    signal = Signal.remote()
+    ref = signal.send.options(name="renamed-call").remote()
+    runtime.get(ref)
+    wait_for(lambda: any(t["task_id"] == ref.task_id() for t in state.list_tasks()), timeout=30)
+    [row] = [t for t in state.list_tasks() if t["task_id"] == ref.task_id()]
+    assert row["name"] == "renamed-call" and row["type"] == "ACTOR_TASK"
+
+
 def test_child_tasks_are_reported_by_their_worker_with_the_parent_id(shared_runtime):
     ref = parent_of_child.remote()
     assert runtime.get(ref) == 1
