@@ -52,6 +52,10 @@ class SystemConfig:
     record_ref_creation_sites: bool = False
     # Tasks the control store keeps for the state API; the oldest finished ones go first.
     task_events_max_tasks: int = 10000
+    # Unfinished tasks it keeps besides: past this many the oldest are dropped too (counted in
+    # list_tasks' "dropped"), so a driver that queues a million tasks does not cost the control
+    # store ~1 KB each. Ray's task_events_max_num_task_in_gcs is 100,000 too.
+    task_events_max_unfinished_tasks: int = 100000
     # Where the control store keeps its tables so that a restarted head recovers them: "" (SQLite
     # in the session directory), "sqlite:///ABSOLUTE/PATH", "redis://HOST:PORT[/DB]", or "none".
     gcs_storage: str = ""

@@ -606,10 +606,24 @@ class CoreWorker:
             # A burst: send what is recorded now rather than at the interval. The rows of one
             # batch are built at once (about 1 KB a task), and 100,000 tasks submitted in a few
             # seconds made batches of ~15,000 rows, ~140 bytes per pending task of the driver's peak.
-            self.loop.call_soon_threadsafe(lambda: self.spawn(self.flush_task_events()))
+            self.loop.call_soon_threadsafe(self._flush_burst)
 
     def _arm_event_flush(self) -> None:
         self.loop.call_later(self.config.task_events_interval_s, lambda: self.spawn(self.flush_task_events()))
+
+    def _flush_burst(self) -> None:
+        """Send the recorded events now, on a connection already open (else the interval's flush,
+        armed already, connects and sends them); a plain call, not a task that shutdown could
+        find pending."""
+        gcs = self.gcs
+        if gcs is None or gcs.closed or self.closed:
+            return
+        rows = self.task_events.drain(self.node_id, self.job_id)
+        if rows:
+            try:
+                gcs.send({"op": "task_events", "tasks": rows})
+            except Exception as e:  # noqa: BLE001 - the state API is best effort
+                logger.debug("could not report task events: %s", e)
 
     async def flush_task_events(self) -> None:
         self._events_armed = False

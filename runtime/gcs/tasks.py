@@ -7,6 +7,7 @@ cancel_task. Owned by the server (server.py), which passes itself as `host` for 
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -34,6 +35,7 @@ class TaskTable:
         # The connection of the process that submitted each unfinished task: it is asked to
         # cancel it, and its close fails the task.
         self.task_owner_conns: dict[str, Connection] = {}
+        self.dropped = 0  # unfinished tasks dropped past task_events_max_unfinished_tasks
 
     def counts(self) -> collections.Counter:
         """Tasks by (state, name): those that ended, and those pending or running now."""
@@ -66,12 +68,20 @@ class TaskTable:
         self._trim_tasks()
 
     def _trim_tasks(self) -> None:
-        """Past task_events_max_tasks, the tasks that ended longest ago go (unfinished ones stay)."""
-        over = len(self.tasks) - self.host.config.task_events_max_tasks
+        """Past task_events_max_tasks, the tasks that ended longest ago go; past that many plus
+        task_events_max_unfinished_tasks, the unfinished ones first reported go too."""
+        config = self.host.config
+        over = len(self.tasks) - config.task_events_max_tasks
         while over > 0 and self.ended:
             tid, _ = self.ended.popitem(last=False)
             if self.tasks.pop(tid, None) is not None:
                 over -= 1
+        over -= config.task_events_max_unfinished_tasks
+        if over > 0:  # only unfinished tasks are left to drop: the oldest (a dict keeps insertion order)
+            for tid in list(itertools.islice(self.tasks, over)):
+                del self.tasks[tid]
+                self.task_owner_conns.pop(tid, None)
+            self.dropped += over
 
     def owner_gone(self, conn: Connection) -> None:
         """The tasks a process submitted cannot finish once it is gone: say so in the table."""
@@ -90,7 +100,7 @@ class TaskTable:
             self.tasks_ended[(row["state"], row.get("name") or "")] += 1
 
     def on_list_tasks(self, conn: Connection, msg: dict, bufs: list) -> dict:
-        return {"tasks": list(self.tasks.values()), "total": len(self.tasks)}
+        return {"tasks": list(self.tasks.values()), "total": len(self.tasks), "dropped": self.dropped}
 
     async def on_cancel_task(self, conn: Connection, msg: dict, bufs: list) -> dict:
         tid = msg["task_id"]

@@ -1,5 +1,6 @@
 """The control store's task table (runtime/gcs/tasks.py) past task_events_max_tasks: the tasks
-that ended longest ago go first, unfinished ones stay, and trimming costs no scan of the table."""
+that ended longest ago go first, unfinished ones stay up to task_events_max_unfinished_tasks,
+and trimming costs no scan of the table."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from runtime.gcs.tasks import TaskTable
 OWNER = object()  # stands for the submitter's connection; the table only keeps it
 
 
-def _table(limit: int) -> TaskTable:
-    return TaskTable(SimpleNamespace(config=SystemConfig(task_events_max_tasks=limit)))
+def _table(limit: int, unfinished: int = 100_000) -> TaskTable:
+    return TaskTable(SimpleNamespace(config=SystemConfig(task_events_max_tasks=limit,
+                                                         task_events_max_unfinished_tasks=unfinished)))
 
 
 def _send(table: TaskTable, *rows: tuple[str, str]) -> None:
@@ -36,3 +38,13 @@ def test_a_task_run_again_is_not_trimmed_as_ended():
     _send(table, ("a", "RUNNING"))  # its lost result is being made again
     _send(table, ("c", "PENDING"))
     assert set(table.tasks) == {"a", "b", "c"}
+
+
+def test_past_both_limits_the_oldest_unfinished_tasks_go_and_are_counted():
+    table = _table(2, unfinished=3)
+    _send(table, *[(f"t{i}", "PENDING") for i in range(7)])
+    assert list(table.tasks) == ["t2", "t3", "t4", "t5", "t6"] and table.dropped == 2
+    assert set(table.task_owner_conns) == set(table.tasks)
+    _send(table, ("t0", "FINISHED"))  # a dropped task ends: counted (and, ended, trimmed first)
+    assert table.counts()[("FINISHED", "f")] == 1 and list(table.tasks) == ["t2", "t3", "t4", "t5", "t6"]
+    assert table.on_list_tasks(OWNER, {}, [])["dropped"] == 2
