@@ -32,15 +32,24 @@ _INLINE_BYTES = 100_000  # graph data smaller than this travels with each task i
 
 
 def runtime_dask_get(dsk: Mapping, keys: Any, *, runtime_persist: bool = False, ray_persist: bool = False,
-                     **_dask_kwargs: Any) -> Any:
+                     optimize_graph: bool = True, **_dask_kwargs: Any) -> Any:
     """The scheduler: `compute(scheduler=runtime_dask_get)`. Returns the values of `keys` (the
-    same nesting of lists), or ObjectRefs to them when persisting."""
+    same nesting of lists), or ObjectRefs to them when persisting. optimize_graph=False runs
+    every task of the graph as it is (no fusing of linear chains)."""
     import runtime
-    from dask._task_spec import Alias, DataNode, convert_legacy_graph
+    from dask._task_spec import Alias, DataNode, convert_legacy_graph, fuse_linear_task_spec
 
     if not isinstance(dsk, Mapping):  # newer Dask hands schedulers an expression
         dsk = dsk.__dask_graph__()
     graph = convert_legacy_graph(dsk)
+    if optimize_graph:
+        # Chains of tasks that each feed only the next become one task, as Dask's own process
+        # scheduler fuses them (dask.multiprocessing): each task here is a round trip to a worker
+        # and a pickled result, where the threaded scheduler passes a pointer. Data nodes are
+        # kept out of the chains (passed as keys not to fuse): fused in, a 4 MB partition would
+        # be pickled into the task instead of put once.
+        data = {k for k, n in graph.items() if isinstance(n, DataNode)}
+        graph = fuse_linear_task_spec(graph, set(_flatten(keys)) | data)
     refs: dict[Hashable, Any] = {}  # key -> ObjectRef, or a small value passed as it is
     for key in _toposort(graph):
         node = graph[key]

@@ -117,3 +117,26 @@ def test_a_failing_task_raises_its_error_in_the_driver(shared_runtime):
 
     with pytest.raises(ValueError, match="bad partition 3"):
         boom(3).compute(scheduler=runtime_dask_get)
+
+
+def test_linear_chains_run_as_one_task_and_data_stays_out_of_them(shared_runtime, frame):
+    """Fusing, as Dask's process scheduler does: a chain of per-partition steps runs as one task
+    per partition, while the partitions stay out of the tasks (put once, passed by reference).
+    optimize_graph=False runs every step as its own task; both give Dask's answer."""
+    import time
+
+    from runtime.util import state
+
+    ddf = dd.from_pandas(frame, npartitions=4)
+    chain = (ddf.x + 1).map_partitions(lambda s: s * 2).map_partitions(lambda s: s - 3).sum()
+    expected = chain.compute(scheduler="sync")
+    names = {}
+    for optimize in (True, False):
+        start = time.time()
+        got = chain.compute(scheduler=lambda d, k, **kw: runtime_dask_get(d, k, optimize_graph=optimize, **kw))
+        assert got == pytest.approx(expected)
+        # list_tasks sends this driver's own pending task events first: its tasks are all there.
+        names[optimize] = [t["name"] for t in state.list_tasks()
+                           if t["name"].startswith("dask:") and t["creation_time"] >= start]
+    assert 0 < len(names[True]) < len(names[False]), names
+    assert not any("frompandas" in n for n in names[True]), "a partition was fused into a task"
