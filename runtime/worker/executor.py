@@ -102,9 +102,11 @@ class Executor:
         if self.running is not None and threading.get_ident() == self.main_ident:
             nm = self.cw.nm
             self.cw.on_loop(nm.send, {"op": "blocked" if blocked else "unblocked"})
+            given_back: dict = {}
             with self.lock:
                 self.holding = blocked
-                given_back, self.queued = (self.queued, {}) if blocked else ({}, self.queued)
+                if blocked:
+                    given_back, self.queued = self.queued, {}
             for conn, push in given_back.values():  # they must not wait behind a task that waits
                 conn.reply_threadsafe(push["id"], _STOLEN)
 
